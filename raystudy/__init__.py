@@ -1,0 +1,2 @@
+"""raystudy: Ray-distributed studies of loss-landscape geometry."""
+__version__ = "0.1.0"
