@@ -1,0 +1,98 @@
+"""Sharpness-Aware Minimisation (Foret et al., ICLR 2021) around any torch optimiser.
+
+One SAM step costs two forward and two backward passes: the gradient g at w gives the ascent
+direction e = rho * g / ||g||; the gradient at w + e drives the base optimiser's step from w.
+BatchNorm running statistics are frozen during the perturbed pass (the authors' code let the
+perturbed pass update them: one of the defects PROTOCOL.md lists).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+
+@contextlib.contextmanager
+def bn_stats_frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """Snapshot every BatchNorm's ``running_mean``, ``running_var`` and ``num_batches_tracked`` and
+    restore them on exit, so forward passes inside the block leave them unchanged.
+
+    Snapshot-and-restore (rather than momentum 0) also covers ``momentum=None`` (cumulative
+    averages) and the batch counter. BatchNorm still normalises with batch statistics in train mode.
+    """
+    saved: list[tuple[Tensor, Tensor]] = []
+    for m in model.modules():
+        if isinstance(m, _BatchNorm):
+            for buf in (m.running_mean, m.running_var, m.num_batches_tracked):
+                if buf is not None:
+                    saved.append((buf, buf.detach().clone()))
+    try:
+        yield model
+    finally:
+        with torch.no_grad():
+            for buf, value in saved:
+                buf.copy_(value)
+
+
+class SAM:
+    """Wraps ``base_optimizer`` (over ``model``'s parameters) so each ``step`` is a SAM step.
+
+    Learning-rate schedulers should be attached to ``base_optimizer`` itself.
+    """
+
+    def __init__(
+        self, model: nn.Module, base_optimizer: torch.optim.Optimizer, rho: float = 0.05, eps: float = 1e-12
+    ) -> None:
+        if rho < 0:
+            raise ValueError(f"rho must be >= 0, got {rho}")
+        self.model = model
+        self.base_optimizer = base_optimizer
+        self.rho = float(rho)
+        self.eps = float(eps)
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self.base_optimizer.param_groups
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.model.zero_grad(set_to_none=set_to_none)
+        self.base_optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self, closure: Callable[[], Tensor]) -> Tensor:
+        """One SAM update; ``closure()`` runs a forward pass and returns the mean loss (no backward).
+
+        Returns the (detached) loss at the current weights w, i.e. from the first pass.
+        Cost: 2 forward + 2 backward passes, plus one copy of the parameters.
+        """
+        self.zero_grad()
+        loss = closure()
+        loss.backward()
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        with torch.no_grad():
+            # Global L2 norm over every parameter that received a gradient; eps keeps a zero
+            # gradient from dividing by zero (then e = 0 and SAM reduces to the base step).
+            norms = [torch.linalg.vector_norm(p.grad) for p in params]
+            grad_norm = torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.tensor(0.0)
+            scale = self.rho / (grad_norm + self.eps)
+            originals = [p.detach().clone() for p in params]
+            for p in params:
+                p.add_(p.grad * scale.to(p.grad))
+        self.zero_grad()
+        with bn_stats_frozen(self.model):
+            closure().backward()
+        with torch.no_grad():
+            # Restore w by copying, not by subtracting e: w + e - e != w in floating point.
+            for p, w in zip(params, originals):
+                p.copy_(w)
+        self.base_optimizer.step()
+        return loss.detach()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The base optimiser's state dict (SAM itself keeps no state between steps)."""
+        return self.base_optimizer.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.base_optimizer.load_state_dict(state_dict)
