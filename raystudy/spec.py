@@ -1,0 +1,373 @@
+"""The study file: schema, validation, grid expansion and stable trial ids.
+
+A study YAML has a ``name``, a ``storage`` root and one or more ``blocks``. Each block is a grid:
+any axis field (``task, model, regime, seed, lr, momentum, batch_size, weight_decay, sam_rho,
+factor, label_noise``) may be a list, and the block expands to the full cross product. Everything
+else in a block is fixed for all of its trials.
+
+Bad input raises :class:`StudyError` whose message is one line naming the file and the field,
+e.g. ``studies/x.yaml: blocks[1].model: unknown model 'resnet81'; known: cnn_bn, mlp, ...``.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from raystudy import models, tasks
+
+REGULARISERS = ("aug", "wd", "sam")  # canonical order inside a regime name: "aug+wd+sam"
+AXES = ("task", "model", "regime", "seed", "lr", "momentum", "batch_size", "weight_decay", "sam_rho",
+        "factor", "label_noise")
+CLASSIFICATION_METRICS = ("ece", "fisher_rao", "relative_flatness")
+METRICS = ("sam_sharpness", "hessian", *CLASSIFICATION_METRICS)
+
+
+class StudyError(Exception):
+    """Bad input. ``str(err)`` is the one line a user sees: ``file: field: problem``."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Resources(_Strict):
+    """What one trial holds. ``workers: 0`` trains in the Tune trial's own process (Train local mode)."""
+    cpus: float = Field(1.0, gt=0)
+    gpus: float = Field(0.0, ge=0)
+    workers: int = Field(0, ge=0)
+
+
+class Analysis(_Strict):
+    """The measuring actor pool, separate from training trials."""
+    actors: int = Field(1, ge=1)
+    cpus: float = Field(1.0, gt=0)
+    gpus: float = Field(0.0, ge=0)
+
+
+class Sharpness(_Strict):
+    rhos: list[float] = Field(default_factory=lambda: [0.005], min_length=1)
+    draws: int = Field(100, ge=1)
+
+    @field_validator("rhos")
+    @classmethod
+    def _positive(cls, v: list[float]) -> list[float]:
+        if any(r <= 0 for r in v):
+            raise ValueError("every rho must be > 0")
+        return v
+
+
+class Hessian(_Strict):
+    """Curvature measured per checkpoint: top-k/bottom eigenvalues, trace, spectral density."""
+    top_k: int = Field(1, ge=1)
+    trace_hvp: int = Field(30, ge=3)
+    density_runs: int = Field(2, ge=1)
+    density_steps: int = Field(30, ge=2)
+    max_samples: int | None = Field(None, ge=1)
+
+
+class Measure(_Strict):
+    """Which data the geometry metrics see: the un-augmented split, first ``max_samples`` rows."""
+    split: Literal["train", "test"] = "train"
+    max_samples: int | None = Field(None, ge=1)
+    batch_size: int = Field(512, ge=1)
+
+
+Scalar = float | int | str | None
+
+
+class Block(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    family: Literal["functions", "circles", "images"]
+    task: str | list[str]
+    model: str | list[str]
+    model_args: dict[str, Any] = Field(default_factory=dict)
+    regime: str | list[str] = "base"
+    seed: int | list[int] = 0
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float | list[float]
+    momentum: float | list[float] = 0.9
+    batch_size: int | None | list[int | None] = None
+    weight_decay: float | list[float] = 5e-4
+    sam_rho: float | list[float] = 0.05
+    factor: float | list[float] | None = None
+    label_noise: float | list[float] | None = None
+    schedule: Literal["constant", "cosine"] = "constant"
+    epochs: int = Field(ge=1)
+    checkpoints: list[int] | None = None  # epochs to checkpoint at; the last epoch always is
+    n_train: int | None = Field(None, ge=1)
+    n_test: int | None = Field(None, ge=1)
+    shuffle_seed: int | None = None
+    metrics: list[str] = Field(default_factory=lambda: ["sam_sharpness"])
+    sharpness: Sharpness = Field(default_factory=Sharpness)
+    hessian: Hessian = Field(default_factory=Hessian)
+    measure: Measure = Field(default_factory=Measure)
+    resources: Resources = Field(default_factory=Resources)
+
+    @field_validator(*AXES, mode="after")
+    @classmethod
+    def _non_empty(cls, v: Any) -> Any:
+        if isinstance(v, list) and not v:
+            raise ValueError("empty list: the grid would have no trials")
+        return v
+
+    @field_validator("regime", mode="after")
+    @classmethod
+    def _regimes(cls, v: str | list[str]) -> str | list[str]:
+        return [canonical_regime(r) for r in v] if isinstance(v, list) else canonical_regime(v)
+
+    @field_validator("metrics", mode="after")
+    @classmethod
+    def _metrics(cls, v: list[str]) -> list[str]:
+        for m in v:
+            if m not in METRICS:
+                raise ValueError(f"unknown metric {m!r}; known: {', '.join(METRICS)}")
+        return v
+
+    @field_validator("model", mode="after")
+    @classmethod
+    def _models(cls, v: str | list[str]) -> str | list[str]:
+        for name in _as_list(v):
+            if name not in models.list_models():
+                raise ValueError(f"unknown model {name!r}; known: {', '.join(models.list_models())}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Block":
+        known = tasks.list_tasks(self.family)
+        for name in _as_list(self.task):
+            if name not in known:
+                raise _field_error("task", f"unknown {self.family} task {name!r}; known: {', '.join(known)}")
+        ckpts = self.checkpoints if self.checkpoints is not None else [self.epochs]
+        if any(c < 0 or c > self.epochs for c in ckpts) or sorted(set(ckpts)) != list(ckpts) or not ckpts:
+            raise _field_error("checkpoints", f"must be a non-empty increasing list of epochs in [0, {self.epochs}]")
+        if self.family == "functions":
+            bad = [m for m in self.metrics if m in CLASSIFICATION_METRICS]
+            if bad:
+                raise _field_error("metrics", f"{', '.join(bad)} need a classification task, not 'functions'")
+        if self.family == "circles" and self.factor is None:
+            raise _field_error("factor", "circles blocks need a factor (inner/outer radius ratio in (0, 1))")
+        if self.family != "circles" and self.factor is not None:
+            raise _field_error("factor", f"only circles blocks take a factor, not {self.family!r}")
+        for f in _as_list(self.factor):
+            if f is not None and not 0 < f < 1:
+                raise _field_error("factor", f"{f} is not in (0, 1)")
+        for p in _as_list(self.label_noise):
+            if p is not None and not 0 <= p <= 1:
+                raise _field_error("label_noise", f"{p} is not a probability in [0, 1]")
+        for name, lo in (("lr", 0.0), ("sam_rho", 0.0)):
+            if any(x <= lo for x in _as_list(getattr(self, name))):
+                raise _field_error(name, "must be > 0")
+        if any(b is not None and b < 1 for b in _as_list(self.batch_size)):
+            raise _field_error("batch_size", "must be >= 1 (or null for full batch)")
+        return self
+
+
+class Study(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    storage: str = "./runs"
+    description: str = ""
+    analysis: Analysis = Field(default_factory=Analysis)
+    blocks: list[Block] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_blocks(self) -> "Study":
+        names = [b.name for b in self.blocks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"block names must be unique, got {names}")
+        return self
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One grid point: everything needed to train it and measure its checkpoints (JSON-able)."""
+    study: str
+    block: str
+    family: str
+    task: str
+    model: str
+    regime: str
+    seed: int
+    optimizer: str
+    lr: float
+    momentum: float
+    batch_size: int | None
+    weight_decay: float  # effective: 0.0 unless the regime has "wd"
+    sam_rho: float | None  # effective: None unless the regime has "sam"
+    augment: bool
+    factor: float | None
+    label_noise: float | None
+    schedule: str
+    epochs: int
+    checkpoints: tuple[int, ...]
+    n_train: int | None
+    n_test: int | None
+    shuffle_seed: int
+    model_args: dict = field(default_factory=dict)
+    metrics: tuple[str, ...] = ()
+    sharpness: dict = field(default_factory=dict)
+    hessian: dict = field(default_factory=dict)
+    measure: dict = field(default_factory=dict)
+    resources: dict = field(default_factory=dict)
+    trial_id: str = ""
+
+    @property
+    def regularisers(self) -> set[str]:
+        return set(self.regime.split("+")) - {"base"}
+
+    @property
+    def task_params(self) -> dict[str, Any]:
+        """Keyword arguments for ``tasks.load_task`` (only those this family takes)."""
+        keys = {"functions": ("n_train", "n_test"), "circles": ("factor", "label_noise"),
+                "images": ("label_noise",)}[self.family]
+        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+
+    @property
+    def init_seed(self) -> int:
+        """Seed of the initial weights: depends only on (task, model, seed), never on the regime,
+        so every regime of a seed starts from the same weights (comparisons with base are paired).
+        Family A uses the same weights for every target function (protocol)."""
+        task = "*" if self.family == "functions" else self.task
+        return stable_int(self.family, task, self.model, self.model_args, self.seed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Trial":
+        d = dict(d)
+        d["checkpoints"], d["metrics"] = tuple(d["checkpoints"]), tuple(d["metrics"])
+        return cls(**d)
+
+
+def canonical_regime(name: str) -> str:
+    """``"SAM+wd"`` -> ``"wd+sam"``; ``"base"`` stays; unknown parts raise ``ValueError``."""
+    parts = [p.strip().lower() for p in str(name).split("+")]
+    if parts == ["base"]:
+        return "base"
+    unknown = [p for p in parts if p not in REGULARISERS]
+    if unknown or len(set(parts)) != len(parts):
+        raise ValueError(f"unknown regime {name!r}: use 'base' or '+'-joined parts of {', '.join(REGULARISERS)}")
+    return "+".join(r for r in REGULARISERS if r in parts)
+
+
+def stable_int(*parts: Any) -> int:
+    """A 31-bit integer from a stable hash of ``parts`` (same on every machine and Python run)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return int.from_bytes(hashlib.sha256(blob).digest()[:4], "big") & 0x7FFFFFFF
+
+
+def load_study(path: str | Path) -> Study:
+    """Read and validate a study YAML. Raises :class:`StudyError` with one line on any problem."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise StudyError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise StudyError(f"{path}: cannot read: {err}") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        raise StudyError(f"{path}: {where}invalid YAML: {getattr(err, 'problem', err)}") from None
+    if not isinstance(raw, dict):
+        raise StudyError(f"{path}: expected a mapping with name, storage and blocks at the top level")
+    try:
+        return Study.model_validate(raw)
+    except ValidationError as err:
+        raise StudyError(f"{path}: {_first_error(err)}") from None
+
+
+def expand(study: Study) -> list[Trial]:
+    """The study's trials: every block's cross product, in file order. Ids are unique and stable."""
+    trials = [t for block in study.blocks for t in _expand_block(study.name, block)]
+    ids = [t.trial_id for t in trials]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise StudyError(f"blocks: duplicate trials {dupes[:3]} (a list repeats a value?)")
+    return trials
+
+
+def _expand_block(study: str, block: Block) -> list[Trial]:
+    values = {axis: _as_list(getattr(block, axis)) for axis in AXES}
+    varying = [a for a in AXES if len(values[a]) > 1 and a not in ("task", "model", "regime", "seed")]
+    trials = []
+    for combo in itertools.product(*(values[a] for a in AXES)):
+        point = dict(zip(AXES, combo))
+        regs = set(point["regime"].split("+"))
+        trial = Trial(
+            study=study, block=block.name, family=block.family, task=point["task"], model=point["model"],
+            regime=point["regime"], seed=point["seed"], optimizer=block.optimizer, lr=point["lr"],
+            momentum=point["momentum"], batch_size=point["batch_size"],
+            weight_decay=point["weight_decay"] if "wd" in regs else 0.0,
+            sam_rho=point["sam_rho"] if "sam" in regs else None, augment="aug" in regs,
+            factor=point["factor"], label_noise=point["label_noise"], schedule=block.schedule,
+            epochs=block.epochs, checkpoints=tuple(sorted({*(block.checkpoints or []), block.epochs})),
+            n_train=block.n_train, n_test=block.n_test,
+            shuffle_seed=block.shuffle_seed if block.shuffle_seed is not None else point["seed"],
+            model_args=dict(block.model_args), metrics=tuple(block.metrics),
+            sharpness=block.sharpness.model_dump(), hessian=block.hessian.model_dump(),
+            measure=block.measure.model_dump(), resources=block.resources.model_dump(),
+        )
+        trials.append(_with_id(trial, {a: point[a] for a in varying}))
+    return trials
+
+
+_ID_TAGS = {"lr": "lr", "momentum": "m", "batch_size": "bs", "weight_decay": "wd", "sam_rho": "rho",
+            "factor": "f", "label_noise": "p"}
+
+
+def _with_id(trial: Trial, varying: dict[str, Any]) -> Trial:
+    """Readable prefix + hash of everything that shapes training (not resources or metrics), so an
+    edited setting never resumes from a stale checkpoint while an unchanged file gives the same ids."""
+    shaping = {k: v for k, v in trial.to_dict().items()
+               if k not in ("metrics", "sharpness", "hessian", "measure", "resources", "trial_id")}
+    digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:6]
+    extra = "".join(f"-{_ID_TAGS[k]}{v:g}" if isinstance(v, float) else f"-{_ID_TAGS[k]}{v}"
+                    for k, v in varying.items())
+    readable = f"{trial.block}-{trial.task}-{trial.model}-{trial.regime}-s{trial.seed}{extra}"
+    return _replace(trial, trial_id=f"{re.sub(r'[^A-Za-z0-9_.+-]', '_', readable)}-{digest}")
+
+
+def _replace(trial: Trial, **changes: Any) -> Trial:
+    return Trial(**{**trial.to_dict(), **changes})
+
+
+def _as_list(v: Any) -> list:
+    return list(v) if isinstance(v, list) else [v]
+
+
+class _FieldError(ValueError):
+    def __init__(self, field_name: str, msg: str):
+        super().__init__(msg)
+        self.field_name = field_name
+
+
+def _field_error(field_name: str, msg: str) -> _FieldError:
+    # Cross-field checks run on the whole block; this lets the message still name the field.
+    return _FieldError(field_name, msg)
+
+
+def _first_error(err: ValidationError) -> str:
+    """``blocks[1].model: unknown model 'resnet81'; known: ...`` from pydantic's first error."""
+    e = err.errors(include_url=False)[0]
+    loc = list(e["loc"])
+    ctx_err = (e.get("ctx") or {}).get("error")
+    if isinstance(ctx_err, _FieldError):
+        loc.append(ctx_err.field_name)
+    # Union types add the tried member type to the location ("float", "list[float]"): drop it.
+    loc = [p for p in loc if not (isinstance(p, str) and re.fullmatch(r"[a-z]+\[.*\]|int|float|str|none", p))]
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or "study"
+    msg = e["msg"].removeprefix("Value error, ")
+    if e["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif e["type"] == "missing":
+        msg = "required key missing"
+    return f"{where}: {msg}"
