@@ -1,0 +1,14 @@
+"""Sharpness of a trained model's loss landscape. Plain torch, no Ray.
+
+Every function takes ``(model, loss_fn, data, ...)`` with ``data`` an iterable of
+``(inputs, targets)`` batches; losses are sample-weighted means over all batches and the model is
+measured in eval mode (see :mod:`raystudy.geometry.data`).
+"""
+from raystudy.geometry.fisher_rao import count_weight_layers, fisher_rao_norm
+from raystudy.geometry.flatness import default_classifier, relative_flatness
+from raystudy.geometry.sharpness import SharpnessEstimate, sam_sharpness, sam_sharpness_sweep
+
+__all__ = [
+    "count_weight_layers", "default_classifier", "fisher_rao_norm", "relative_flatness",
+    "SharpnessEstimate", "sam_sharpness", "sam_sharpness_sweep",
+]

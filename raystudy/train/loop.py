@@ -1,0 +1,142 @@
+"""Train one trial and checkpoint it at the study's epochs. Plain torch: no Ray in here.
+
+Determinism: the initial weights come from ``trial.init_seed``; the batch order and augmentation of
+epoch ``e`` come from generators seeded by ``(shuffle_seed, e)`` and ``(seed, e)``. Nothing depends
+on how many epochs ran in this process, so a trial resumed from a checkpoint continues exactly as
+an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from raystudy import models, tasks
+from raystudy.checkpoints import list_checkpoints, load_checkpoint, save_checkpoint
+from raystudy.spec import Trial, stable_int
+from raystudy.storage import Store
+from raystudy.tasks.base import Task
+from raystudy.train.augment import augment
+from raystudy.train.sam import SAM
+
+Report = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class TrainSummary:
+    trial_id: str
+    epochs_run: int
+    resumed_from: int | None
+    wall_s: float
+
+
+def loss_fn_for(task: Task) -> nn.Module:
+    """Mean-reduced loss of the task: MSE for regression, cross-entropy for classification."""
+    return nn.MSELoss() if task.kind == "regression" else nn.CrossEntropyLoss()
+
+
+def build_model(trial: Trial, task: Task) -> nn.Module:
+    """The trial's model with its initial weights, which depend only on (task, model, seed)."""
+    with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG as it was
+        torch.manual_seed(trial.init_seed)
+        return models.create_model(trial.model, in_shape=task.in_shape, out_dim=task.out_dim, **trial.model_args)
+
+
+def load_trial_task(trial: Trial) -> Task:
+    return tasks.load_task(trial.family, trial.task, seed=trial.seed, **trial.task_params)
+
+
+def _optimizer(trial: Trial, model: nn.Module) -> torch.optim.Optimizer:
+    if trial.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=trial.lr, weight_decay=trial.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=trial.lr, momentum=trial.momentum, weight_decay=trial.weight_decay)
+
+
+def _schedule(trial: Trial, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    # Stepped once per epoch with T_max = epochs (the authors' code stepped it per batch: a defect).
+    if trial.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=trial.epochs)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+
+def _epoch_batches(task: Task, trial: Trial, epoch: int, device: torch.device):
+    n = len(task.x_train)
+    if trial.batch_size is None or trial.batch_size >= n:
+        order = torch.arange(n)
+    else:
+        g = torch.Generator().manual_seed(stable_int("order", trial.shuffle_seed, epoch))
+        order = torch.randperm(n, generator=g)
+    aug_gen = torch.Generator().manual_seed(stable_int("augment", trial.seed, epoch))
+    size = trial.batch_size or n
+    for start in range(0, n, size):
+        idx = order[start:start + size]
+        x, y = task.x_train[idx], task.y_train[idx]
+        if trial.augment:
+            x = augment(x, task.augment_recipe, aug_gen)  # training batches only, never evaluation data
+        yield x.to(device), y.to(device)
+
+
+def train_trial(trial: Trial, store: Store, report: Report | None = None,
+                device: str | torch.device = "cpu") -> TrainSummary:
+    """Train ``trial``, saving a checkpoint at each epoch in ``trial.checkpoints`` and calling
+    ``report(info)`` after each save with ``trial_id, epoch, step, checkpoint, train_loss_running,
+    final``. Resumes from the trial's latest checkpoint on ``store`` if there is one.
+    Cost: ``epochs * ceil(n_train / batch_size)`` optimiser steps (SAM doubles the passes)."""
+    t0 = time.perf_counter()
+    device = torch.device(device)
+    task = load_trial_task(trial)
+    model = build_model(trial, task).to(device)
+    loss_fn = loss_fn_for(task)
+    base = _optimizer(trial, model)
+    sam = SAM(model, base, rho=trial.sam_rho) if trial.sam_rho is not None else None
+    sched = _schedule(trial, base)
+    steps_per_epoch = math.ceil(len(task.x_train) / (trial.batch_size or len(task.x_train)))
+    start_epoch, prior_wall, resumed = 0, 0.0, None
+
+    existing = list_checkpoints(store, trial.trial_id)
+    if existing:
+        state = load_checkpoint(store, existing[-1].path, map_location=device)
+        model.load_state_dict(state["model"])
+        base.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start_epoch = resumed = state["epoch"]
+        prior_wall = state["train_wall_s"]
+
+    def checkpoint(epoch: int, running_loss: float | None) -> None:
+        wall = prior_wall + time.perf_counter() - t0
+        ref = save_checkpoint(store, trial.trial_id, epoch, {
+            "trial": trial.to_dict(), "step": epoch * steps_per_epoch, "model": model.state_dict(),
+            "optimizer": base.state_dict(), "scheduler": sched.state_dict(),
+            "train_loss_running": running_loss, "train_wall_s": wall,
+        })
+        if report is not None:
+            report({"trial_id": trial.trial_id, "epoch": epoch, "step": epoch * steps_per_epoch,
+                    "checkpoint": ref.path, "train_loss_running": running_loss,
+                    "final": epoch == trial.epochs})
+
+    if start_epoch == 0 and 0 in trial.checkpoints and not existing:
+        checkpoint(0, None)
+    for epoch in range(start_epoch + 1, trial.epochs + 1):
+        model.train()
+        total, seen = 0.0, 0
+        for x, y in _epoch_batches(task, trial, epoch, device):
+            def closure(x=x, y=y) -> torch.Tensor:
+                return loss_fn(model(x), y)
+            if sam is not None:
+                loss = sam.step(closure)
+            else:
+                base.zero_grad(set_to_none=True)
+                loss = closure()
+                loss.backward()
+                base.step()
+            total += float(loss.detach()) * len(x)
+            seen += len(x)
+        sched.step()
+        if epoch in trial.checkpoints:
+            checkpoint(epoch, total / seen)
+    return TrainSummary(trial.trial_id, trial.epochs - start_epoch, resumed,
+                        prior_wall + time.perf_counter() - t0)

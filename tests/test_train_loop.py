@@ -1,0 +1,116 @@
+"""The training loop and the measurement stage, without Ray."""
+import math
+import os
+
+import polars as pl
+import pytest
+import torch
+
+from raystudy.checkpoints import CheckpointError, list_checkpoints, load_checkpoint
+from raystudy.measure import SCHEMA, measure_checkpoint, measured, write_row
+from raystudy.spec import expand, load_study
+from raystudy.storage import Store
+from raystudy.train.loop import build_model, load_trial_task, train_trial
+
+STUDY = """
+name: loop
+storage: {tmp}/runs
+blocks:
+  - name: digits
+    family: images
+    task: digits
+    model: cnn_bn
+    model_args: {{width: 4}}
+    regime: [base, aug+sam, wd]
+    seed: [0, 1]
+    lr: 0.05
+    batch_size: 128
+    epochs: 3
+    checkpoints: [0, 1]
+    metrics: [sam_sharpness, fisher_rao, relative_flatness]
+    sharpness: {{rhos: [0.01, 0.1], draws: 5}}
+    measure: {{max_samples: 200}}
+  - name: fn
+    family: functions
+    task: [sphere, rastrigin]
+    model: mlp
+    model_args: {{hidden: [8]}}
+    optimizer: adam
+    lr: 0.01
+    epochs: 4
+    checkpoints: [0]
+    n_train: 64
+    n_test: 64
+    sharpness: {{rhos: [0.01], draws: 3}}
+"""
+
+
+@pytest.fixture
+def trials(write_study):
+    return expand(load_study(write_study(STUDY.replace("{{", "{").replace("}}", "}"))))
+
+
+def _params(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_initial_weights_depend_only_on_task_model_seed(trials):
+    digits = [t for t in trials if t.block == "digits"]
+    task = load_trial_task(digits[0])
+    by = {(t.regime, t.seed): _params(build_model(t, task)) for t in digits}
+    assert torch.equal(by[("base", 0)], by[("aug+sam", 0)]) and torch.equal(by[("base", 0)], by[("wd", 0)])
+    assert not torch.equal(by[("base", 0)], by[("base", 1)])
+    sphere, rastrigin = [t for t in trials if t.block == "fn" and t.seed == 0]
+    assert torch.equal(_params(build_model(sphere, load_trial_task(sphere))),
+                       _params(build_model(rastrigin, load_trial_task(rastrigin))))
+
+
+def test_resumed_trial_matches_uninterrupted(tmp_path, trials):
+    trial = next(t for t in trials if t.regime == "aug+sam")  # SAM + augmentation: the most state
+    full, cut = Store(str(tmp_path / "full")), Store(str(tmp_path / "cut"))
+    reports = []
+    train_trial(trial, full, report=reports.append)
+    assert [r["epoch"] for r in reports] == [0, 1, 3] and reports[-1]["final"]
+    train_trial(trial, cut)
+    os.remove(list_checkpoints(cut, trial.trial_id)[-1].path)  # the crash lost the last epochs
+    resumed = []
+    summary = train_trial(trial, cut, report=resumed.append)
+    assert summary.resumed_from == 1 and [r["epoch"] for r in resumed] == [3]
+    a = load_checkpoint(full, list_checkpoints(full, trial.trial_id)[-1].path)["model"]
+    b = load_checkpoint(cut, list_checkpoints(cut, trial.trial_id)[-1].path)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_measure_row_is_honest(tmp_path, trials):
+    store = Store(str(tmp_path / "s"))
+    img = next(t for t in trials if t.regime == "wd")
+    fn = next(t for t in trials if t.block == "fn")
+    for t in (img, fn):
+        train_trial(t, store)
+    row = measure_checkpoint(store, list_checkpoints(store, img.trial_id)[-1].path)
+    assert set(row) == set(SCHEMA)
+    assert row["status"] == "ok" and row["bn_mode"] == "eval" and row["augmented"] is False
+    assert row["measured_on"] == "train" and row["measure_n"] == 200 and row["final"]
+    assert math.isclose(row["gen_gap"], 100 * (row["train_acc"] - row["test_acc"]))
+    assert row["weight_decay"] == 5e-4 and row["sam_rho"] is None
+    assert [r["rho"] for r in row["sam_sharpness_by_rho"]] == [0.01, 0.1]
+    assert row["hessian_lambda_max"] is None  # not asked for: null, never 0
+    write_row(store, row)
+    frow = measure_checkpoint(store, list_checkpoints(store, fn.trial_id)[0].path)
+    assert frow["epoch"] == 0 and frow["train_acc"] is None and frow["ece"] is None and frow["fisher_rao"] is None
+    assert math.isclose(frow["gen_gap"], frow["test_loss"] - frow["train_loss"])
+    assert frow["target_complexity"] > 0
+    write_row(store, frow)
+    df = pl.read_parquet(f"{store.root}/results/**/*.parquet")
+    assert df.height == 2 and df.schema == pl.Schema(SCHEMA)
+    assert measured(store) == {(img.trial_id, 3), (fn.trial_id, 0)}
+
+
+def test_corrupt_checkpoint_names_the_file(tmp_path, trials):
+    store = Store(str(tmp_path / "s"))
+    train_trial(trials[0], store)
+    ref = list_checkpoints(store, trials[0].trial_id)[-1]
+    with open(ref.path, "r+b") as f:
+        f.truncate(100)
+    with pytest.raises(CheckpointError, match=rf"^{ref.path}: corrupt checkpoint"):
+        measure_checkpoint(store, ref.path)
