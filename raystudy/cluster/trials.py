@@ -1,0 +1,146 @@
+"""Ray Tune fans the trials out; each trial trains through Ray Train (Train V2 API).
+
+Each Tune trial is a *function trainable* that builds a ``TorchTrainer`` and calls ``fit()``.
+With ``workers: 0`` Train runs in the trial's own process (local mode), so the trial holds the real
+CPUs/GPU; with ``workers: N`` the trial driver holds a token CPU and Train's workers hold the real
+resources. Every checkpoint is written to the study's storage by the training loop itself (one
+layout for local and distributed mode) and its path reported to Train and on to Tune, where a
+callback hands it to the analysis pool without blocking.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import ray
+from ray import train, tune
+from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from raystudy.cluster import metrics
+from raystudy.cluster.pool import MeasurePool
+from raystudy.spec import Trial
+from raystudy.storage import Store
+
+DRIVER_CPU = 0.01  # a trial driver with real workers must not hold a CPU they need (nested deadlock)
+
+
+def _train_worker(config: dict[str, Any]) -> None:
+    import torch
+    from raystudy.train.loop import train_trial
+
+    trial, store = Trial.from_dict(config["trial"]), Store(config["store"])
+    res = trial.resources
+    torch.set_num_threads(max(1, int(res["cpus"])))  # oversubscribing cores slows every trial
+    device = "cpu"
+    if res["gpus"] > 0 and torch.cuda.is_available():
+        device = "cuda"
+        if res["gpus"] < 1:  # Ray's GPU shares are logical: cap the real memory ourselves
+            torch.cuda.set_per_process_memory_fraction(res["gpus"])
+    local = res["workers"] == 0
+
+    # Local mode runs inside the Tune trial itself, where Ray forbids ray.train.report: there the
+    # result goes straight to Tune. Real workers report to Train; TuneReportCallback forwards rank 0's.
+    report = tune.report if local else train.report
+
+    train_trial(trial, store, report=report, device=device)
+
+
+def run_trial(config: dict[str, Any], trials: dict[str, dict], store_uri: str, train_storage: str) -> None:
+    """Tune function trainable: one grid point, trained by a ``TorchTrainer``."""
+    trial = trials[config["trial_id"]]
+    res = trial["resources"]
+    if res["workers"] == 0:
+        scaling = train.ScalingConfig(num_workers=0)
+        callbacks = []
+    else:
+        scaling = train.ScalingConfig(num_workers=res["workers"], use_gpu=res["gpus"] > 0,
+                                      resources_per_worker={"CPU": res["cpus"], "GPU": res["gpus"]})
+        callbacks = [TuneReportCallback()]
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config={"trial": trial, "store": store_uri},
+        scaling_config=scaling,
+        # Same name + storage on a rerun: Train picks the run up where it stopped.
+        run_config=train.RunConfig(name=trial["trial_id"], storage_path=train_storage, callbacks=callbacks),
+    )
+    trainer.fit()
+
+
+def trial_resources(trial: dict) -> tune.PlacementGroupFactory:
+    res = trial["resources"]
+    if res["workers"] == 0:
+        return tune.PlacementGroupFactory([{"CPU": res["cpus"], "GPU": res["gpus"]}])
+    return tune.PlacementGroupFactory([{"CPU": DRIVER_CPU}])
+
+
+def max_concurrent(trials: list[Trial], pool_cpus: float, pool_gpus: float) -> int:
+    """Trials that fit at once beside the analysis pool, counting Train workers' real needs, so
+    trial drivers can never hold the resources their own workers wait for."""
+    total = ray.cluster_resources()
+    cpu = max(total.get("CPU", 1) - pool_cpus, 0)
+    gpu = max(total.get("GPU", 0) - pool_gpus, 0)
+    worst_cpu = max(t.resources["cpus"] * max(t.resources["workers"], 1) for t in trials)
+    worst_gpu = max(t.resources["gpus"] * max(t.resources["workers"], 1) for t in trials)
+    n = math.floor(cpu / worst_cpu + 1e-9) if worst_cpu else len(trials)
+    if worst_gpu:
+        n = min(n, math.floor(gpu / worst_gpu + 1e-9))
+    return max(1, min(n, len(trials)))
+
+
+class FeedPool(tune.Callback):
+    """Hands every reported checkpoint to the analysis pool the moment Tune sees it."""
+
+    def __init__(self, pool: MeasurePool, say):
+        self.pool, self.say = pool, say
+        self.ended: set[str] = set()  # trial ids that completed or errored (the rest were interrupted)
+
+    def _pump(self) -> None:
+        for out in self.pool.pump():
+            self.say(out)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if result.get("checkpoint"):
+            self.pool.submit(result["checkpoint"])
+        self._pump()
+
+    def on_step_end(self, iteration, trials, **info):
+        self._pump()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.ended.add(trial.config["trial_id"])
+        metrics.trial_finished()
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.ended.add(trial.config["trial_id"])
+        metrics.trial_finished(failed=True)
+
+
+def run_trials(trials: list[Trial], store: Store, pool: MeasurePool, say,
+               verbose: int = 1) -> tuple[dict[str, str], list[str]]:
+    """Train ``trials`` with Ray Tune, feeding checkpoints to ``pool``. Returns ``({trial_id: error}``
+    for the trials that failed, ``[trial_id]`` of those a Ctrl-C stopped before they ended)."""
+    by_id = {t.trial_id: t.to_dict() for t in trials}
+    trainable = tune.with_parameters(run_trial, trials=by_id, store_uri=store.uri,
+                                     train_storage=store.path("ray", "train"))
+    trainable = tune.with_resources(trainable, lambda config: trial_resources(by_id[config["trial_id"]]))
+    feed = FeedPool(pool, say)
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"trial_id": tune.grid_search(list(by_id))},
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=max_concurrent(trials, pool.cpus * pool.size, pool.gpus * pool.size),
+            trial_name_creator=lambda t: t.config["trial_id"],
+            trial_dirname_creator=lambda t: t.config["trial_id"],
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(name="tune", storage_path=store.path("ray"), verbose=verbose,
+                                  callbacks=[feed]),
+    )
+    grid = tuner.fit()
+    failed = {}
+    for result in grid:
+        if result.error is not None:
+            first = str(getattr(result.error, "cause", None) or result.error).strip().splitlines()
+            failed[result.config["trial_id"]] = first[-1] if first else repr(result.error)
+    return failed, [t for t in by_id if t not in feed.ended]
