@@ -1,0 +1,89 @@
+"""The whole pipeline through real Ray: Tune trials, Train (local mode), the analysis actor pool,
+Parquet rows and the report; then Ctrl-C and a rerun that resumes without redoing anything."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+import ray
+
+from raystudy.run import execute, plan
+from raystudy.spec import expand, load_study
+
+pytestmark = pytest.mark.slow
+TINY = Path(__file__).parent / "studies" / "tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def _study(tmp_path: Path, name: str) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(TINY.read_text().replace("name: tiny", f"name: {name}").replace("./runs", str(tmp_path / "runs")))
+    return path
+
+
+def _expected(path: Path) -> set[tuple[str, int]]:
+    return {(t.trial_id, e) for t in expand(load_study(path)) for e in t.checkpoints}
+
+
+def test_study_end_to_end(tmp_path, cluster):
+    path = _study(tmp_path, "e2e")
+    p = plan(str(path))
+    assert len(p.to_train) == 14 and not p.to_measure
+    out = execute(p, verbose=0)
+    assert not out.failed and not out.measure_errors and not out.interrupted
+    df = pl.scan_parquet(f"{p.store.root}/results/**/*.parquet").collect()
+    assert set(zip(df["trial_id"], df["epoch"])) == _expected(path) and df.height == len(_expected(path))
+    assert (df["status"] == "ok").all() and (df["bn_mode"] == "eval").all()
+    fn, img = df.filter(family="functions"), df.filter(family="images")
+    assert fn["ece"].null_count() == fn.height and fn["sam_sharpness"].null_count() == 0
+    assert img["fisher_rao"].null_count() == 0 and img["relative_flatness"].null_count() == 0
+    assert img.filter(regime="base")["sam_rho"].null_count() == img.filter(regime="base").height
+    assert set(df["ray_version"]) == {ray.__version__}
+
+    from raystudy.report import build_report
+    index = Path(build_report(p.store.uri))
+    html = index.read_text()
+    assert index.name == "index.html" and "<svg" in html and 'src="http' not in html
+    pngs = list(index.parent.glob("*.png"))
+    assert len(pngs) >= 4 and all(f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in pngs)
+
+
+def _run(path: Path, address: str) -> subprocess.Popen:
+    env = {**os.environ, "RAY_ADDRESS": address, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "raystudy.run", str(path), "--no-report"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def test_interrupt_then_rerun_resumes(tmp_path, cluster):
+    path = _study(tmp_path, "resume")
+    ckpts = tmp_path / "runs" / "resume" / "checkpoints"
+    proc = _run(path, cluster)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(ckpts.glob("*/*.pt"))) < 6:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)  # Ctrl-C mid-study
+    log = proc.communicate(timeout=240)[0]
+    assert proc.returncode == 130, log
+    before = {f: f.stat().st_mtime_ns for f in ckpts.glob("*/*.pt")}
+    assert 0 < len(before) < len(_expected(path)), "the interrupt should land mid-study"
+
+    rerun = _run(path, cluster)
+    log = rerun.communicate(timeout=300)[0]
+    assert rerun.returncode == 0, log
+    assert all(f.stat().st_mtime_ns == t for f, t in before.items()), "a finished checkpoint was retrained"
+    df = pl.scan_parquet(f"{tmp_path}/runs/resume/results/**/*.parquet").collect()
+    assert df.height == len(_expected(path)) and set(zip(df["trial_id"], df["epoch"])) == _expected(path)
+
+    again = _run(path, cluster)  # a third run finds nothing to do
+    log = again.communicate(timeout=120)[0]
+    assert again.returncode == 0 and "0 to train, 0 checkpoints to measure" in log, log
