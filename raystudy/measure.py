@@ -38,7 +38,7 @@ SCHEMA: dict[str, pl.DataType] = {
     "lr": F, "batch_size": I, "weight_decay": F, "sam_rho": F, "augment": B, "factor": F, "label_noise": F,
     "momentum": F, "optimizer": S, "schedule": S, "epochs": I,
     "train_loss": F, "train_acc": F, "test_loss": F, "test_acc": F, "gen_gap": F, "ece": F,
-    "fisher_rao": F, "relative_flatness": F, "sam_sharpness": F, "sam_sharpness_std": F,
+    "fisher_rao": F, "relative_flatness": F, "sam_sharpness": F, "sam_sharpness_std": F, "sam_sharpness_rho": F,
     "sam_sharpness_by_rho": pl.List(_RHO), "sharpness_draws": I, "target_complexity": F,
     "hessian_lambda_max": F, "hessian_lambda_min": F, "hessian_trace": F, "hessian_trace_se": F,
     "hessian_topk": pl.List(F), "hessian_density_grid": pl.List(F), "hessian_density": pl.List(F),
@@ -103,7 +103,8 @@ def _geometry(trial: Trial, task: Task, model, loss_fn, on) -> dict[str, Any]:
     if "sam_sharpness" in trial.metrics:
         cfg = trial.sharpness
         sweep = sam_sharpness_sweep(model, loss_fn, data, cfg["rhos"], n_draws=cfg["draws"], seed=seed)
-        out.update(sam_sharpness=sweep[0].mean, sam_sharpness_std=sweep[0].std, sharpness_draws=cfg["draws"],
+        out.update(sam_sharpness=sweep[0].mean, sam_sharpness_std=sweep[0].std, sam_sharpness_rho=sweep[0].rho,
+                   sharpness_draws=cfg["draws"],
                    sam_sharpness_by_rho=[{"rho": s.rho, "mean": s.mean, "std": s.std, "median": s.median,
                                           "min": s.min, "max": s.max} for s in sweep])
     return out

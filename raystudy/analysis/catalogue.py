@@ -1,0 +1,54 @@
+"""The list of charts a report shows, each with a file name and a one-line caption."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import altair as alt
+import polars as pl
+
+from raystudy.analysis.charts import (circles_sweep, family_rows, functions_complexity_vs_sharpness,
+                                      functions_sharpness_vs_step, images_vs_gap)
+from raystudy.analysis.charts_hessian import curvature_vs_gap, spectral_density
+from raystudy.analysis.labels import metric_label
+from raystudy.analysis.results import SHARPNESS, present
+
+
+@dataclass(frozen=True)
+class ReportChart:
+    """A chart to embed: `name` (file stem of its PNG), the altair chart, and a one-line caption."""
+    name: str
+    chart: alt.TopLevelMixin
+    caption: str
+
+
+def report_charts(df: pl.DataFrame) -> list[ReportChart]:
+    """Every chart the rows support, in report order (charts whose data is absent are left out)."""
+    entries: list[tuple[str, alt.TopLevelMixin | None, str]] = []
+    for metric in present(family_rows(df, "functions", final=False), SHARPNESS):
+        label = metric_label(metric)
+        entries += [
+            (f"functions_{metric}_vs_step", functions_sharpness_vs_step(df, metric),
+             f"Family A: {label} of each target function's fit during training, mean over seeds "
+             "(log step axis, step 0 not shown)."),
+            (f"functions_{metric}_vs_complexity", functions_complexity_vs_sharpness(df, metric),
+             f"Family A: final {label} against the measured complexity of the target, one point per "
+             "function x seed - does sharpness follow the function being learned?"),
+        ]
+    entries += [
+        ("circles_vs_factor", circles_sweep(df, "factor"),
+         "Family B: sharpness and test accuracy against the circles' radius ratio (tighter boundary to the "
+         "right), mean +- SEM over seeds."),
+        ("circles_vs_label_noise", circles_sweep(df, "label_noise"),
+         "Family B, random labels: sharpness and test accuracy against the fraction of training labels "
+         "replaced at random, mean +- SEM over seeds."),
+        ("images_sharpness_vs_gap", images_vs_gap(df),
+         "Family C: each sharpness metric against the generalisation gap, one point per trial, by regime - "
+         "do sharper minima generalise worse?"),
+        ("images_curvature_vs_gap", curvature_vs_gap(df),
+         "Family C: Hessian largest eigenvalue and trace against the generalisation gap, one point per trial, "
+         "by regime."),
+        ("hessian_spectral_density", spectral_density(df),
+         "Hessian eigenvalue density (stochastic Lanczos quadrature) at the final checkpoint, mean over seeds, "
+         "regimes overlaid on a log density axis."),
+    ]
+    return [ReportChart(name, chart, caption) for name, chart, caption in entries if chart is not None]

@@ -1,0 +1,175 @@
+"""Charts of the three families (altair, from polars frames). Each returns an alt.Chart, or None when the
+rows it needs are absent. Values are plotted on a log axis when every plotted value is positive."""
+from __future__ import annotations
+
+import altair as alt
+import polars as pl
+
+from raystudy.analysis.labels import axis_title, chart_title, metric_label
+from raystudy.analysis.results import SHARPNESS, final_rows, ok_rows, present
+
+WIDTH, HEIGHT = 260, 180
+CLASSIFIER_SHARPNESS = ("fisher_rao", "relative_flatness", "sam_sharpness")
+
+
+def family_rows(df: pl.DataFrame, family: str, final: bool = True) -> pl.DataFrame:
+    """Status-"ok" rows of one family (only final checkpoints unless final=False)."""
+    if "family" not in df.columns:
+        return df.clear()
+    rows = ok_rows(final_rows(df) if final else df)
+    return rows.filter(pl.col("family") == family)
+
+
+def scale_for(values: pl.Series) -> alt.Scale:
+    """Log scale when every value is positive, else linear."""
+    return alt.Scale(type="log") if values.len() and values.min() > 0 else alt.Scale(type="linear", zero=False)
+
+
+def series(rows: pl.DataFrame, extra: tuple[str, ...] = ()) -> pl.Expr:
+    """Line/colour label: the regime, prefixed by the block when there are several, plus `extra` columns that
+    vary (e.g. "factor=0.5"), so settings that differ are never averaged together."""
+    parts = [pl.col("block")] if "block" in rows.columns and rows["block"].n_unique() > 1 else []
+    parts += [pl.col("regime")]
+    parts += [pl.lit(f"{c}=") + pl.col(c).cast(pl.String)
+              for c in extra if c in rows.columns and rows[c].n_unique() > 1]
+    return pl.concat_str(parts, separator=", ", ignore_nulls=True)
+
+
+def _long_metric(rows: pl.DataFrame, metric: str, index: list[str]) -> pl.DataFrame:
+    """rows -> index + rho + value; SAM-sharpness is spread over its radii when sam_sharpness_by_rho exists."""
+    by_rho = "sam_sharpness_by_rho"
+    if metric == "sam_sharpness" and by_rho in present(rows, (by_rho,)):
+        return (rows.select(*index, by_rho).drop_nulls(by_rho).explode(by_rho).unnest(by_rho)
+                .select(*index, "rho", value=pl.col("mean")).drop_nulls("value"))
+    if metric not in present(rows, (metric,)):
+        return pl.DataFrame()
+    return rows.select(*index, rho=pl.lit(None, pl.Float64), value=pl.col(metric)).drop_nulls("value")
+
+
+def _facet_by_rho(chart: alt.Chart, long: pl.DataFrame) -> alt.Chart:
+    """Facet by SAM radius when there are several, each with its own y scale."""
+    if long["rho"].n_unique() > 1:
+        column = alt.Column("rho:O", title="perturbation radius rho")
+        return chart.facet(column=column).resolve_scale(y="independent")
+    return chart
+
+
+def functions_sharpness_vs_step(df: pl.DataFrame, metric: str = "sam_sharpness") -> alt.Chart | None:
+    """Family A: mean over seeds of `metric` against training step (log x, step 0 left out), one line per
+    target function; faceted by radius for SAM-sharpness measured at several rhos."""
+    rows = family_rows(df, "functions", final=False)
+    if rows.is_empty() or "step" not in rows.columns:
+        return None
+    rows = rows.filter(pl.col("step") >= 1).with_columns(regime=series(rows))
+    long = _long_metric(rows, metric, ["task", "regime", "seed", "step"])
+    if long.is_empty():
+        return None
+    mean = long.group_by("task", "regime", "step", "rho").agg(pl.col("value").mean()).sort("step")
+    faceted = mean["rho"].n_unique() > 1
+    encoding = dict(
+        x=alt.X("step:Q", scale=alt.Scale(type="log"), title="training step (log)"),
+        y=alt.Y("value:Q", scale=scale_for(mean["value"]), title=axis_title(rows, metric, rho=not faceted)),
+        color=alt.Color("task:N", title="target function"),
+        tooltip=["task", "regime", "step", "rho", alt.Tooltip("value:Q", format=".4g")])
+    if mean["regime"].n_unique() > 1:
+        encoding["strokeDash"] = alt.StrokeDash("regime:N")
+    chart = alt.Chart(mean).mark_line(point=True).encode(**encoding).properties(width=WIDTH, height=HEIGHT)
+    title = chart_title(rows, f"Family A: {metric_label(metric)} during training (mean over seeds)")
+    return _facet_by_rho(chart, mean).properties(title=title)
+
+
+def functions_complexity_vs_sharpness(df: pl.DataFrame, metric: str = "sam_sharpness") -> alt.Chart | None:
+    """Family A: final `metric` against the target's measured complexity (log axes), one point per
+    target function x seed; faceted by radius for SAM-sharpness measured at several rhos."""
+    rows = family_rows(df, "functions")
+    if "target_complexity" not in present(rows, ("target_complexity",)):
+        return None
+    long = _long_metric(rows, metric, ["task", "regime", "seed", "target_complexity"])
+    if long.is_empty() or (long := long.drop_nulls("target_complexity")).is_empty():
+        return None
+    faceted = long["rho"].n_unique() > 1
+    chart = alt.Chart(long).mark_point(filled=True, size=60).encode(
+        x=alt.X("target_complexity:Q", scale=scale_for(long["target_complexity"]),
+                title=axis_title(rows, "target_complexity")),
+        y=alt.Y("value:Q", scale=scale_for(long["value"]), title=axis_title(rows, metric, rho=not faceted)),
+        color=alt.Color("task:N", title="target function"),
+        tooltip=["task", "seed", "rho", alt.Tooltip("value:Q", format=".4g")],
+    ).properties(width=WIDTH, height=HEIGHT)
+    return _facet_by_rho(chart, long).properties(
+        title=chart_title(rows, f"Family A: final {metric_label(metric)} vs complexity of the target function"))
+
+
+def _mean_sem(long: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
+    """Mean over seeds with lo/hi = mean -/+ SEM (SEM = std(ddof=1)/sqrt(n); 0 width when n < 2)."""
+    sem = (pl.col("value").std(ddof=1) / pl.len().sqrt()).fill_null(0.0)
+    return (long.group_by(keys).agg(mean=pl.col("value").mean(), sem=sem, n=pl.len())
+            .with_columns(lo=pl.col("mean") - pl.col("sem"), hi=pl.col("mean") + pl.col("sem")).sort(keys))
+
+
+def _sweep_panel(data: pl.DataFrame, x: str, x_title: str) -> alt.LayerChart:
+    """Mean line with points and mean +- SEM rules against x, one colour per series."""
+    base = alt.Chart(data).encode(x=alt.X(f"{x}:Q", title=x_title, scale=alt.Scale(zero=False)),
+                                  color=alt.Color("regime:N"))
+    line = base.mark_line(point=True).encode(
+        y=alt.Y("mean:Q", title=None, scale=alt.Scale(zero=False)),
+        tooltip=[x, "regime", "label", alt.Tooltip("mean:Q", format=".4g"), alt.Tooltip("sem:Q", format=".2g"),
+                 "n"])
+    return alt.layer(line, base.mark_rule().encode(y="lo:Q", y2="hi:Q")).properties(width=WIDTH, height=140)
+
+
+def circles_sweep(df: pl.DataFrame, x: str = "factor") -> alt.Chart | None:
+    """Family B: each sharpness metric (one row of panels each) and test accuracy (alongside) against
+    `x` ("factor", or "label_noise" for the random-label variant): mean over seeds with SEM error bars.
+    The factor sweep uses rows without label noise; None when `x` takes fewer than 2 values."""
+    rows = family_rows(df, "circles")
+    if x not in present(rows, (x,)):
+        return None
+    if x == "factor" and "label_noise" in rows.columns:
+        rows = rows.filter(pl.col("label_noise").fill_null(0.0) == 0.0)
+    rows = rows.drop_nulls(x).filter(pl.col(x).n_unique().over("block") > 1)  # blocks that sweep x
+    metrics = present(rows, SHARPNESS)
+    if rows.is_empty() or not metrics:
+        return None
+    rows = rows.with_columns(regime=series(rows, ("label_noise" if x == "factor" else "factor",)))
+    long = rows.unpivot(on=present(rows, (*metrics, "test_acc")), index=[x, "regime", "seed"],
+                        variable_name="metric", value_name="value").drop_nulls("value")
+    long = long.with_columns(label=pl.col("metric").replace_strict(
+        {m: axis_title(rows, m) for m in long["metric"].unique()}))
+    stats = _mean_sem(long, [x, "regime", "metric", "label"])
+    x_title = "factor (inner/outer radius; 1 = tightest)" if x == "factor" else "label noise p"
+    header = alt.Header(labelAngle=0, labelAlign="left", labelLimit=260)
+    sharp = _sweep_panel(stats.filter(pl.col("metric") != "test_acc"), x, x_title).facet(
+        row=alt.Row("label:N", title=None, header=header)).resolve_scale(y="independent")
+    acc = stats.filter(pl.col("metric") == "test_acc")
+    if acc.is_empty():
+        chart = sharp
+    else:
+        chart = alt.hconcat(sharp, _sweep_panel(acc, x, x_title).properties(title=axis_title(rows, "test_acc")))
+    return chart.properties(
+        title=chart_title(rows, f"Family B: sharpness and test accuracy vs {x} (mean +- SEM over seeds)"))
+
+
+def images_vs_gap(df: pl.DataFrame, metrics: tuple[str, ...] = CLASSIFIER_SHARPNESS) -> alt.Chart | None:
+    """Family C: each of `metrics` against the generalisation gap at the final checkpoint, one point per
+    trial, coloured by regime (shape = model); one panel per metric (x task when several tasks)."""
+    rows = family_rows(df, "images")
+    metrics = present(rows, metrics)
+    if not metrics or "gen_gap" not in present(rows, ("gen_gap",)):
+        return None
+    long = rows.unpivot(on=metrics, index=["task", "model", "regime", "seed", "gen_gap"],
+                        variable_name="metric", value_name="value").drop_nulls(["value", "gen_gap"])
+    titles = {m: axis_title(rows, m) for m in metrics}
+    several = long["task"].n_unique() > 1
+    long = long.with_columns(panel=pl.col("metric").replace_strict(titles)
+                             + (pl.lit(" - ") + pl.col("task") if several else pl.lit("")))
+    chart = alt.Chart(long).mark_point(filled=True, size=50).encode(
+        x=alt.X("gen_gap:Q", title=axis_title(rows, "gen_gap"), scale=alt.Scale(zero=False)),
+        y=alt.Y("value:Q", title=None, scale=scale_for(long["value"])),
+        color=alt.Color("regime:N"), shape=alt.Shape("model:N"),
+        tooltip=["task", "model", "regime", "seed", alt.Tooltip("gen_gap:Q", format=".3g"),
+                 alt.Tooltip("value:Q", format=".4g")],
+    ).properties(width=WIDTH, height=HEIGHT)
+    header = alt.Header(labelLimit=WIDTH + 40)
+    names = ", ".join(metric_label(m) for m in metrics)
+    return chart.facet(facet=alt.Facet("panel:N", title=None, header=header), columns=3).resolve_scale(
+        y="independent").properties(title=chart_title(rows, f"Family C: {names} vs generalisation gap, by regime"))

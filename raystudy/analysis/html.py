@@ -1,0 +1,105 @@
+"""Self-contained HTML: tables from polars frames, charts as inline SVG, one page with plain CSS.
+Nothing on the page refers to a network address, so it opens offline."""
+from __future__ import annotations
+
+import math
+import os
+import re
+from html import escape
+from pathlib import Path
+
+import altair as alt
+import polars as pl
+import vl_convert
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1200px;
+       padding: 0 1rem; color: #222; line-height: 1.45; }
+h1 { font-size: 1.6rem; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2rem; margin-top: 2.5rem; }
+h3 { margin-top: 1.8rem; }
+.scroll { overflow-x: auto; }
+table { border-collapse: collapse; font-size: .85rem; margin: .5rem 0 1rem; }
+th, td { border: 1px solid #ddd; padding: .25rem .5rem; text-align: right; white-space: nowrap; }
+th { background: #f3f3f3; } td.text { text-align: left; }
+caption { caption-side: top; text-align: left; font-weight: 600; padding: .3rem 0; }
+figure { margin: 1.5rem 0; } figcaption { font-size: .9rem; color: #444; max-width: 900px; }
+dl { display: grid; grid-template-columns: max-content auto; gap: .2rem 1rem; } dt { font-weight: 600; }
+.note { color: #555; font-size: .9rem; }
+"""
+# Left-aligned identity columns; numbers and "mean (sem)" cells stay right-aligned for comparison.
+TEXT_COLUMNS = ("block", "family", "task", "model", "regime", "metric", "group", "alternative", "correction",
+                "optimizer")
+# XML namespace declarations look like URLs; an HTML page does not need them on inline SVG.
+_XMLNS = re.compile(r'\s+xmlns(:\w+)?="[^"]*"')
+
+
+def chart_spec(chart: alt.TopLevelMixin) -> dict:
+    """The chart's Vega-Lite spec with its data inlined (no row limit: densities have many points)."""
+    with alt.data_transformers.disable_max_rows():
+        return chart.to_dict()
+
+
+def inline_svg(spec: dict, prefix: str) -> str:
+    """SVG markup of a Vega-Lite spec, ready to paste into HTML: namespace declarations removed and every
+    element id (clip paths, gradients) prefixed with `prefix`, since ids must be unique across the page."""
+    svg = _XMLNS.sub("", vl_convert.vegalite_to_svg(spec))
+    svg = re.sub(r'\bid="([^"]+)"', rf'id="{prefix}-\1"', svg)
+    return re.sub(r'(url\(#|href="#)([^)"]+)', rf"\g<1>{prefix}-\2", svg)
+
+
+def png_bytes(spec: dict, scale: float = 2.0) -> bytes:
+    """PNG image of a Vega-Lite spec at `scale` times its CSS pixel size."""
+    return vl_convert.vegalite_to_png(spec, scale=scale)
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write `data` to `path` through a temporary file in the same folder and os.replace (never half-written)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same folder: os.replace stays atomic
+    try:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def cell(value: object) -> str:
+    """Table cell text: '-' for null/NaN, 4 significant digits for floats, str() otherwise."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def table(frame: pl.DataFrame, caption: str | None = None) -> str:
+    """An HTML table of every row and column of `frame` (header = column names), escaped."""
+    text_cols = set(TEXT_COLUMNS) & set(frame.columns)
+    head = "".join(f"<th>{escape(c)}</th>" for c in frame.columns)
+    body = []
+    for row in frame.iter_rows():
+        tds = "".join(f'<td{" class=text" if c in text_cols else ""}>{escape(cell(v))}</td>'
+                      for c, v in zip(frame.columns, row))
+        body.append(f"<tr>{tds}</tr>")
+    cap = f"<caption>{escape(caption)}</caption>" if caption else ""
+    return (f'<div class="scroll"><table>{cap}<thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div>')
+
+
+def definition_list(items: dict[str, str]) -> str:
+    """An HTML <dl> of label -> value pairs, escaped."""
+    return "<dl>" + "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in items.items()) + "</dl>"
+
+
+def figure(svg: str, caption: str, png_name: str) -> str:
+    """A <figure> with inline SVG, its caption and a relative link to the PNG next to the page."""
+    link = f'<a href="{escape(png_name)}">{escape(png_name)}</a>'
+    return f"<figure>{svg}<figcaption>{escape(caption)} ({link})</figcaption></figure>"
+
+
+def page(title: str, body: list[str]) -> str:
+    """A complete HTML document: `title` as <title> and <h1>, then the body fragments in order."""
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>{escape(title)}</title><style>{CSS}</style></head>\n<body>\n"
+            f"<h1>{escape(title)}</h1>\n" + "\n".join(body) + "\n</body></html>\n")

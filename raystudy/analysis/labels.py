@@ -1,0 +1,87 @@
+"""Human-readable names for metrics and for how they were measured (chart titles, table headers)."""
+from __future__ import annotations
+
+import altair as alt
+import polars as pl
+
+METRIC_LABELS = {
+    "train_loss": "train loss", "test_loss": "test loss", "train_acc": "train accuracy",
+    "test_acc": "test accuracy", "gen_gap": "generalisation gap", "ece": "ECE (15 bins, L1)",
+    "corruption_acc": "corruption accuracy", "disagreement": "disagreement between seeds",
+    "fisher_rao": "Fisher-Rao norm", "relative_flatness": "relative flatness",
+    "sam_sharpness": "SAM-sharpness", "hessian_lambda_max": "Hessian lambda_max",
+    "hessian_lambda_min": "Hessian lambda_min", "hessian_trace": "Hessian trace",
+    "target_complexity": "target complexity",
+}
+
+
+def metric_label(metric: str) -> str:
+    """Readable name of a metric column (the column name itself when unknown)."""
+    return METRIC_LABELS.get(metric, metric)
+
+
+def _values(df: pl.DataFrame, column: str) -> list:
+    return sorted(df[column].drop_nulls().unique().to_list()) if column in df.columns else []
+
+
+def measurement_note(df: pl.DataFrame) -> str:
+    """How the geometry was measured, from the provenance columns, e.g. "eval BN, train set, un-augmented, n=500".
+
+    Empty string when the rows carry no provenance. Several values are listed with "/".
+    """
+    parts = []
+    if bn := _values(df, "bn_mode"):
+        parts.append("/".join(map(str, bn)) + " BN")
+    if on := _values(df, "measured_on"):
+        parts.append("/".join(map(str, on)) + " set")
+    augmented = _values(df, "augmented")
+    if augmented == [False]:
+        parts.append("un-augmented")
+    elif True in augmented:
+        parts.append("AUGMENTED data")
+    if n := _values(df, "measure_n"):
+        parts.append(f"n={n[0]}" if len(n) == 1 else f"n={n[0]}-{n[-1]}")
+    return ", ".join(parts)
+
+
+def sam_rhos(df: pl.DataFrame) -> list[float]:
+    """The perturbation radii behind the scalar `sam_sharpness` column.
+
+    Read from a `sam_sharpness_rho` column when the rows have one, else inferred from the
+    `sam_sharpness_by_rho` entry whose mean equals `sam_sharpness`; empty when unknown.
+    """
+    if "sam_sharpness_rho" in df.columns:
+        return _values(df, "sam_sharpness_rho")
+    if not {"sam_sharpness_by_rho", "sam_sharpness"} <= set(df.columns):
+        return []
+    long = (df.select("sam_sharpness", "sam_sharpness_by_rho").drop_nulls().explode("sam_sharpness_by_rho")
+            .unnest("sam_sharpness_by_rho"))
+    if not {"rho", "mean"} <= set(long.columns):
+        return []
+    match = (pl.col("mean") - pl.col("sam_sharpness")).abs() <= 1e-9 * pl.col("sam_sharpness").abs() + 1e-15
+    return _values(long.filter(match), "rho")
+
+
+def axis_title(df: pl.DataFrame, metric: str, rho: bool = True) -> str:
+    """Metric name with its unit or radius, e.g. "SAM-sharpness (rho=0.005)", "test accuracy (%)".
+
+    rho=False leaves the radius out (for charts that facet by rho). Accuracy gets its unit (% or fraction)
+    from the data; the gap of a classification task is in percentage points, of a regression in MSE.
+    How the geometry was measured goes in the chart's subtitle (chart_title), not on the axis.
+    """
+    label = metric_label(metric)
+    if metric in ("test_acc", "train_acc") and metric in df.columns:
+        top = df[metric].max()
+        return f"{label} ({'%' if top is not None and top > 1.0 else 'fraction'})"
+    if metric == "gen_gap":
+        regression = "train_acc" not in df.columns or df["train_acc"].null_count() == df.height
+        return f"{label} ({'test - train MSE' if regression else 'train - test accuracy, pp'})"
+    if metric == "sam_sharpness" and rho and (rhos := sam_rhos(df)):
+        return f"{label} (rho=" + "/".join(f"{r:g}" for r in rhos) + ")"
+    return label
+
+
+def chart_title(df: pl.DataFrame, text: str) -> alt.Title:
+    """A chart title with the measuring mode as subtitle, e.g. "geometry measured with eval BN, train set, ..."."""
+    note = measurement_note(df)
+    return alt.Title(text, subtitle=f"geometry measured with {note}" if note else "", anchor="start")

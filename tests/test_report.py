@@ -1,0 +1,78 @@
+"""The report: self-contained offline HTML page, a PNG per chart, and the CLI's exit codes."""
+from __future__ import annotations
+
+import re
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fake_results import write_study
+from raystudy.report import build_report
+
+REPO = Path(__file__).resolve().parents[1]
+CHARTS = {"functions_sam_sharpness_vs_step", "functions_sam_sharpness_vs_complexity", "circles_vs_factor",
+          "circles_vs_label_noise", "images_sharpness_vs_gap", "images_curvature_vs_gap",
+          "hessian_spectral_density"}
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> Path:
+    return build_report(write_study(tmp_path_factory.mktemp("study")))
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "raystudy.report", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_page_is_offline_and_complete(report):
+    assert report.name == "index.html" and report.parent.name == "report"
+    html = report.read_text()
+    assert "http" not in html.lower()  # no CDN, no external URL, not even an XML namespace
+    assert "<script" not in html and "src=" not in html and "<link" not in html
+    assert "raystudy report: toy" in html
+    assert "eval BN, train set, un-augmented, n=500" in html  # what was measured
+    assert "0.1.0 / 2.15.0 / 2.60.0" in html and "nonfinite: 1" in html
+    for block in ("circles", "circles_noise", "digits", "functions"):
+        assert f"<h3>Block {block}</h3>" in html
+    assert html.count("<caption>mean (SEM) over seeds</caption>") == 4
+    assert html.count("each regime vs base, paired by seed") == 1  # only digits has base + other regimes
+    assert "93 (1.3)" in html  # digits base test accuracy, mean (SEM)
+    assert html.count("<svg") == len(CHARTS) == html.count("<figcaption>")
+    ids = re.findall(r'\bid="([^"]+)"', html)
+    assert len(ids) == len(set(ids))  # inline SVGs do not clash
+
+
+def test_one_valid_png_per_chart(report):
+    pngs = {p.stem: p for p in report.parent.glob("*.png")}
+    assert set(pngs) == CHARTS
+    for path in pngs.values():
+        data = path.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+        width, height = struct.unpack(">II", data[16:24])
+        assert width > 400 and height > 200
+        assert f'href="{path.name}"' in report.read_text()
+    assert not [p for p in report.parent.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_empty_study_gives_a_page_that_says_so(tmp_path):
+    (tmp_path / "results").mkdir()
+    result = _cli(str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    page = Path(result.stdout.strip())
+    assert page == tmp_path / "report" / "index.html"
+    assert "No results yet" in page.read_text() and not list(page.parent.glob("*.png"))
+
+
+@pytest.mark.parametrize("make_dir", [False, True])
+def test_cli_not_a_study_directory(tmp_path, make_dir):
+    target = tmp_path / "somewhere"
+    if make_dir:
+        target.mkdir()
+    result = _cli(str(target))
+    assert result.returncode == 2
+    assert result.stderr == f"{target}: no results/ directory (not a study directory?)\n"
+    assert result.stdout == "" and not (target / "report").exists()
