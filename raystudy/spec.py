@@ -159,6 +159,12 @@ class Block(_Strict):
         for f in _as_list(self.factor):
             if f is not None and not 0 < f < 1:
                 raise _field_error("factor", f"{f} is not in (0, 1)")
+        for axis in AXES:
+            # A repeated value (after canonicalisation: "sam+wd" == "wd+sam") would make two identical trials.
+            values = _as_list(getattr(self, axis))
+            repeated = [v for i, v in enumerate(values) if v in values[:i]]
+            if repeated:
+                raise _field_error(axis, f"{repeated[0]!r} is listed twice")
         for p in _as_list(self.label_noise):
             if p is not None and not 0 <= p <= 1:
                 raise _field_error("label_noise", f"{p} is not a probability in [0, 1]")
@@ -180,8 +186,10 @@ class Study(_Strict):
     @model_validator(mode="after")
     def _unique_blocks(self) -> "Study":
         names = [b.name for b in self.blocks]
-        if len(set(names)) != len(names):
-            raise ValueError(f"block names must be unique, got {names}")
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise _field_error(("blocks", i, "name"),
+                                   f"duplicate block name {name!r} (also blocks[{names.index(name)}])")
         return self
 
 
@@ -345,12 +353,12 @@ def _as_list(v: Any) -> list:
 
 
 class _FieldError(ValueError):
-    def __init__(self, field_name: str, msg: str):
+    def __init__(self, field_name: str | tuple[str | int, ...], msg: str):
         super().__init__(msg)
-        self.field_name = field_name
+        self.loc = (field_name,) if isinstance(field_name, str) else tuple(field_name)
 
 
-def _field_error(field_name: str, msg: str) -> _FieldError:
+def _field_error(field_name: str | tuple[str | int, ...], msg: str) -> _FieldError:
     # Cross-field checks run on the whole block; this lets the message still name the field.
     return _FieldError(field_name, msg)
 
@@ -361,10 +369,12 @@ def _first_error(err: ValidationError) -> str:
     loc = list(e["loc"])
     ctx_err = (e.get("ctx") or {}).get("error")
     if isinstance(ctx_err, _FieldError):
-        loc.append(ctx_err.field_name)
+        loc.extend(ctx_err.loc)
     # Union types add the tried member type to the location ("float", "list[float]"): drop it.
     loc = [p for p in loc if not (isinstance(p, str) and re.fullmatch(r"[a-z]+\[.*\]|int|float|str|none", p))]
-    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or "study"
+    # An unknown key is the user's text: repr() it unless it is a plain name, so the message stays one line.
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" if re.fullmatch(r"\w+", str(p)) else f".{p!r}"
+                    for p in loc).lstrip(".") or "study"
     msg = e["msg"].removeprefix("Value error, ")
     if e["type"] == "extra_forbidden":
         msg = "unknown key"

@@ -1,0 +1,325 @@
+"""The study file: good files expand into the right trials with stable ids; bad files fail with one
+line naming the file and the field, before anything is created or started."""
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import os
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import yaml
+
+from raystudy.spec import StudyError, Trial, canonical_regime, expand, load_study
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "studies" / "smoke.yaml"
+
+
+def write(tmp_path: Path, study: dict | str, name: str = "study.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(study if isinstance(study, str) else yaml.safe_dump(study, sort_keys=False))
+    return path
+
+
+def base_study(tmp_path: Path) -> dict:
+    """A small valid study: one circles block, one digits block."""
+    return {
+        "name": "t",
+        "storage": str(tmp_path / "x"),
+        "blocks": [
+            {"name": "circ", "family": "circles", "task": "circles", "factor": 0.5, "model": "mlp",
+             "lr": 0.01, "batch_size": 5, "epochs": 3, "seed": [0, 1]},
+            {"name": "dig", "family": "images", "task": "digits", "model": "cnn_bn",
+             "regime": ["base", "wd", "sam+wd"], "seed": [0, 1], "lr": [0.1, 0.01], "batch_size": [16, 32],
+             "epochs": 4, "checkpoints": [1], "metrics": ["sam_sharpness", "ece"]},
+        ],
+    }
+
+
+def ids(path: Path) -> list[str]:
+    return [t.trial_id for t in expand(load_study(path))]
+
+
+# ---------------------------------------------------------------- good files
+
+
+def test_smoke_study_expands_to_the_cross_product():
+    study = load_study(SMOKE)
+    trials = expand(study)
+    raw = yaml.safe_load(SMOKE.read_text())
+    per_block = defaultdict(int)
+    for t in trials:
+        per_block[t.block] += 1
+    # Independently: product of the lengths of the list-valued grid axes of each raw block.
+    axes = ("task", "model", "regime", "seed", "lr", "momentum", "batch_size", "weight_decay", "sam_rho",
+            "factor", "label_noise")
+    expected = {b["name"]: math.prod(len(b[a]) for a in axes if isinstance(b.get(a), list)) for b in raw["blocks"]}
+    assert per_block == expected == {"functions": 7 * 2, "circles": 3 * 2, "digits": 2 * 6 * 2}
+    assert [t.block for t in trials] == sorted((t.block for t in trials), key=list(expected).index)
+
+
+def test_hyperparameter_lists_multiply(tmp_path):
+    trials = expand(load_study(write(tmp_path, base_study(tmp_path))))
+    dig = [t for t in trials if t.block == "dig"]
+    assert len(dig) == 3 * 2 * 2 * 2  # regime x seed x lr x batch_size
+    points = {(t.regime, t.seed, t.lr, t.batch_size) for t in dig}
+    assert points == set(itertools.product(["base", "wd", "wd+sam"], [0, 1], [0.1, 0.01], [16, 32]))
+
+
+def test_ids_stable_unique_readable(tmp_path):
+    path = write(tmp_path, base_study(tmp_path))
+    first = ids(path)
+    copy_path = write(tmp_path, path.read_text(), name="elsewhere.yaml")
+    assert ids(path) == first == ids(copy_path)  # same content -> same ids, wherever the file is
+    assert len(set(first)) == len(first)
+    for t in expand(load_study(path)):
+        for part in (t.block, t.task, t.model, t.regime, f"s{t.seed}"):
+            assert part in t.trial_id, (part, t.trial_id)
+        if t.block == "dig":  # lr and batch_size vary in this block: both show in the id
+            assert f"-lr{t.lr:g}-" in t.trial_id and f"-bs{t.batch_size}-" in t.trial_id
+        else:  # nothing but the seed varies: no hyperparameter tags
+            assert "-lr" not in t.trial_id and "-bs" not in t.trial_id
+    assert "dig-digits-cnn_bn-wd+sam-s1-lr0.01-bs32-" in " ".join(first)
+
+
+def changed_ids(tmp_path: Path, edit) -> tuple[list[str], list[str]]:
+    study = base_study(tmp_path)
+    before = ids(write(tmp_path, study, "a.yaml"))
+    edited = copy.deepcopy(study)
+    edit(edited["blocks"][1])
+    return before, ids(write(tmp_path, edited, "b.yaml"))
+
+
+@pytest.mark.parametrize("edit", [
+    lambda b: b.update(lr=[0.1, 0.02]),
+    lambda b: b.update(epochs=5),
+    lambda b: b.update(momentum=0.5),
+    lambda b: b.update(model_args={"width": 8}),
+    lambda b: b.update(sam_rho=0.1),  # changes only the +sam trials, see below
+], ids=["lr", "epochs", "momentum", "model_args", "sam_rho"])
+def test_ids_change_with_training_settings(tmp_path, edit):
+    before, after = changed_ids(tmp_path, edit)
+    assert len(before) == len(after) and before != after
+
+
+def test_sam_rho_and_weight_decay_only_touch_trials_that_use_them(tmp_path):
+    before, after = changed_ids(tmp_path, lambda b: b.update(sam_rho=0.1, weight_decay=1e-3))
+    for old, new in zip(before, after):
+        # base trials train identically whatever the wd/rho settings: they keep their ids (and results).
+        assert (old == new) == ("-base-" in old), (old, new)
+
+
+@pytest.mark.parametrize("edit", [
+    lambda b: b.update(metrics=["sam_sharpness", "ece", "fisher_rao"]),
+    lambda b: b.update(resources={"cpus": 2, "gpus": 0.5}),
+    lambda b: b.update(sharpness={"rhos": [0.01], "draws": 7}),
+    lambda b: b.update(measure={"split": "test", "max_samples": 100}),
+    lambda b: b.update(hessian={"top_k": 3}),
+], ids=["metrics", "resources", "sharpness", "measure", "hessian"])
+def test_ids_ignore_measurement_and_resources(tmp_path, edit):
+    before, after = changed_ids(tmp_path, edit)
+    assert before == after
+
+
+def test_regimes_canonicalise(tmp_path):
+    assert canonical_regime("SAM+wd") == "wd+sam"
+    assert canonical_regime(" sam + AUG + wd ") == "aug+wd+sam"
+    assert canonical_regime("Base") == "base"
+    for bad in ("base+sam", "dropout", "sam+sam", ""):
+        with pytest.raises(ValueError):
+            canonical_regime(bad)
+    study = base_study(tmp_path)
+    study["blocks"][1]["regime"] = ["SAM+wd", "Aug"]
+    assert {t.regime for t in expand(load_study(write(tmp_path, study)))} >= {"wd+sam", "aug"}
+
+
+def test_effective_regulariser_settings():
+    trials = [t for t in expand(load_study(SMOKE)) if t.block == "digits"]
+    assert {t.regime for t in trials} == {"base", "sam", "aug", "aug+sam", "wd", "wd+sam"}
+    for t in trials:
+        parts = t.regime.split("+")
+        assert t.weight_decay == (5e-4 if "wd" in parts else 0.0)
+        assert t.sam_rho == (0.05 if "sam" in parts else None)
+        assert t.augment == ("aug" in parts)
+        assert t.regularisers == set(parts) - {"base"}
+
+
+def test_init_seed_paired_by_seed_not_regime():
+    trials = [t for t in expand(load_study(SMOKE)) if t.block == "digits"]
+    by_point = defaultdict(set)
+    for t in trials:
+        by_point[(t.task, t.model, t.seed)].add(t.init_seed)
+    assert all(len(s) == 1 for s in by_point.values())  # every regime starts from the same weights
+    for model in ("cnn_bn", "mlp"):
+        assert by_point[("digits", model, 0)] != by_point[("digits", model, 1)]
+
+
+def test_functions_share_initial_weights_across_targets():
+    trials = [t for t in expand(load_study(SMOKE)) if t.family == "functions"]
+    seeds = {s: {t.init_seed for t in trials if t.seed == s} for s in (0, 1)}
+    assert len({t.task for t in trials}) == 7
+    assert len(seeds[0]) == len(seeds[1]) == 1 and seeds[0] != seeds[1]
+
+
+def test_checkpoints_always_include_the_last_epoch(tmp_path):
+    by_block = {t.block: t.checkpoints for t in expand(load_study(SMOKE))}
+    assert by_block == {"functions": (0, 1, 10, 100, 1000), "circles": (100,), "digits": (2, 8)}
+    trials = expand(load_study(write(tmp_path, base_study(tmp_path))))
+    assert {t.block: t.checkpoints for t in trials} == {"circ": (3,), "dig": (1, 4)}
+
+
+def test_trial_round_trips_through_json_dict():
+    t = expand(load_study(SMOKE))[-1]
+    assert Trial.from_dict(t.to_dict()) == t
+
+
+# ---------------------------------------------------------------- bad files
+
+
+def block(i: int, **changes):
+    def edit(s: dict) -> None:
+        s["blocks"][i].update(changes)
+    return edit
+
+
+def drop(*keys):
+    def edit(s: dict) -> None:
+        target = s
+        for k in keys[:-1]:
+            target = target[k]
+        del target[keys[-1]]
+    return edit
+
+
+FUNCTIONS_BLOCK = {"name": "fn", "family": "functions", "task": "sphere", "model": "mlp", "lr": 1e-3,
+                   "epochs": 2, "metrics": ["sam_sharpness", "fisher_rao"]}
+
+# (id, edit of base_study, field the message must name, words it must contain)
+BAD = [
+    ("unknown top-level key", lambda s: s.update(colour="red"), "colour", "unknown key"),
+    ("unknown block key", block(1, learning_rate=0.1), "blocks[1].learning_rate", "unknown key"),
+    ("missing name", drop("name"), "name", "missing"),
+    ("missing blocks", drop("blocks"), "blocks", "missing"),
+    ("empty blocks", lambda s: s.update(blocks=[]), "blocks", "at least 1"),
+    ("missing lr", drop("blocks", 0, "lr"), "blocks[0].lr", "missing"),
+    ("epochs not an int", block(1, epochs="many"), "blocks[1].epochs", "integer"),
+    ("unknown model", block(1, model="resnet81"), "blocks[1].model", "unknown model 'resnet81'; known: "),
+    ("unknown model in list", block(1, model=["cnn_bn", "resnet81"]), "blocks[1].model", "'resnet81'"),
+    ("unknown task", block(1, task="cifar11"), "blocks[1].task", "unknown images task 'cifar11'"),
+    ("unknown family", block(0, family="audio"), "blocks[0].family", "'functions', 'circles' or 'images'"),
+    ("unknown regime part", block(1, regime="base+dropout"), "blocks[1].regime", "'base+dropout'"),
+    ("unknown metric", block(1, metrics=["ece", "flatness"]), "blocks[1].metrics", "unknown metric 'flatness'"),
+    ("empty seed list", block(1, seed=[]), "blocks[1].seed", "empty list"),
+    ("checkpoint past epochs", block(1, checkpoints=[1, 9]), "blocks[1].checkpoints", "[0, 4]"),
+    ("negative checkpoint", block(1, checkpoints=[-1, 2]), "blocks[1].checkpoints", "[0, 4]"),
+    ("unsorted checkpoints", block(1, checkpoints=[3, 1]), "blocks[1].checkpoints", "increasing"),
+    ("circles without factor", drop("blocks", 0, "factor"), "blocks[0].factor", "need a factor"),
+    ("factor of 1", block(0, factor=1.0), "blocks[0].factor", "not in (0, 1)"),
+    ("factor in list out of range", block(0, factor=[0.5, 1.2]), "blocks[0].factor", "1.2 is not in (0, 1)"),
+    ("factor on images", block(1, factor=0.5), "blocks[1].factor", "only circles"),
+    ("label noise above 1", block(0, label_noise=1.5), "blocks[0].label_noise", "probability"),
+    ("negative lr", block(1, lr=-0.1), "blocks[1].lr", "> 0"),
+    ("lr not a number", block(0, lr="fast"), "blocks[0].lr", "number"),
+    ("zero sam_rho", block(1, sam_rho=0), "blocks[1].sam_rho", "> 0"),
+    ("batch size 0", block(0, batch_size=0), "blocks[0].batch_size", ">= 1"),
+    ("batch size 0 in list", block(1, batch_size=[16, 0]), "blocks[1].batch_size", ">= 1"),
+    ("classification metric on functions", lambda s: s["blocks"].append(FUNCTIONS_BLOCK), "blocks[2].metrics",
+     "fisher_rao need a classification task"),
+    ("duplicate block names", block(1, name="circ"), "blocks[1].name", "duplicate block name 'circ'"),
+    ("repeated regime", block(1, regime=["sam+wd", "wd+sam"]), "blocks[1].regime", "'wd+sam' is listed twice"),
+    ("zero cpus", block(1, resources={"cpus": 0}), "blocks[1].resources.cpus", "greater than 0"),
+    ("negative rho", block(1, sharpness={"rhos": [-0.01]}), "blocks[1].sharpness.rhos", "> 0"),
+    ("bad block name", block(0, name="my block"), "blocks[0].name", "pattern"),
+    ("key with a newline", lambda s: s.update({"bad\nkey": 1}), "'bad\\nkey'", "unknown key"),
+]
+
+
+@pytest.mark.parametrize("edit, field, words", [c[1:] for c in BAD], ids=[c[0] for c in BAD])
+def test_bad_study_names_file_and_field(tmp_path, edit, field, words):
+    study = base_study(tmp_path)
+    edit(study)
+    path = write(tmp_path, study)
+    with pytest.raises(StudyError) as err:
+        expand(load_study(path))  # expand too: no bad file may get past validation
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"{path}: {field}: "), msg
+    assert words in msg, msg
+
+
+RAW_BAD = [
+    ("invalid YAML", "name: t\nblocks:\n  - name: a\n    model: [mlp\n    lr: 0.1\n", "line 5: invalid YAML"),
+    ("tab indentation", "name: t\nblocks:\n\t- name: a\n", "line 3: invalid YAML"),
+    ("a list, not a mapping", "- name: t\n- blocks: []\n", "expected a mapping"),
+    ("empty file", "", "expected a mapping"),
+]
+
+
+@pytest.mark.parametrize("text, words", [c[1:] for c in RAW_BAD], ids=[c[0] for c in RAW_BAD])
+def test_unreadable_study(tmp_path, text, words):
+    path = write(tmp_path, text)
+    with pytest.raises(StudyError) as err:
+        load_study(path)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(f"{path}: ") and words in msg, msg
+
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "nope.yaml"
+    with pytest.raises(StudyError, match=r"nope\.yaml: file not found$") as err:
+        load_study(path)
+    assert str(err.value) == f"{path}: file not found"
+
+
+def test_distinct_bad_cases():
+    assert len({c[0] for c in BAD} | {c[0] for c in RAW_BAD}) == len(BAD) + len(RAW_BAD) >= 15
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def test_cli_rejects_bad_files_with_one_line_and_creates_nothing(tmp_path):
+    cases = {  # name -> (edit, field)
+        "model": (block(1, model="resnet81"), "blocks[1].model"),
+        "regime": (block(1, regime=["sam", "SAM"]), "blocks[1].regime"),  # caught at load, not in expand
+    }
+    procs = {}
+    for name, (edit, _) in cases.items():
+        study = base_study(tmp_path)
+        edit(study)
+        path = write(tmp_path, study, f"{name}.yaml")
+        # Side by side: each pays only Python + torch/sklearn import time (~6 s CPU); Ray never starts
+        # (RAY_ADDRESS points nowhere, so a connection attempt would fail differently).
+        procs[name] = (path, subprocess.Popen(
+            [sys.executable, "-m", "raystudy.run", str(path)], cwd=tmp_path, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "RAY_ADDRESS": "127.0.0.1:1"}))
+    for name, (path, proc) in procs.items():
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 2, (name, out, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in err, err
+        assert lines[0].removeprefix("error: ").startswith(f"{path}: {cases[name][1]}: "), lines[0]
+        assert out == ""
+    assert not (tmp_path / "x").exists()  # the studies' storage: nothing written
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{n}.yaml" for n in cases)
+
+
+def test_main_returns_2_without_starting_ray(tmp_path, capsys):
+    from raystudy.run import main
+
+    study = base_study(tmp_path)
+    study["blocks"][0]["model"] = "resnet81"
+    path = write(tmp_path, study)
+    assert main([str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.endswith("\n")
+    assert err.removeprefix("error: ").startswith(f"{path}: blocks[0].model: unknown model 'resnet81'; known: ")
+    if "ray" in sys.modules:
+        import ray
+        assert not ray.is_initialized()
+    assert not (tmp_path / "x").exists()
