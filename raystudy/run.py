@@ -26,12 +26,14 @@ class Plan:
     to_measure: list[str]  # checkpoints on storage without a result row
 
 
-def plan(study_path: str, fresh: bool = False) -> Plan:
+def plan(study_path: str, fresh: bool = False, storage: str | None = None) -> Plan:
     """Read the study and storage; decide what is left to do. Raises StudyError on bad input,
     including a corrupt checkpoint a resumed trial or the pool would have to read."""
     from raystudy.measure import measured
 
     study = load_study(study_path)
+    if storage:
+        study = study.model_copy(update={"storage": storage})
     trials = expand(study)
     store = Store(os.path.join(study.storage, study.name) if "://" not in study.storage
                   else f"{study.storage.rstrip('/')}/{study.name}")
@@ -126,6 +128,7 @@ def plan_unmeasured(p: Plan) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m raystudy.run", description=__doc__.splitlines()[0])
     parser.add_argument("study", help="study YAML file")
+    parser.add_argument("--storage", help="store results here instead of the study file's storage")
     parser.add_argument("--fresh", action="store_true", help="delete this study's results and start over")
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, a running local cluster, or a new one)")
     parser.add_argument("--num-cpus", type=int, help="CPUs for a newly started local Ray instance")
@@ -133,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     try:
-        p = plan(args.study, fresh=args.fresh)
+        p = plan(args.study, fresh=args.fresh, storage=args.storage)
     except StudyError as err:
         print(err, file=sys.stderr)
         return 2

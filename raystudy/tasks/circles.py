@@ -6,7 +6,6 @@ initialisation alone (PROTOCOL.md: 100 seeds, data order fixed).
 from __future__ import annotations
 
 import torch
-from sklearn.datasets import make_circles
 
 from .base import Task, apply_label_noise
 
@@ -29,6 +28,8 @@ def load(
     with probability p (test labels stay clean). ``seed`` is accepted for a uniform signature and
     ignored. Inputs float32 ``(N, 2)``, labels int64 ``(N,)``.
     """
+    # sklearn is imported here, not at module level: validating a study file should not pay for it.
+    from sklearn.datasets import make_circles
     del seed  # the protocol varies only the initialisation across trial seeds
     if name not in NAMES:
         raise KeyError(f"unknown circles task {name!r}; known: {', '.join(NAMES)}")

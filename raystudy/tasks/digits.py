@@ -6,8 +6,6 @@ stratified) whatever the trial seed, so every trial of a study sees the same spl
 from __future__ import annotations
 
 import torch
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 from .base import Task, apply_label_noise
 
@@ -24,6 +22,9 @@ def load(
     Augmentation recipe ``"shift1"``: 1-pixel random shifts; no flips (digits are not
     mirror-symmetric). ``seed`` is accepted for a uniform signature and ignored.
     """
+    # sklearn is imported here, not at module level: validating a study file should not pay for it.
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
     del seed  # the split is fixed by the protocol; only initialisation varies across seeds
     if name not in NAMES:
         raise KeyError(f"unknown images task {name!r}; known: {', '.join(NAMES)}")

@@ -1,0 +1,68 @@
+"""What does Ray cost? The smoke study's trials (a) through ``raystudy.run`` and (b) in this process,
+one after another, with the same training and metric code. Prints both walls and
+
+    ratio = wall(raystudy) / (wall(in-process) / concurrent slots)
+
+where the slots are the CPUs Ray schedules on (trials and the measuring pool together). 1.0 means
+Ray parallelises perfectly and costs nothing; the goal on a 2-core machine is <= 1.5.
+
+    uv run python benchmarks/overhead.py [--study studies/smoke.yaml] [--slots 2]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+
+def in_process(study_path: str, storage: str) -> tuple[float, int]:
+    """Train and measure every trial sequentially, no Ray. Returns (wall seconds, checkpoints)."""
+    from raystudy.measure import measure_checkpoint, write_row
+    from raystudy.run import plan
+    from raystudy.train.loop import train_trial
+
+    torch.set_num_threads(1)  # what one Ray trial or measuring actor gets with cpus: 1
+    t0 = time.perf_counter()
+    p = plan(study_path, fresh=True, storage=storage)
+    n = 0
+    for trial in p.trials:
+        paths: list[str] = []
+        train_trial(trial, p.store, report=lambda info: paths.append(info["checkpoint"]))
+        for path in paths:
+            write_row(p.store, measure_checkpoint(p.store, path))
+            n += 1
+    return time.perf_counter() - t0, n
+
+
+def through_ray(study_path: str, storage: str, slots: int) -> float:
+    """The real command, Ray start-up and shutdown included, as a researcher runs it."""
+    cmd = [sys.executable, "-m", "raystudy.run", study_path, "--fresh", "--no-report",
+           "--storage", storage, "--num-cpus", str(slots)]
+    env = {**os.environ, "RAY_ADDRESS": ""}  # a fresh local instance, not someone's cluster
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--study", default="studies/smoke.yaml")
+    ap.add_argument("--slots", type=int, default=os.cpu_count())
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        wall_seq, n = in_process(args.study, f"{tmp}/seq")
+        wall_ray = through_ray(args.study, f"{tmp}/ray", args.slots)
+    ideal = wall_seq / args.slots
+    print(f"study {args.study}: {n} checkpoints")
+    print(f"in-process sequential: {wall_seq:7.1f} s")
+    print(f"raystudy.run (Ray):    {wall_ray:7.1f} s   ({args.slots} slots)")
+    print(f"ratio wall(raystudy) / (wall(in-process) / slots) = {wall_ray / ideal:.2f}   (goal <= 1.5)")
+
+
+if __name__ == "__main__":
+    main()
