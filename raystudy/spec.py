@@ -180,6 +180,9 @@ class Study(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     storage: str = "./runs"
     description: str = ""
+    # Trials at once; default: as many as fit on the cluster as it is now. Set it on an autoscaling
+    # cluster, which starts smaller than it grows.
+    max_concurrent_trials: int | None = Field(None, ge=1)
     analysis: Analysis = Field(default_factory=Analysis)
     blocks: list[Block] = Field(min_length=1)
 

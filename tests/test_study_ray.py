@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import polars as pl
@@ -56,6 +57,48 @@ def test_study_end_to_end(tmp_path, cluster):
     assert index.name == "index.html" and "<svg" in html and 'src="http' not in html
     pngs = list(index.parent.glob("*.png"))
     assert len(pngs) >= 4 and all(f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in pngs)
+
+    # The dashboard's Prometheus endpoint carries the study's own progress metrics.
+    port = ray.nodes()[0]["MetricsExportPort"]
+    wanted = {"ray_raystudy_checkpoints_measured_total", "ray_raystudy_trials_finished_total",
+              "ray_raystudy_analysis_queue_depth", "ray_raystudy_measure_seconds_count"}
+    names: set[str] = set()
+    for _ in range(60):  # metrics are exported every few seconds
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        names = {line.split("{")[0] for line in text.splitlines() if line.startswith("ray_raystudy")}
+        if wanted <= names:
+            break
+        time.sleep(1)
+    assert wanted <= names
+
+
+def test_trial_with_real_train_workers(tmp_path, cluster):
+    """workers: 1 -> a Train worker actor beside a token-CPU trial driver; TuneReportCallback
+    forwards each checkpoint to Tune and on to the pool."""
+    path = tmp_path / "workers.yaml"
+    path.write_text(f"""
+name: workers
+storage: {tmp_path}/runs
+analysis: {{actors: 1, cpus: 0.5}}
+blocks:
+  - name: circles
+    family: circles
+    task: circles
+    factor: 0.5
+    model: mlp
+    model_args: {{hidden: [8]}}
+    lr: 0.01
+    batch_size: 10
+    epochs: 2
+    checkpoints: [0, 2]
+    sharpness: {{rhos: [0.005], draws: 5}}
+    resources: {{cpus: 1, workers: 1}}
+""")
+    p = plan(str(path))
+    out = execute(p, verbose=0)
+    assert not out.failed and not out.measure_errors and not out.interrupted
+    df = pl.scan_parquet(f"{p.store.root}/results/**/*.parquet").collect()
+    assert sorted(df["epoch"]) == [0, 2] and (df["status"] == "ok").all()
 
 
 def _run(path: Path, address: str) -> subprocess.Popen:

@@ -74,18 +74,22 @@ def trial_resources(trial: dict) -> tune.PlacementGroupFactory:
     return tune.PlacementGroupFactory([{"CPU": DRIVER_CPU}])
 
 
-def max_concurrent(trials: list[Trial], pool_cpus: float, pool_gpus: float) -> int:
-    """Trials that fit at once beside the analysis pool, counting Train workers' real needs, so
-    trial drivers can never hold the resources their own workers wait for."""
+def max_concurrent(trials: list[Trial], pool_cpus: float, pool_gpus: float, cap: int | None = None) -> int:
+    """Trials that fit at once beside the analysis pool, counting what Train workers really need
+    (plus their driver's token CPU), so trial drivers never hold resources their workers wait for.
+    ``cap`` (the study's ``max_concurrent_trials``) overrides the count: an autoscaling cluster is
+    smaller at the start than it will become."""
+    if cap:
+        return cap
     total = ray.cluster_resources()
-    cpu = max(total.get("CPU", 1) - pool_cpus, 0)
+    cpu = max(total.get("CPU", 0) - pool_cpus, 0)
     gpu = max(total.get("GPU", 0) - pool_gpus, 0)
-    worst_cpu = max(t.resources["cpus"] * max(t.resources["workers"], 1) for t in trials)
-    worst_gpu = max(t.resources["gpus"] * max(t.resources["workers"], 1) for t in trials)
-    n = math.floor(cpu / worst_cpu + 1e-9) if worst_cpu else len(trials)
-    if worst_gpu:
-        n = min(n, math.floor(gpu / worst_gpu + 1e-9))
-    return max(1, min(n, len(trials)))
+    fits = []
+    for t in trials:
+        r, n = t.resources, max(t.resources["workers"], 1)
+        need_cpu = r["cpus"] * n + (DRIVER_CPU if r["workers"] else 0)
+        fits.append(min(cpu / need_cpu, gpu / (r["gpus"] * n) if r["gpus"] else float("inf")))
+    return max(1, min(math.floor(min(fits) + 1e-9), len(trials)))
 
 
 class FeedPool(tune.Callback):
@@ -117,7 +121,7 @@ class FeedPool(tune.Callback):
 
 
 def run_trials(trials: list[Trial], store: Store, pool: MeasurePool, say,
-               verbose: int = 1) -> tuple[dict[str, str], list[str]]:
+               verbose: int = 1, cap: int | None = None) -> tuple[dict[str, str], list[str]]:
     """Train ``trials`` with Ray Tune, feeding checkpoints to ``pool``. Returns ``({trial_id: error}``
     for the trials that failed, ``[trial_id]`` of those a Ctrl-C stopped before they ended)."""
     by_id = {t.trial_id: t.to_dict() for t in trials}
@@ -129,7 +133,7 @@ def run_trials(trials: list[Trial], store: Store, pool: MeasurePool, say,
         trainable,
         param_space={"trial_id": tune.grid_search(list(by_id))},
         tune_config=tune.TuneConfig(
-            max_concurrent_trials=max_concurrent(trials, pool.cpus * pool.size, pool.gpus * pool.size),
+            max_concurrent_trials=max_concurrent(trials, pool.cpus * pool.size, pool.gpus * pool.size, cap),
             trial_name_creator=lambda t: t.config["trial_id"],
             trial_dirname_creator=lambda t: t.config["trial_id"],
             reuse_actors=True,
