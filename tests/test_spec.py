@@ -323,3 +323,8 @@ def test_main_returns_2_without_starting_ray(tmp_path, capsys):
         import ray
         assert not ray.is_initialized()
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parent.parent.glob("studies/*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_study_file_is_valid(path):
+    assert expand(load_study(path))
