@@ -21,7 +21,8 @@ import torch
 import raystudy
 from raystudy import tasks
 from raystudy.checkpoints import load_checkpoint
-from raystudy.geometry import fisher_rao_norm, relative_flatness, sam_sharpness_sweep
+from raystudy.geometry import (HessianOperator, fisher_rao_norm, hessian_density, hessian_eigenvalues,
+                               hessian_trace, relative_flatness, sam_sharpness_sweep)
 from raystudy.safety import evaluate, expected_calibration_error
 from raystudy.spec import Trial, stable_int
 from raystudy.storage import Store
@@ -107,7 +108,27 @@ def _geometry(trial: Trial, task: Task, model, loss_fn, on) -> dict[str, Any]:
                    sharpness_draws=cfg["draws"],
                    sam_sharpness_by_rho=[{"rho": s.rho, "mean": s.mean, "std": s.std, "median": s.median,
                                           "min": s.min, "max": s.max} for s in sweep])
+    if "hessian" in trial.metrics:
+        m = min(n, trial.hessian["max_samples"] or n)
+        out.update(_hessian(trial.hessian, model, loss_fn, on(x[:m], y[:m]), seed), hessian_n=m)
     return out
+
+
+def _hessian(cfg: dict[str, Any], model, loss_fn, data, seed: int) -> dict[str, Any]:
+    """Curvature of the loss at the checkpoint: both ends of the spectrum (Lanczos), the trace
+    (Hutch++, with its standard error) and the spectral density (SLQ). One operator serves all three,
+    so the Hv backend is chosen once. Cost: about ``2 * top_k * 10 + trace_hvp +
+    density_runs * density_steps`` Hessian-vector products (``hessian_n_hvp`` records the truth)."""
+    op = HessianOperator(model, loss_fn, data)
+    k = cfg["top_k"]
+    eig = hessian_eigenvalues(op, k=k, which="both", seed=seed)
+    tr = hessian_trace(op, n_hvp=cfg["trace_hvp"], seed=seed)
+    dens = hessian_density(op, n_runs=cfg["density_runs"], n_steps=cfg["density_steps"], seed=seed)
+    return {"hessian_lambda_max": eig.lambda_max, "hessian_lambda_min": eig.lambda_min,
+            "hessian_topk": eig.eigenvalues[-k:].flip(0).tolist(),
+            "hessian_trace": tr.estimate, "hessian_trace_se": tr.stderr,
+            "hessian_density_grid": dens.grid.tolist(), "hessian_density": dens.density.tolist(),
+            "hessian_n_hvp": eig.n_hvp + tr.n_hvp + dens.n_hvp}
 
 
 def _identity(trial: Trial, state: dict[str, Any]) -> dict[str, Any]:
