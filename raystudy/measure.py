@@ -24,7 +24,8 @@ from raystudy.checkpoints import load_checkpoint
 from raystudy.geometry import (HessianOperator, fisher_rao_norm, hessian_density, hessian_eigenvalues,
                                hessian_trace, relative_flatness, sam_sharpness_sweep)
 from raystudy.safety import evaluate, expected_calibration_error
-from raystudy.spec import Trial, stable_int
+from raystudy.seeding import derive_seed
+from raystudy.spec import Trial
 from raystudy.storage import Store
 from raystudy.tasks.base import Task, batches
 from raystudy.train.loop import build_model, loss_fn_for
@@ -95,7 +96,7 @@ def _geometry(trial: Trial, task: Task, model, loss_fn, on) -> dict[str, Any]:
     data = on(x[:n], y[:n])
     # One estimator seed per (trial seed): every regime of a seed sees the same probes, so the
     # paired comparisons with base are not blurred by probe noise.
-    seed = stable_int("estimators", trial.seed)
+    seed = derive_seed("estimators", trial.seed)
     out: dict[str, Any] = {"measured_on": trial.measure["split"], "measure_n": n, "estimator_seed": seed}
     if "fisher_rao" in trial.metrics:
         out["fisher_rao"] = fisher_rao_norm(model, data)

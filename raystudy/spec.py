@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from raystudy import models, tasks
+from raystudy.seeding import derive_seed
 
 REGULARISERS = ("aug", "wd", "sam")  # canonical order inside a regime name: "aug+wd+sam"
 AXES = ("task", "model", "regime", "seed", "lr", "momentum", "batch_size", "weight_decay", "sam_rho",
@@ -246,7 +247,7 @@ class Trial:
         so every regime of a seed starts from the same weights (comparisons with base are paired).
         Family A uses the same weights for every target function (protocol)."""
         task = "*" if self.family == "functions" else self.task
-        return stable_int(self.family, task, self.model, self.model_args, self.seed)
+        return derive_seed("init", self.family, task, self.model, self.model_args, self.seed)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -267,12 +268,6 @@ def canonical_regime(name: str) -> str:
     if unknown or len(set(parts)) != len(parts):
         raise ValueError(f"unknown regime {name!r}: use 'base' or '+'-joined parts of {', '.join(REGULARISERS)}")
     return "+".join(r for r in REGULARISERS if r in parts)
-
-
-def stable_int(*parts: Any) -> int:
-    """A 31-bit integer from a stable hash of ``parts`` (same on every machine and Python run)."""
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return int.from_bytes(hashlib.sha256(blob).digest()[:4], "big") & 0x7FFFFFFF
 
 
 def load_study(path: str | Path) -> Study:

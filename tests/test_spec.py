@@ -59,7 +59,7 @@ def test_smoke_study_expands_to_the_cross_product():
     axes = ("task", "model", "regime", "seed", "lr", "momentum", "batch_size", "weight_decay", "sam_rho",
             "factor", "label_noise")
     expected = {b["name"]: math.prod(len(b[a]) for a in axes if isinstance(b.get(a), list)) for b in raw["blocks"]}
-    assert per_block == expected == {"functions": 7 * 2, "circles": 3 * 2, "digits": 2 * 6 * 2}
+    assert per_block == expected == {"functions": 7 * 2, "circles": 3 * 2, "digits_cnn": 6 * 2, "digits_mlp": 6 * 2}
     assert [t.block for t in trials] == sorted((t.block for t in trials), key=list(expected).index)
 
 
@@ -139,7 +139,7 @@ def test_regimes_canonicalise(tmp_path):
 
 
 def test_effective_regulariser_settings():
-    trials = [t for t in expand(load_study(SMOKE)) if t.block == "digits"]
+    trials = [t for t in expand(load_study(SMOKE)) if t.family == "images"]
     assert {t.regime for t in trials} == {"base", "sam", "aug", "aug+sam", "wd", "wd+sam"}
     for t in trials:
         parts = t.regime.split("+")
@@ -150,7 +150,7 @@ def test_effective_regulariser_settings():
 
 
 def test_init_seed_paired_by_seed_not_regime():
-    trials = [t for t in expand(load_study(SMOKE)) if t.block == "digits"]
+    trials = [t for t in expand(load_study(SMOKE)) if t.family == "images"]
     by_point = defaultdict(set)
     for t in trials:
         by_point[(t.task, t.model, t.seed)].add(t.init_seed)
@@ -168,7 +168,7 @@ def test_functions_share_initial_weights_across_targets():
 
 def test_checkpoints_always_include_the_last_epoch(tmp_path):
     by_block = {t.block: t.checkpoints for t in expand(load_study(SMOKE))}
-    assert by_block == {"functions": (0, 1, 10, 100, 1000), "circles": (100,), "digits": (2, 8)}
+    assert by_block == {"functions": (0, 1, 10, 100, 1000), "circles": (100,), "digits_cnn": (8,), "digits_mlp": (8,)}
     trials = expand(load_study(write(tmp_path, base_study(tmp_path))))
     assert {t.block: t.checkpoints for t in trials} == {"circ": (3,), "dig": (1, 4)}
 

@@ -5,12 +5,13 @@ float32 inputs, regression targets float32 ``(N, 1)``, classification targets in
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
+
+from raystudy.seeding import derive_seed
 
 Family = Literal["functions", "circles", "images"]
 Kind = Literal["regression", "classification"]
@@ -55,15 +56,6 @@ def batches(x: Tensor, y: Tensor, batch_size: int | None) -> list[tuple[Tensor, 
     if batch_size <= 0:
         raise ValueError(f"batch_size must be a positive int or None, got {batch_size}")
     return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size)]
-
-
-def derive_seed(*parts: object) -> int:
-    """A 63-bit seed derived deterministically from ``parts`` (stable across processes).
-
-    Python's ``hash()`` of strings is salted per process, so we hash with SHA-256 instead.
-    """
-    digest = hashlib.sha256(repr(parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 def apply_label_noise(

@@ -17,7 +17,8 @@ from torch import nn
 
 from raystudy import models, tasks
 from raystudy.checkpoints import list_checkpoints, load_checkpoint, save_checkpoint
-from raystudy.spec import Trial, stable_int
+from raystudy.seeding import derive_seed
+from raystudy.spec import Trial
 from raystudy.storage import Store
 from raystudy.tasks.base import Task
 from raystudy.train.augment import augment
@@ -68,9 +69,9 @@ def _epoch_batches(task: Task, trial: Trial, epoch: int, device: torch.device):
     if trial.batch_size is None or trial.batch_size >= n:
         order = torch.arange(n)
     else:
-        g = torch.Generator().manual_seed(stable_int("order", trial.shuffle_seed, epoch))
+        g = torch.Generator().manual_seed(derive_seed("order", trial.shuffle_seed, epoch))
         order = torch.randperm(n, generator=g)
-    aug_gen = torch.Generator().manual_seed(stable_int("augment", trial.seed, epoch))
+    aug_gen = torch.Generator().manual_seed(derive_seed("augment", trial.seed, epoch))
     size = trial.batch_size or n
     for start in range(0, n, size):
         idx = order[start:start + size]
