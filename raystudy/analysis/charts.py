@@ -74,7 +74,7 @@ def functions_sharpness_vs_step(df: pl.DataFrame, metric: str = "sam_sharpness")
     if mean["regime"].n_unique() > 1:
         encoding["strokeDash"] = alt.StrokeDash("regime:N")
     chart = alt.Chart(mean).mark_line(point=True).encode(**encoding).properties(width=WIDTH, height=HEIGHT)
-    title = chart_title(rows, f"Family A: {metric_label(metric)} during training (mean over seeds)")
+    title = chart_title(rows, f"Family A: {metric_label(metric)} during training (mean over seeds)", _n_column(metric))
     return _facet_by_rho(chart, mean).properties(title=title)
 
 
@@ -96,7 +96,8 @@ def functions_complexity_vs_sharpness(df: pl.DataFrame, metric: str = "sam_sharp
         tooltip=["task", "seed", "rho", alt.Tooltip("value:Q", format=".4g")],
     ).properties(width=WIDTH, height=HEIGHT)
     return _facet_by_rho(chart, long).properties(
-        title=chart_title(rows, f"Family A: final {metric_label(metric)} vs complexity of the target function"))
+        title=chart_title(rows, f"Family A: final {metric_label(metric)} vs complexity of the target function",
+                          _n_column(metric)))
 
 
 def _mean_sem(long: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
@@ -172,4 +173,10 @@ def images_vs_gap(df: pl.DataFrame, metrics: tuple[str, ...] = CLASSIFIER_SHARPN
     header = alt.Header(labelLimit=WIDTH + 40)
     names = ", ".join(metric_label(m) for m in metrics)
     return chart.facet(facet=alt.Facet("panel:N", title=None, header=header), columns=3).resolve_scale(
-        y="independent").properties(title=chart_title(rows, f"Family C: {names} vs generalisation gap, by regime"))
+        y="independent").properties(title=chart_title(rows, f"Family C: {names} vs generalisation gap, by regime",
+                                                 _n_column(metrics[0])))
+
+
+def _n_column(metric: str) -> str:
+    """Curvature may be measured on fewer samples than the other geometry metrics."""
+    return "hessian_n" if metric.startswith("hessian") else "measure_n"

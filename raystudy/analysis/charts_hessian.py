@@ -71,7 +71,7 @@ def spectral_density(df: pl.DataFrame, floor: float = 1e-8) -> alt.Chart | None:
                  alt.Tooltip("density:Q", format=".3g")],
     ).properties(width=WIDTH + 60, height=HEIGHT)
     title = chart_title(ok_rows(final_rows(df)),
-                        "Hessian spectral density at the final checkpoint (SLQ, mean over seeds)")
+                        "Hessian spectral density at the final checkpoint (SLQ, mean over seeds)", "hessian_n")
     return chart.facet(facet=alt.Facet("panel:N", title=None), columns=3).resolve_scale(
         x="independent", y="independent").properties(title=title)
 

@@ -24,10 +24,11 @@ def _values(df: pl.DataFrame, column: str) -> list:
     return sorted(df[column].drop_nulls().unique().to_list()) if column in df.columns else []
 
 
-def measurement_note(df: pl.DataFrame) -> str:
+def measurement_note(df: pl.DataFrame, n_column: str = "measure_n") -> str:
     """How the geometry was measured, from the provenance columns, e.g. "eval BN, train set, un-augmented, n=500".
 
-    Empty string when the rows carry no provenance. Several values are listed with "/".
+    Empty string when the rows carry no provenance. Several values are listed with "/". ``n_column``
+    says which sample count applies: ``hessian_n`` for curvature, which may see fewer samples.
     """
     parts = []
     if bn := _values(df, "bn_mode"):
@@ -39,7 +40,7 @@ def measurement_note(df: pl.DataFrame) -> str:
         parts.append("un-augmented")
     elif True in augmented:
         parts.append("AUGMENTED data")
-    if n := _values(df, "measure_n"):
+    if n := _values(df, n_column):
         parts.append(f"n={n[0]}" if len(n) == 1 else f"n={n[0]}-{n[-1]}")
     return ", ".join(parts)
 
@@ -81,7 +82,7 @@ def axis_title(df: pl.DataFrame, metric: str, rho: bool = True) -> str:
     return label
 
 
-def chart_title(df: pl.DataFrame, text: str) -> alt.Title:
+def chart_title(df: pl.DataFrame, text: str, n_column: str = "measure_n") -> alt.Title:
     """A chart title with the measuring mode as subtitle, e.g. "geometry measured with eval BN, train set, ..."."""
-    note = measurement_note(df)
+    note = measurement_note(df, n_column)
     return alt.Title(text, subtitle=f"geometry measured with {note}" if note else "", anchor="start")
