@@ -9,7 +9,8 @@ from torch import nn
 
 from raystudy.geometry.hvp import HessianOperator
 from raystudy.geometry.lanczos import hessian_eigenvalues, lanczos_eigenvalues
-from test_hessian_cases import (SPECTRUM, assert_untouched, cnn_case, dense_hessian, mlp_case,
+from test_hessian_cases import (one_thread,  # noqa: F401  (autouse)
+                                SPECTRUM, assert_untouched, cnn_case, dense_hessian, mlp_case,
                                 quadratic_case, snapshot)
 
 
@@ -39,6 +40,19 @@ def test_products_match_dense(request, name, backend):
         assert torch.allclose(op.matmat(V), case.H @ V, rtol=0, atol=1e-12)
         assert torch.allclose(op.matvec(V[:, 0]), case.H @ V[:, 0], rtol=0, atol=1e-12)
         assert op.n_hvp == 8 and op.backend == backend
+
+
+def test_graph_cache_rule(cnn):
+    """Graphs are kept when they fit the memory budget (measured), always for a single batch."""
+    v = torch.randn(cnn.H.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    roomy = HessianOperator(cnn.model, cnn.loss_fn, cnn.batches)
+    tight = HessianOperator(cnn.model, cnn.loss_fn, cnn.batches, graph_memory_bytes=1)
+    whole = [tuple(torch.cat(t) for t in zip(*cnn.batches))]
+    single = HessianOperator(cnn.model, cnn.loss_fn, whole, graph_memory_bytes=1)
+    for op in (roomy, tight, single):
+        for _ in range(2):  # the second product reuses the cached graphs
+            assert torch.allclose(op.matvec(v), cnn.H @ v, atol=1e-12)
+    assert (roomy.cache_graph, tight.cache_graph, single.cache_graph) == (True, False, True)
 
 
 def test_parameter_subsets(cnn):

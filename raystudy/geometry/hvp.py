@@ -16,23 +16,11 @@ from typing import Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from raystudy.geometry.data import Batch, LossFn, as_batches, model_device, n_samples
+from raystudy.geometry.hessian_scope import all_eval, select_params
 
 BACKENDS = ("auto", "rev-rev", "fwd-rev")
-
-
-@contextlib.contextmanager
-def all_eval(model: nn.Module) -> Iterator[None]:
-    """Eval mode for the duration; restores every submodule's own flag (mixed modes survive)."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 def _counter(saved: dict[int, int]):
@@ -47,44 +35,21 @@ def _counter(saved: dict[int, int]):
     return pack
 
 
-def select_params(model: nn.Module, params: str | Sequence[str] | None) -> list[str]:
-    """Names of the parameters H is taken over: None/"all" = every trainable parameter, "no_bn" =
-    all but BatchNorm affine weights, or an explicit list of names (e.g. one layer's)."""
-    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-    if params is None or params == "all":
-        names = trainable
-    elif params == "no_bn":
-        bn = {f"{m_name}.{p_name}" if m_name else p_name
-              for m_name, m in model.named_modules() if isinstance(m, _BatchNorm)
-              for p_name, _ in m.named_parameters(recurse=False)}
-        names = [n for n in trainable if n not in bn]
-    elif isinstance(params, str):
-        raise ValueError(f"params={params!r}: expected None, 'all', 'no_bn' or a list of names")
-    else:
-        known = dict(model.named_parameters())
-        missing = [n for n in params if n not in known]
-        if missing:
-            raise ValueError(f"params: no parameter named {missing} in the model")
-        names = [n for n in known if n in set(params)]  # model order, no duplicates
-    if not names:
-        raise ValueError("the model has no trainable parameters to take the Hessian over")
-    return names
-
-
 class HessianOperator:
     """H of the mean loss over ``data`` w.r.t. the selected parameters, as a (dim x dim) operator.
 
     Args:
         model: left untouched: parameters are read, never written; no ``.grad`` is set; the train/eval
-            flag of every submodule is restored after each product.
+            flag of every submodule is restored after each product. H is taken at the parameters
+            the model holds now (cached graphs too): build a new operator after it changes.
         loss_fn: ``loss_fn(outputs, targets)`` -> batch-mean loss (scalar).
         data: iterable of (inputs, targets) batches; the loss is weighted by batch size.
         params: see ``select_params``.
         dtype: e.g. ``torch.float64`` for verification: casts a *copy* of the model and the inputs.
         backend: "rev-rev" (double backward), "fwd-rev" (``jvp`` of ``grad``, vmapped over a block),
-            or "auto": rev-rev on the CPU (measured on the project's 2-core machine: 1.1-2.6x a
-            gradient against 2-4x for fwd-rev; ``benchmarks/hessian.py`` prints both), elsewhere the
-            faster of the two by ``time_backends`` at construction. If a product fails with one
+            or "auto": rev-rev on the CPU (measured on the project's 2-core machine, digits MLP to
+            ResNet-18: 1.2-2.7x a gradient, fwd-rev 1.8-6x; ``benchmarks/hessian.py`` prints both),
+            elsewhere the faster of the two by ``time_backends`` at construction. If a product fails with one
             backend (an op with no forward-mode derivative, or no double backward) the operator
             switches to the other for good.
         cache_graph: rev-rev keeps each batch's gradient graph and differentiates it again for every
@@ -194,18 +159,20 @@ class HessianOperator:
         for backend in BACKENDS[1:]:
             try:
                 with all_eval(self.model):
-                    for _ in range(2):
-                        if self.device.type == "cuda":
-                            torch.cuda.synchronize(self.device)
+                    for _ in range(2):  # the first call warms up (allocator, kernels, vmap)
+                        self._sync()
                         start = time.perf_counter()
                         self._product(backend, X)
-                        if self.device.type == "cuda":
-                            torch.cuda.synchronize(self.device)
+                        self._sync()
                 times[backend] = (time.perf_counter() - start) / k
             except (RuntimeError, NotImplementedError):
                 times[backend] = math.inf
             self.n_hvp += 2 * k
         return times
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def _fwd_rev(self, X: Tensor) -> Tensor:
         # jvp of grad: the primal forward/backward runs once per batch, vmap batches the tangents.

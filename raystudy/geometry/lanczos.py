@@ -138,7 +138,7 @@ def lanczos_eigenvalues(op: HessianOperator, k: int = 1, which: str = "largest",
             break
         if j + p_next > m:  # the next block would not fit: thick restart
             n_keep = min(j - p_next, n_want + max(b, (m - n_want) // 2))
-            keep = _wanted(theta, n_keep // 2, "both") if which == "both" else _wanted(theta, n_keep, which)
+            keep = _wanted(theta, n_keep // 2 if which == "both" else n_keep, which)
             V[:len(keep)] = S[:, keep].T.to(op.dtype).to(op.device) @ V[:j]
             T.zero_()
             T[:len(keep), :len(keep)] = torch.diag(theta[keep])
