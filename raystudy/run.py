@@ -46,7 +46,7 @@ def plan(study_path: str, fresh: bool = False, storage: str | None = None) -> Pl
     for t in trials:
         on_disk = list_checkpoints(store, t.trial_id)
         epochs = {r.epoch for r in on_disk}
-        unmeasured = [r.path for r in on_disk if (t.trial_id, r.epoch) not in done]
+        unmeasured = _unmeasured(on_disk, done)
         # Read what will be read anyway, up front: a corrupt file is bad input, reported before
         # anything starts rather than as a failure deep inside a trial.
         check = set(unmeasured) | ({on_disk[-1].path} if on_disk and not set(t.checkpoints) <= epochs else set())
@@ -120,10 +120,15 @@ def execute(p: Plan, address: str | None = None, num_cpus: int | None = None, ve
     return Outcome(failed, list(pool.errors), interrupted)
 
 
+def _unmeasured(refs: list, done: set[tuple[str, int]]) -> list[str]:
+    """Paths of the checkpoints in ``refs`` that have no result row yet."""
+    return [r.path for r in refs if (r.trial_id, r.epoch) not in done]
+
+
 def plan_unmeasured(p: Plan) -> list[str]:
     from raystudy.measure import measured
     done = measured(p.store)
-    return [r.path for t in p.trials for r in list_checkpoints(p.store, t.trial_id) if (t.trial_id, r.epoch) not in done]
+    return [path for t in p.trials for path in _unmeasured(list_checkpoints(p.store, t.trial_id), done)]
 
 
 def main(argv: list[str] | None = None) -> int:

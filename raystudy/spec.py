@@ -14,7 +14,7 @@ import hashlib
 import itertools
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -339,11 +339,7 @@ def _with_id(trial: Trial, varying: dict[str, Any]) -> Trial:
     extra = "".join(f"-{_ID_TAGS[k]}{v:g}" if isinstance(v, float) else f"-{_ID_TAGS[k]}{v}"
                     for k, v in varying.items())
     readable = f"{trial.block}-{trial.task}-{trial.model}-{trial.regime}-s{trial.seed}{extra}"
-    return _replace(trial, trial_id=f"{re.sub(r'[^A-Za-z0-9_.+-]', '_', readable)}-{digest}")
-
-
-def _replace(trial: Trial, **changes: Any) -> Trial:
-    return Trial(**{**trial.to_dict(), **changes})
+    return replace(trial, trial_id=f"{re.sub(r'[^A-Za-z0-9_.+-]', '_', readable)}-{digest}")
 
 
 def _as_list(v: Any) -> list:

@@ -9,19 +9,9 @@ from torch import nn
 
 from raystudy.geometry.hvp import HessianOperator
 from raystudy.geometry.lanczos import hessian_eigenvalues, lanczos_eigenvalues
-from test_hessian_cases import (one_thread,  # noqa: F401  (autouse)
+from test_hessian_cases import (cnn, mlp, one_thread,  # noqa: F401  (fixtures)
                                 SPECTRUM, assert_untouched, cnn_case, dense_hessian, mlp_case,
                                 quadratic_case, snapshot)
-
-
-@pytest.fixture(scope="module")
-def mlp():
-    return mlp_case()
-
-
-@pytest.fixture(scope="module")
-def cnn():
-    return cnn_case()
 
 
 @pytest.fixture(scope="module")

@@ -126,3 +126,13 @@ def assert_untouched(model: nn.Module, before: dict) -> None:
     assert before["modes"] == after["modes"]
     assert all(g is None for g in after["grads"])
     assert torch.equal(before["rng"], after["rng"])
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    return mlp_case()
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    return cnn_case()

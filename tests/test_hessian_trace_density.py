@@ -9,19 +9,9 @@ import torch
 from raystudy.geometry.density import hessian_density, slq_density
 from raystudy.geometry.hvp import HessianOperator
 from raystudy.geometry.trace import hessian_trace, trace_estimate
-from test_hessian_cases import (one_thread,  # noqa: F401  (autouse)
+from test_hessian_cases import (cnn, mlp, one_thread,  # noqa: F401  (fixtures)
                                 SPECTRUM, assert_untouched, cnn_case, mlp_case, quadratic_case,
                                 snapshot)
-
-
-@pytest.fixture(scope="module")
-def mlp():
-    return mlp_case()
-
-
-@pytest.fixture(scope="module")
-def cnn():
-    return cnn_case()
 
 
 @pytest.mark.parametrize("method", ["hutchinson", "hutch++"])
