@@ -72,7 +72,7 @@ def measure_checkpoint(store: Store, path: str, device: str | torch.device = "cp
 
     def on(x: torch.Tensor, y: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Un-augmented, fixed-order batches on the measuring device."""
-        return [(a.to(device), b.to(device)) for a, b in batches(x, y, trial.measure["batch_size"])]
+        return [(task.normalise(a.to(device)), b.to(device)) for a, b in batches(x, y, trial.measure["batch_size"])]
     train, test = evaluate(model, loss_fn, on(task.x_train, task.y_train)), evaluate(model, loss_fn, on(task.x_test, task.y_test))
     finite = all(torch.isfinite(p).all() for p in model.parameters()) and math.isfinite(train.loss) and math.isfinite(test.loss)
     row["status"] = "ok" if finite else "nonfinite"

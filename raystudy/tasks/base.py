@@ -1,12 +1,15 @@
 """The `Task` record every family returns, plus helpers the families share.
 
-A task is fully materialised in memory (the CPU-scale families are tiny): tensors on the CPU,
-float32 inputs, regression targets float32 ``(N, 1)``, classification targets int64 ``(N,)``.
+A task is fully materialised in memory: tensors on the CPU, regression targets float32 ``(N, 1)``,
+classification targets int64 ``(N,)``. Inputs are float32, except for the real image datasets, which
+keep their raw uint8 pixels ``(N, C, H, W)`` (CIFAR-10's training set: 150 MiB instead of 600 MiB
+as float32, so a whole dataset can live on the training GPU). Whatever the stored type, the model
+always sees ``task.normalise(x)``; augmentation works on stored inputs, before normalising.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import torch
 from torch import Tensor
@@ -27,6 +30,10 @@ class Task:
     of classes (classification) or 1 (regression). ``augment_recipe`` names the training-time
     augmentation that suits the data (see ``raystudy.train.augment``), ``None`` when none does.
     ``info`` records what was generated (sizes, seeds, noise, labels changed) for provenance.
+
+    ``mean``/``std``: per-channel normalisation in the units of the stored inputs (pixels 0-255 for
+    uint8 images), None when the inputs are used as stored. ``pad_fill``: the value padding-based
+    augmentation fills with, in the same units. ``corruptions``: the task's -C test sets, or None.
     """
 
     name: str
@@ -40,6 +47,36 @@ class Task:
     out_dim: int
     augment_recipe: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    pad_fill: float = 0.0
+    corruptions: "CorruptionSet | None" = None
+
+    def normalise(self, x: Tensor) -> Tensor:
+        """Model inputs from stored inputs ``x`` (any device, any batch shape ``(N, *in_shape)``):
+        float32, and ``(x - mean) / std`` per channel (dim 1) when the task has statistics.
+        Cost: one elementwise pass; a float32 ``x`` without statistics is returned as is."""
+        x = x.float()
+        if self.mean is None:
+            return x
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(shape)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(shape)
+        return (x - mean) / std
+
+
+@dataclass(frozen=True)
+class CorruptionSet:
+    """A task's corrupted test sets (CIFAR-10-C, CIFAR-100-C, Tiny-ImageNet-C), read lazily.
+
+    ``items``: every (corruption, severity) pair, in release order. ``load(corruption, severity,
+    max_samples)`` returns ``(x, y)``: inputs in the same stored format as the task's ``x_test`` (so
+    ``task.normalise`` applies) and int64 labels, the first ``max_samples`` (None = all) images.
+    """
+
+    name: str
+    items: tuple[tuple[str, int], ...]
+    load: Callable[[str, int, int | None], tuple[Tensor, Tensor]]
 
 
 def batches(x: Tensor, y: Tensor, batch_size: int | None) -> list[tuple[Tensor, Tensor]]:

@@ -78,7 +78,7 @@ def _epoch_batches(task: Task, trial: Trial, epoch: int, device: torch.device):
         x, y = task.x_train[idx], task.y_train[idx]
         if trial.augment:
             x = augment(x, task.augment_recipe, aug_gen)  # training batches only, never evaluation data
-        yield x.to(device), y.to(device)
+        yield task.normalise(x.to(device)), y.to(device)
 
 
 def train_trial(trial: Trial, store: Store, report: Report | None = None,
