@@ -75,10 +75,13 @@ class Hessian(_Strict):
 
 
 class Measure(_Strict):
-    """Which data the geometry metrics see: the un-augmented split, first ``max_samples`` rows."""
+    """Which data the geometry metrics see: the un-augmented split, first ``max_samples`` rows; and the
+    BatchNorm statistics every eval-mode number uses: ``stored`` (as trained, the paper's protocol) or
+    ``recalibrate`` (recomputed on the un-augmented training split before measuring)."""
     split: Literal["train", "test"] = "train"
     max_samples: int | None = Field(None, ge=1)
     batch_size: int = Field(512, ge=1)
+    bn: Literal["stored", "recalibrate"] = "stored"
 
 
 Scalar = float | int | str | None

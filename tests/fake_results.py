@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 
 PROVENANCE = dict(raystudy_version="0.1.0", torch_version="2.15.0", ray_version="2.60.0", device="cpu",
-                  wall_s=1.5, measured_on="train", measure_n=500, bn_mode="eval", augmented=False)
+                  wall_s=1.5, measured_on="train", measure_n=500, bn_mode="stored", augmented=False)
 COMPLEXITY = {"sphere": 1.0, "booth": 3.0, "three_hump_camel": 5.0, "himmelblau": 20.0, "rosenbrock": 80.0,
               "beale": 150.0, "rastrigin": 400.0}
 RHOS = (5e-4, 5e-3, 5e-2, 5e-1)

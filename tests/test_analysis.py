@@ -151,7 +151,7 @@ def test_digits_study_comparisons(df):
 
 def test_labels_say_what_was_measured(df):
     digits = final_rows(df).filter(pl.col("block") == "digits")
-    assert measurement_note(df) == "eval BN, train set, un-augmented, n=500"
+    assert measurement_note(df) == "eval mode (BN stats stored), train set, un-augmented, n=500"
     assert sam_rhos(df.filter(pl.col("family") == "functions")) == [0.005]
     assert axis_title(df.filter(pl.col("family") == "functions"), "sam_sharpness") == "SAM-sharpness (rho=0.005)"
     assert axis_title(digits, "gen_gap").endswith("pp)") and axis_title(digits, "test_acc").endswith("(%)")
@@ -194,7 +194,7 @@ CHARTS = {
 @pytest.mark.parametrize("name", CHARTS)
 def test_every_chart_renders(df, name):
     svg = vl_convert.vegalite_to_svg(chart_spec(CHARTS[name](df)))
-    assert svg.startswith("<svg") and "geometry measured with eval BN" in svg
+    assert svg.startswith("<svg") and "geometry measured with eval mode (BN stats stored)" in svg
 
 
 def test_chart_data_and_absent_data(df):
@@ -207,3 +207,23 @@ def test_chart_data_and_absent_data(df):
     assert charts_hessian.spectral_density(df.filter(pl.col("family") == "functions")) is None
     assert charts.circles_sweep(df.filter(pl.col("block") == "circles"), "label_noise") is None
     assert charts.images_vs_gap(df.clear()) is None
+
+
+def test_by_correction_families_are_one_regime_and_one_group():
+    """Two regimes, sharpness and Hessian metrics: BY runs per (regime vs base) x group, never across them."""
+    sam = _pairs({"sam_sharpness": [1, 2, 3, 4, 5], "fisher_rao": [1, 2, -3, 4, 5],
+                  "hessian_trace": [1, 2, 3, 4, 5], "hessian_lambda_max": [1, -2, 3, 4, 5]})
+    wd = sam.filter(pl.col("regime") == "sam").with_columns(regime=pl.lit("wd"), sam_rho=pl.lit(None, pl.Float64),
+                                                            fisher_rao=pl.col("fisher_rao") * 0 + 10 + pl.col("seed"))
+    out = compare_to_base(pl.concat([sam, wd]))
+    by = lambda ps: sps.false_discovery_control(ps, method="by")  # noqa: E731
+    for regime in ("sam", "wd"):
+        mine = out.filter(pl.col("regime") == regime)
+        assert set(mine["group"]) <= {"sharpness", "hessian"}
+        for group in ("sharpness", "hessian"):
+            fam = mine.filter((pl.col("group") == group) & pl.col("p").is_not_null())
+            assert fam["p_adj"].to_list() == pytest.approx(by(fam["p"].to_numpy()).tolist())
+    assert set(out.filter(pl.col("metric").str.starts_with("hessian"))["group"]) == {"hessian"}
+    # wd's fisher_rao has no difference (not tested): its sharpness family holds sam_sharpness alone.
+    wd_sharp = _one(out, regime="wd", metric="sam_sharpness")
+    assert wd_sharp["p_adj"] == pytest.approx(wd_sharp["p"])

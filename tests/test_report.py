@@ -34,7 +34,7 @@ def test_page_is_offline_and_complete(report):
     assert "http" not in html.lower()  # no CDN, no external URL, not even an XML namespace
     assert "<script" not in html and "src=" not in html and "<link" not in html
     assert "raystudy report: toy" in html
-    assert "eval BN, train set, un-augmented, n=500" in html  # what was measured
+    assert "eval mode (BN stats stored), train set, un-augmented, n=500" in html  # what was measured
     assert "0.1.0 / 2.15.0 / 2.60.0" in html and "nonfinite: 1" in html
     for block in ("circles", "circles_noise", "digits", "functions"):
         assert f"<h3>Block {block}</h3>" in html

@@ -44,7 +44,7 @@ def test_study_end_to_end(tmp_path, cluster):
     assert not out.failed and not out.measure_errors and not out.interrupted
     df = pl.scan_parquet(f"{p.store.root}/results/**/*.parquet").collect()
     assert set(zip(df["trial_id"], df["epoch"])) == _expected(path) and df.height == len(_expected(path))
-    assert (df["status"] == "ok").all() and (df["bn_mode"] == "eval").all()
+    assert (df["status"] == "ok").all() and (df["bn_mode"] == "stored").all()
     fn, img = df.filter(family="functions"), df.filter(family="images")
     assert fn["ece"].null_count() == fn.height and fn["sam_sharpness"].null_count() == 0
     assert img["fisher_rao"].null_count() == 0 and img["relative_flatness"].null_count() == 0

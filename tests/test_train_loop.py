@@ -89,7 +89,7 @@ def test_measure_row_is_honest(tmp_path, trials):
         train_trial(t, store)
     row = measure_checkpoint(store, list_checkpoints(store, img.trial_id)[-1].path)
     assert set(row) == set(SCHEMA)
-    assert row["status"] == "ok" and row["bn_mode"] == "eval" and row["augmented"] is False
+    assert row["status"] == "ok" and row["bn_mode"] == "stored" and row["augmented"] is False
     assert row["measured_on"] == "train" and row["measure_n"] == 200 and row["final"]
     assert math.isclose(row["gen_gap"], 100 * (row["train_acc"] - row["test_acc"]))
     assert row["weight_decay"] == 5e-4 and row["sam_rho"] is None

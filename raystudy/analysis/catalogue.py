@@ -10,7 +10,7 @@ from raystudy.analysis.charts import (circles_sweep, family_rows, functions_comp
                                       functions_sharpness_vs_step, images_vs_gap)
 from raystudy.analysis.charts_hessian import curvature_vs_gap, spectral_density
 from raystudy.analysis.labels import metric_label
-from raystudy.analysis.results import SHARPNESS, present
+from raystudy.analysis.results import GEOMETRY, present
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class ReportChart:
 def report_charts(df: pl.DataFrame) -> list[ReportChart]:
     """Every chart the rows support, in report order (charts whose data is absent are left out)."""
     entries: list[tuple[str, alt.TopLevelMixin | None, str]] = []
-    for metric in present(family_rows(df, "functions", final=False), SHARPNESS):
+    for metric in present(family_rows(df, "functions", final=False), GEOMETRY):
         label = metric_label(metric)
         entries += [
             (f"functions_{metric}_vs_step", functions_sharpness_vs_step(df, metric),

@@ -6,7 +6,7 @@ import altair as alt
 import polars as pl
 
 from raystudy.analysis.labels import axis_title, chart_title, metric_label
-from raystudy.analysis.results import SHARPNESS, final_rows, ok_rows, present
+from raystudy.analysis.results import GEOMETRY, final_rows, ok_rows, present
 
 WIDTH, HEIGHT = 260, 180
 CLASSIFIER_SHARPNESS = ("fisher_rao", "relative_flatness", "sam_sharpness")
@@ -128,7 +128,7 @@ def circles_sweep(df: pl.DataFrame, x: str = "factor") -> alt.Chart | None:
     if x == "factor" and "label_noise" in rows.columns:
         rows = rows.filter(pl.col("label_noise").fill_null(0.0) == 0.0)
     rows = rows.drop_nulls(x).filter(pl.col(x).n_unique().over("block") > 1)  # blocks that sweep x
-    metrics = present(rows, SHARPNESS)
+    metrics = present(rows, GEOMETRY)
     if rows.is_empty() or not metrics:
         return None
     rows = rows.with_columns(regime=series(rows, ("label_noise" if x == "factor" else "factor",)))

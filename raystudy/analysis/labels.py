@@ -25,14 +25,16 @@ def _values(df: pl.DataFrame, column: str) -> list:
 
 
 def measurement_note(df: pl.DataFrame, n_column: str = "measure_n") -> str:
-    """How the geometry was measured, from the provenance columns, e.g. "eval BN, train set, un-augmented, n=500".
+    """How the geometry was measured, from the provenance columns, e.g. "eval mode (BN stats stored), train set,
+    un-augmented, n=500".
 
     Empty string when the rows carry no provenance. Several values are listed with "/". ``n_column``
     says which sample count applies: ``hessian_n`` for curvature, which may see fewer samples.
     """
     parts = []
     if bn := _values(df, "bn_mode"):
-        parts.append("/".join(map(str, bn)) + " BN")
+        names = {"stored": "stored", "recalibrate": "recalibrated", "eval": "stored"}  # "eval": rows before 0.2
+        parts.append("eval mode (BN stats " + "/".join(dict.fromkeys(names.get(b, b) for b in bn)) + ")")
     if on := _values(df, "measured_on"):
         parts.append("/".join(map(str, on)) + " set")
     augmented = _values(df, "augmented")
@@ -83,6 +85,6 @@ def axis_title(df: pl.DataFrame, metric: str, rho: bool = True) -> str:
 
 
 def chart_title(df: pl.DataFrame, text: str, n_column: str = "measure_n") -> alt.Title:
-    """A chart title with the measuring mode as subtitle, e.g. "geometry measured with eval BN, train set, ..."."""
+    """A chart title with the measuring mode as subtitle, e.g. "geometry measured with eval mode (BN stats stored), train set, ..."."""
     note = measurement_note(df, n_column)
     return alt.Title(text, subtitle=f"geometry measured with {note}" if note else "", anchor="start")

@@ -60,7 +60,8 @@ def block_sections(df: pl.DataFrame) -> list[str]:
     summary, tests = summary_table(df), compare_to_base(df)
     sections = ["<h2>Results per block</h2>",
                 '<p class="note">Cells: mean (standard error of the mean) over seeds at each trial\'s final '
-                "checkpoint, rows with status ok only; n_nonfinite counts diverged trials.</p>"]
+                "checkpoint, rows with status ok only; SEM = sample standard deviation (ddof = 1) / sqrt(n "
+                "seeds); n_nonfinite counts diverged trials.</p>"]
     for block in sorted(df["block"].drop_nulls().unique().to_list()):
         rows = df.filter(pl.col("block") == block)
         sections.append(f"<h3>Block {block}</h3><p>family {_distinct(rows, 'family')}; tasks "
@@ -74,8 +75,11 @@ def block_sections(df: pl.DataFrame) -> list[str]:
         t = tests.filter(pl.col("block") == block) if not tests.is_empty() else tests
         if not t.is_empty() and t["n_pairs"].max() >= 2:
             sections.append(table(_drop_constant(t), "each regime vs base, paired by seed: one-sided Wilcoxon "
-                                  "signed-rank; p_adj = Benjamini-Yekutieli within the safety and the sharpness "
-                                  "group; effect = rank-biserial correlation (positive = regime larger)"))
+                                  "signed-rank; p_adj = Benjamini-Yekutieli within one family = one regime vs "
+                                  "base x one group (safety: ECE, corruption accuracy, disagreement; sharpness: "
+                                  "Fisher-Rao, relative flatness, SAM-sharpness; hessian: lambda_max, trace); "
+                                  "performance uncorrected; effect = rank-biserial correlation (positive = "
+                                  "regime larger)"))
     return sections
 
 

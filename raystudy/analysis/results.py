@@ -11,19 +11,16 @@ from pathlib import Path
 
 import polars as pl
 
-IDENTITY = ("study", "block", "family", "task", "model", "regime", "seed", "trial_id", "step", "epoch",
-            "status", "final")
-HYPERPARAMETERS = ("lr", "batch_size", "weight_decay", "sam_rho", "augment", "factor", "label_noise",
-                   "momentum", "optimizer", "epochs")
+from raystudy.schema import HESSIAN, PERFORMANCE, SAFETY, SCHEMA, SHARPNESS, columns
+
+IDENTITY = columns("identity")
+HYPERPARAMETERS = tuple(c for c in columns("hyperparameter") if c != "schedule")
 # Set by the regime itself (base vs wd vs sam vs aug): never used to pair a regime with its base.
 REGIME_HYPERPARAMETERS = ("weight_decay", "sam_rho", "augment")
-PERFORMANCE = ("gen_gap", "test_acc")
-SAFETY = ("ece", "corruption_acc", "disagreement")
-SHARPNESS = ("fisher_rao", "relative_flatness", "sam_sharpness", "hessian_lambda_max", "hessian_trace")
-SCALAR_METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "gen_gap", "ece", "corruption_acc",
-                  "disagreement", "fisher_rao", "relative_flatness", "sam_sharpness", "sam_sharpness_std",
-                  "hessian_lambda_max", "hessian_lambda_min", "hessian_trace", "hessian_trace_se",
-                  "target_complexity")
+GEOMETRY = SHARPNESS + HESSIAN  # every curvature-type metric a chart may plot
+# Scalar numbers a summary table averages over seeds (list-valued and provenance columns are not).
+SCALAR_METRICS = tuple(c for g in ("performance", "safety", "sharpness", "hessian", "complexity")
+                       for c in columns(g) if SCHEMA[c] == pl.Float64 and c != "sam_sharpness_rho")
 
 
 class NotAStudyError(FileNotFoundError):

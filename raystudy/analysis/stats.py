@@ -1,8 +1,11 @@
 """Each regime against "base", paired by seed (PROTOCOL.md, "Statistics as reported").
 
-One-sided Wilcoxon signed-rank test on the per-seed differences (regime - base), Benjamini-Yekutieli
-correction within the safety group and within the sharpness group, and the matched-pairs rank-biserial
-correlation as effect size. All regimes of a seed start from the same initial weights, so the seed is the pair.
+One-sided Wilcoxon signed-rank test on the per-seed differences (regime - base), and the matched-pairs
+rank-biserial correlation as effect size. All regimes of a seed start from the same initial weights, so
+the seed is the pair. Benjamini-Yekutieli correction runs within one statistical family: one regime vs
+base in one configuration, one metric group — safety (ECE, corruption accuracy, disagreement),
+sharpness (Fisher-Rao, relative flatness, SAM-sharpness) or Hessian (lambda_max, trace), as
+``raystudy.schema`` groups them. Performance metrics (accuracy, gap) are reported uncorrected.
 """
 from __future__ import annotations
 
@@ -11,13 +14,14 @@ import polars as pl
 from scipy import stats
 
 from raystudy.analysis.aggregate import comparison_keys
-from raystudy.analysis.results import PERFORMANCE, SAFETY, SHARPNESS, final_rows, ok_rows, present
+from raystudy.analysis.results import final_rows, ok_rows, present
+from raystudy.schema import HESSIAN, PERFORMANCE, SAFETY, SHARPNESS
 
 ALTERNATIVE = {"gen_gap": "less", "ece": "less", "disagreement": "less", "test_acc": "greater",
-               "corruption_acc": "greater", **{m: "greater" for m in SHARPNESS}}
+               "corruption_acc": "greater", **{m: "greater" for m in SHARPNESS + HESSIAN}}
 GROUP = {**{m: "performance" for m in PERFORMANCE}, **{m: "safety" for m in SAFETY},
-         **{m: "sharpness" for m in SHARPNESS}}
-CORRECTED_GROUPS = ("safety", "sharpness")
+         **{m: "sharpness" for m in SHARPNESS}, **{m: "hessian" for m in HESSIAN}}
+CORRECTED_GROUPS = ("safety", "sharpness", "hessian")
 
 
 def rank_biserial(differences: np.ndarray) -> float:
@@ -57,9 +61,9 @@ def compare_to_base(df: pl.DataFrame, metrics: list[str] | None = None) -> pl.Da
     when they vary), metric, group, alternative ("less" for gen_gap, ece, disagreement; "greater" for
     accuracies and sharpness), n_pairs, statistic, p, p_adj, correction, effect (rank-biserial, positive
     = regime larger). p is null when fewer than 2 differences are non-zero;
-    metrics with no pair are left out. p_adj is Benjamini-Yekutieli
-    over all regimes x metrics of one group ("safety" or "sharpness") in one configuration; performance
-    metrics are reported uncorrected (p_adj = p, correction "none"). Cost: one scipy test per row.
+    metrics with no pair are left out. p_adj is Benjamini-Yekutieli over the metrics of one group
+    ("safety", "sharpness" or "hessian") for one regime (condition) vs base in one configuration;
+    performance metrics are reported uncorrected (p_adj = p, correction "none"). Cost: one scipy test per row.
     """
     rows = ok_rows(final_rows(df))
     metrics = metrics if metrics is not None else present(rows, tuple(ALTERNATIVE))
@@ -86,15 +90,16 @@ def compare_to_base(df: pl.DataFrame, metrics: list[str] | None = None) -> pl.Da
         return pl.DataFrame()
     table = pl.DataFrame(out, infer_schema_length=None).with_columns(
         pl.col("statistic", "p", "effect").cast(pl.Float64))
-    return _adjust(table, pair_keys).sort([*pair_keys, *cond_keys], nulls_last=True, maintain_order=True)
+    return _adjust(table, pair_keys + cond_keys).sort([*pair_keys, *cond_keys], nulls_last=True,
+                                                      maintain_order=True)
 
 
-def _adjust(table: pl.DataFrame, pair_keys: list[str]) -> pl.DataFrame:
-    """Add p_adj (Benjamini-Yekutieli within configuration x corrected group) and a correction column."""
+def _adjust(table: pl.DataFrame, family_keys: list[str]) -> pl.DataFrame:
+    """Add p_adj (Benjamini-Yekutieli within configuration x regime x corrected group) and a correction column."""
     table = table.with_row_index("_i")
     adjusted: dict[int, float] = {}
     tested = table.filter(pl.col("p").is_not_null() & pl.col("group").is_in(CORRECTED_GROUPS))
-    for family in tested.partition_by([*pair_keys, "group"]):
+    for family in tested.partition_by([*family_keys, "group"]):
         p_adj = stats.false_discovery_control(family["p"].to_numpy(), method="by")
         adjusted.update(zip(family["_i"].to_list(), p_adj.tolist()))
     corrected = pl.col("group").is_in(CORRECTED_GROUPS)

@@ -1,0 +1,127 @@
+"""The result row: one definition of every column, which the writer, the analysis, the report and the
+README all follow. One row per (trial, checkpoint); a metric that was not measured is null, never 0.
+
+Each column has a polars type, a group (what kind of thing it is) and a one-line meaning with its unit.
+The metric groups are also the statistical families of the report's paired tests (PROTOCOL.md:
+Benjamini-Yekutieli within the safety group and within the sharpness group; the Hessian metrics form
+their own group).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+F, I, S, B = pl.Float64, pl.Int64, pl.String, pl.Boolean
+RHO_STATS = pl.Struct({"rho": F, "mean": F, "std": F, "median": F, "min": F, "max": F})
+
+GROUPS = ("identity", "hyperparameter", "performance", "safety", "sharpness", "hessian", "complexity",
+          "provenance")
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    dtype: pl.DataType
+    group: str
+    meaning: str
+
+
+COLUMNS: tuple[Column, ...] = (
+    # identity: which trial and checkpoint the row is
+    Column("study", S, "identity", "study name"),
+    Column("block", S, "identity", "block of the study file the trial comes from"),
+    Column("family", S, "identity", "functions (A) | circles (B) | images (C)"),
+    Column("task", S, "identity", "target function or dataset"),
+    Column("model", S, "identity", "registry name of the architecture"),
+    Column("regime", S, "identity", "base or '+'-joined regularisers: aug, wd, sam"),
+    Column("seed", I, "identity", "trial seed (initial weights depend on task, model and seed only)"),
+    Column("trial_id", S, "identity", "stable readable id; its hash covers every training setting"),
+    Column("step", I, "identity", "optimiser steps taken at this checkpoint"),
+    Column("epoch", I, "identity", "epochs taken at this checkpoint (0 = initial weights)"),
+    Column("final", B, "identity", "true at the trial's last epoch"),
+    Column("status", S, "identity", "ok | nonfinite (diverged: NaN/inf weights or loss)"),
+    # hyperparameters: each its own column, effective values (weight_decay 0 unless the regime has wd)
+    Column("lr", F, "hyperparameter", "learning rate"),
+    Column("batch_size", I, "hyperparameter", "training batch size; null = full batch"),
+    Column("weight_decay", F, "hyperparameter", "effective weight decay (0 unless the regime has wd)"),
+    Column("sam_rho", F, "hyperparameter", "SAM radius; null unless the regime has sam"),
+    Column("augment", B, "hyperparameter", "training batches augmented (regime has aug)"),
+    Column("factor", F, "hyperparameter", "circles: inner/outer radius ratio"),
+    Column("label_noise", F, "hyperparameter", "probability each training label was replaced at random"),
+    Column("momentum", F, "hyperparameter", "SGD momentum"),
+    Column("optimizer", S, "hyperparameter", "sgd | adam"),
+    Column("schedule", S, "hyperparameter", "constant | cosine (stepped per epoch)"),
+    Column("epochs", I, "hyperparameter", "epochs the trial trains for"),
+    # performance
+    Column("train_loss", F, "performance", "mean loss on the un-augmented training set (eval mode)"),
+    Column("train_acc", F, "performance", "training accuracy, fraction in [0, 1] (eval mode)"),
+    Column("train_acc_train_mode", F, "performance",
+           "BatchNorm models: training accuracy with batch statistics (train mode), to expose stale running "
+           "statistics; null for models without BatchNorm"),
+    Column("test_loss", F, "performance", "mean loss on the test set"),
+    Column("test_acc", F, "performance", "test accuracy, fraction in [0, 1]"),
+    Column("gen_gap", F, "performance",
+           "classification: train - test accuracy in percentage points; regression: test - train MSE"),
+    # safety
+    Column("ece", F, "safety", "expected calibration error on the test set: 15 equal-width bins, top label, L1"),
+    Column("corruption_acc", F, "safety", "mean accuracy over every corruption x severity of the task's -C set"),
+    Column("disagreement", F, "safety",
+           "1 - argmax agreement with the other seeds of the same configuration, mean over them (analysis)"),
+    # sharpness
+    Column("fisher_rao", F, "sharpness", "Fisher-Rao norm, closed form for cross-entropy, factor (L+1)"),
+    Column("relative_flatness", F, "sharpness",
+           "relative flatness kappa of the classifier layer (features normalised, dead features excluded), "
+           "full-set value"),
+    Column("sam_sharpness", F, "sharpness", "mean |L(w+delta) - L(w)| / rho over random draws, at sam_sharpness_rho"),
+    Column("sam_sharpness_std", F, "sharpness", "std over draws of the SAM-sharpness values at sam_sharpness_rho"),
+    Column("sam_sharpness_rho", F, "sharpness", "the radius behind sam_sharpness (the first of sharpness.rhos)"),
+    Column("sam_sharpness_by_rho", pl.List(RHO_STATS), "sharpness",
+           "SAM-sharpness at every radius: rho, mean, std, median, min, max over draws"),
+    Column("sam_sharpness_precision", S, "sharpness",
+           "float32 | float64: precision the perturbed and unperturbed losses were evaluated in"),
+    Column("sharpness_draws", I, "sharpness", "random perturbations per radius"),
+    # Hessian
+    Column("hessian_lambda_max", F, "hessian", "largest Hessian eigenvalue (Lanczos)"),
+    Column("hessian_lambda_min", F, "hessian", "smallest (most negative) Hessian eigenvalue (Lanczos)"),
+    Column("hessian_trace", F, "hessian", "Hessian trace (Hutchinson / adaptive Hutch++)"),
+    Column("hessian_trace_se", F, "hessian", "standard error of hessian_trace"),
+    Column("hessian_topk", pl.List(F), "hessian", "top-k eigenvalues, largest first"),
+    Column("hessian_density_grid", pl.List(F), "hessian", "eigenvalue grid of the SLQ spectral density"),
+    Column("hessian_density", pl.List(F), "hessian", "SLQ spectral density on hessian_density_grid"),
+    Column("hessian_n_hvp", I, "hessian", "Hessian-vector products spent on this checkpoint"),
+    Column("hessian_n", I, "hessian", "samples the Hessian was taken over"),
+    # complexity of the learned function / the target
+    Column("target_complexity", F, "complexity", "functions: mean ||grad f||^2 of the target over the domain"),
+    # provenance: how the row was obtained
+    Column("train_loss_running", F, "provenance", "mean training loss over the last epoch's batches (train mode)"),
+    Column("train_wall_s", F, "provenance", "seconds of training up to this checkpoint"),
+    Column("measured_on", S, "provenance", "train | test: the split the geometry metrics saw"),
+    Column("measure_n", I, "provenance", "samples the geometry metrics saw"),
+    Column("bn_mode", S, "provenance",
+           "stored | recalibrate: BatchNorm running statistics as trained, or recomputed on the un-augmented "
+           "training split before measuring (eval mode either way)"),
+    Column("augmented", B, "provenance", "whether measured data were augmented (always false)"),
+    Column("estimator_seed", I, "provenance", "seed of every stochastic estimator (shared by regimes of a seed)"),
+    Column("raystudy_version", S, "provenance", "raystudy version that measured the row"),
+    Column("torch_version", S, "provenance", "torch version"),
+    Column("ray_version", S, "provenance", "ray version (null when measured without Ray)"),
+    Column("device", S, "provenance", "device that measured the row"),
+    Column("wall_s", F, "provenance", "seconds spent measuring this checkpoint"),
+)
+
+SCHEMA: dict[str, pl.DataType] = {c.name: c.dtype for c in COLUMNS}
+
+
+def columns(group: str) -> tuple[str, ...]:
+    """Names of the columns of one group, in schema order."""
+    if group not in GROUPS:
+        raise KeyError(f"unknown column group {group!r}; known: {', '.join(GROUPS)}")
+    return tuple(c.name for c in COLUMNS if c.group == group)
+
+
+# The metrics the paired tests compare (PROTOCOL.md, "Statistics as reported"), by statistical family.
+PERFORMANCE = ("gen_gap", "test_acc")
+SAFETY = ("ece", "corruption_acc", "disagreement")
+SHARPNESS = ("fisher_rao", "relative_flatness", "sam_sharpness")
+HESSIAN = ("hessian_lambda_max", "hessian_trace")
