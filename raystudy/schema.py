@@ -93,6 +93,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("hessian_n", I, "hessian", "samples the Hessian was taken over"),
     # complexity of the learned function / the target
     Column("target_complexity", F, "complexity", "functions: mean ||grad f||^2 of the target over the domain"),
+    Column("target_variance", F, "complexity",
+           "functions: variance of the training targets; train_loss / target_variance is the relative fit error"),
     # provenance: how the row was obtained
     Column("train_loss_running", F, "provenance", "mean training loss over the last epoch's batches (train mode)"),
     Column("train_wall_s", F, "provenance", "seconds of training up to this checkpoint"),

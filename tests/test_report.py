@@ -41,6 +41,10 @@ def test_page_is_offline_and_complete(report):
     assert html.count("<caption>mean (SEM) over seeds</caption>") == 4
     assert html.count("each regime vs base, paired by seed") == 1  # only digits has base + other regimes
     assert "93 (1.3)" in html  # digits base test accuracy, mean (SEM)
+    # The page opens with the verdicts: the fake study has 2 seeds of functions, so A cannot be decided.
+    assert html.index("<h2>Verdicts</h2>") < html.index("<h2>Provenance</h2>")
+    assert "Family A: <span class=\"verdict inconclusive\">inconclusive</span>" in html
+    assert "bootstrap interval over seeds needs at least 3" in html
     assert html.count("<svg") == len(CHARTS) == html.count("<figcaption>")
     ids = re.findall(r'\bid="([^"]+)"', html)
     assert len(ids) == len(set(ids))  # inline SVGs do not clash

@@ -25,6 +25,9 @@ caption { caption-side: top; text-align: left; font-weight: 600; padding: .3rem 
 figure { margin: 1.5rem 0; } figcaption { font-size: .9rem; color: #444; max-width: 900px; }
 dl { display: grid; grid-template-columns: max-content auto; gap: .2rem 1rem; } dt { font-weight: 600; }
 .note { color: #555; font-size: .9rem; }
+.warn { background: #fff4e0; border-left: 4px solid #e8a33d; padding: .4rem .8rem; }
+.verdict { padding: 0 .4rem; border-radius: 3px; } .supported { background: #d9f2dd; }
+.contradicted { background: #f8d7d7; } .inconclusive { background: #eee; }
 """
 # Left-aligned identity columns; numbers and "mean (sem)" cells stay right-aligned for comparison.
 TEXT_COLUMNS = ("block", "family", "task", "model", "regime", "metric", "group", "alternative", "correction",

@@ -2,6 +2,7 @@
 (inline SVG, PNG next to the page). `write_report` is what `python -m raystudy.report` runs."""
 from __future__ import annotations
 
+from html import escape
 from pathlib import Path
 
 import polars as pl
@@ -13,6 +14,9 @@ from raystudy.analysis.html import (chart_spec, definition_list, figure, inline_
 from raystudy.analysis.labels import measurement_note
 from raystudy.analysis.results import HYPERPARAMETERS, final_rows, load_results
 from raystudy.analysis.stats import compare_to_base
+from raystudy.analysis.verdicts import MIN_SEEDS, functions_fit_table, verdicts
+
+STALE_BN_PP = 5.0  # train accuracy with batch statistics this many points above eval mode: stale running stats
 
 
 def _distinct(df: pl.DataFrame, column: str) -> str:
@@ -95,6 +99,46 @@ def chart_sections(df: pl.DataFrame, out: Path) -> list[str]:
     return sections
 
 
+def verdict_section(df: pl.DataFrame) -> list[str]:
+    """The claims of the paper as the rows answer them: outcome, the reason in words with its numbers, and
+    the numbers as a table (PROTOCOL.md; ``analysis.verdicts``)."""
+    found = verdicts(df)
+    if not found:
+        return []
+    out = ["<h2>Verdicts</h2>",
+           f'<p class="note">Kendall tau with a 95% bootstrap interval over seeds (families A, B; at least '
+           f"{MIN_SEEDS} seeds); paired one-sided Wilcoxon tests vs base with Benjamini-Yekutieli correction "
+           "(family C). A claim is supported or contradicted only when the evidence says so; otherwise it is "
+           "inconclusive, with the reason.</p>"]
+    for v in found:
+        out.append(f'<h3>Family {v.family}: <span class="verdict {v.outcome}">{v.outcome}</span></h3>'
+                   f"<p><b>Claim:</b> {escape(v.claim)}.</p><p>{escape(v.why)}</p>")
+        if not v.table.is_empty():
+            out.append(table(v.table, "the numbers behind the verdict"))
+        if v.family == "A" and not (fit := functions_fit_table(df)).is_empty():
+            out.append(table(fit, "each target function at the final checkpoint, mean over seeds: complexity, "
+                                  "relative train MSE (train MSE / target variance) and sharpness"))
+    return out
+
+
+def stale_batchnorm(df: pl.DataFrame) -> list[str]:
+    """A warning listing final checkpoints whose BatchNorm running statistics are stale: training accuracy
+    with batch statistics exceeds the eval-mode one by more than STALE_BN_PP points."""
+    if not {"train_acc_train_mode", "train_acc"} <= set(df.columns):
+        return []
+    rows = final_rows(df).drop_nulls(["train_acc_train_mode", "train_acc"]).with_columns(
+        gap=100 * (pl.col("train_acc_train_mode") - pl.col("train_acc")))
+    stale = rows.filter(pl.col("gap") > STALE_BN_PP).sort("gap", descending=True)
+    if stale.is_empty():
+        return []
+    modes = ", ".join(sorted(stale["bn_mode"].drop_nulls().unique().to_list())) if "bn_mode" in stale.columns else "?"
+    listed = ", ".join(f"{t} ({g:.1f} pp)" for t, g in stale.select("trial_id", "gap").head(10).iter_rows())
+    return [f'<p class="warn">Stale BatchNorm statistics (bn_mode {escape(modes)}): {stale.height} final '
+            f"checkpoint(s) classify the training set more than {STALE_BN_PP:g} points better with batch "
+            f"statistics than in eval mode, so their eval-mode numbers describe the stored statistics rather "
+            f"than the minimum; consider <code>measure: {{bn: recalibrate}}</code>. Largest: {escape(listed)}</p>"]
+
+
 def write_report(study_dir: str | Path) -> Path:
     """Write STUDY_DIR/report/index.html (self-contained, offline) and a PNG per chart; return the page's path.
 
@@ -110,6 +154,6 @@ def write_report(study_dir: str | Path) -> Path:
     if df.is_empty():
         body.append("<p>No results yet: results/ holds no readable result rows.</p>")
     else:
-        body += block_sections(df) + chart_sections(df, out)
+        body = verdict_section(df) + stale_batchnorm(df) + body + block_sections(df) + chart_sections(df, out)
     write_atomic(out / "index.html", page(f"raystudy report: {name or study_dir.name}", body))
     return out / "index.html"

@@ -53,14 +53,18 @@ def _per_seed(rows: pl.DataFrame, keys: list[str], metrics: list[str]) -> pl.Dat
     return rows.group_by([*keys, "seed"]).agg(pl.col(metrics).mean())
 
 
-def compare_to_base(df: pl.DataFrame, metrics: list[str] | None = None) -> pl.DataFrame:
+OPPOSITE = {"less": "greater", "greater": "less"}
+
+
+def compare_to_base(df: pl.DataFrame, metrics: list[str] | None = None, reverse: bool = False) -> pl.DataFrame:
     """Every non-base regime against base within the same block, task, model and hyperparameters.
 
     Uses final, status-"ok" rows; pairs are seeds present in both. Returns one row per configuration x
     regime x metric with columns: the configuration keys, regime (and sam_rho / weight_decay / augment
     when they vary), metric, group, alternative ("less" for gen_gap, ece, disagreement; "greater" for
-    accuracies and sharpness), n_pairs, statistic, p, p_adj, correction, effect (rank-biserial, positive
-    = regime larger). p is null when fewer than 2 differences are non-zero;
+    accuracies and sharpness; ``reverse`` tests the opposite direction, to tell "not shown" from "shown
+    the other way"), n_pairs, mean_diff (mean over pairs of regime - base), statistic, p, p_adj, correction,
+    effect (rank-biserial, positive = regime larger). p is null when fewer than 2 differences are non-zero;
     metrics with no pair are left out. p_adj is Benjamini-Yekutieli over the metrics of one group
     ("safety", "sharpness" or "hessian") for one regime (condition) vs base in one configuration;
     performance metrics are reported uncorrected (p_adj = p, correction "none"). Cost: one scipy test per row.
@@ -82,14 +86,16 @@ def compare_to_base(df: pl.DataFrame, metrics: list[str] | None = None) -> pl.Da
             if both.is_empty():  # metric not measured in this configuration
                 continue
             d = (both[m] - both[f"{m}_base"]).to_numpy()
-            result = paired_test(d, ALTERNATIVE[m])
+            alternative = OPPOSITE[ALTERNATIVE[m]] if reverse else ALTERNATIVE[m]
+            result = paired_test(d, alternative)
             statistic, p, effect = result if result else (None, None, None)
-            out.append({**config, "metric": m, "group": GROUP[m], "alternative": ALTERNATIVE[m],
-                        "n_pairs": both.height, "statistic": statistic, "p": p, "effect": effect})
+            out.append({**config, "metric": m, "group": GROUP[m], "alternative": alternative,
+                        "n_pairs": both.height, "mean_diff": float(d.mean()), "statistic": statistic, "p": p,
+                        "effect": effect})
     if not out:
         return pl.DataFrame()
     table = pl.DataFrame(out, infer_schema_length=None).with_columns(
-        pl.col("statistic", "p", "effect").cast(pl.Float64))
+        pl.col("mean_diff", "statistic", "p", "effect").cast(pl.Float64))
     return _adjust(table, pair_keys + cond_keys).sort([*pair_keys, *cond_keys], nulls_last=True,
                                                       maintain_order=True)
 

@@ -80,7 +80,7 @@ def measure_checkpoint(store: Store, path: str, device: str | torch.device = "cp
             row["gen_gap"] = test.loss - train.loss
         row.update(geometry_columns(trial, task, model, loss_fn, on))
     if trial.family == "functions":
-        row["target_complexity"] = _complexity(trial.task)
+        row.update(target_complexity=_complexity(trial.task), target_variance=float(task.y_train.double().var()))
     row["wall_s"] = time.perf_counter() - t0
     return row
 
