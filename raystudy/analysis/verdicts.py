@@ -131,17 +131,18 @@ def verdict_functions(df: pl.DataFrame) -> Verdict | None:
     if rows.is_empty() or "target_complexity" not in present(rows, ("target_complexity",)):
         return None
     claim = "sharpness rises with the complexity of the target function, among equally well-fit solutions"
+    excluded = ""
     if "target_variance" in present(rows, ("target_variance",)):
         rows = rows.with_columns(rel_mse=pl.col("train_loss") / pl.col("target_variance"))
-    else:
-        rows = rows.with_columns(rel_mse=pl.lit(None, pl.Float64))
+    else:  # rows written before target_variance existed: the fit cannot be judged, so nothing is left out
+        rows = rows.with_columns(rel_mse=pl.lit(0.0))
+        excluded = "; fit not recorded (no target_variance): every target kept"
     unfit = rows.filter(pl.col("rel_mse").is_null() | (pl.col("rel_mse") > FIT_TOLERANCE))
     fit = _with_rho_columns(rows.filter(pl.col("rel_mse") <= FIT_TOLERANCE))
     table = _tau_table(fit, "target_complexity", _sharpness_metrics(fit))
-    excluded = ""
     if not unfit.is_empty():
         worst = unfit.group_by("task").agg(pl.col("rel_mse").max()).sort("task")
-        excluded = "; excluded as not fitted (relative train MSE > %g): %s" % (FIT_TOLERANCE, ", ".join(
+        excluded += "; excluded as not fitted (relative train MSE > %g): %s" % (FIT_TOLERANCE, ", ".join(
             f"{t} ({'unknown' if v is None else f'{v:.3g}'})" for t, v in worst.iter_rows()))
     if fit["task"].n_unique() < 3:
         return Verdict("A", claim, "inconclusive",
