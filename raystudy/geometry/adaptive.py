@@ -134,10 +134,12 @@ class _Ball:
 
 
 def _ascend(evaluate, ball: _Ball, u0: Tensor, n_iter: int) -> tuple[float, float]:
-    """(loss at u0, largest loss found) by APGD-style projected ascent from u0: ``n_iter`` steps of momentum PGD,
-    step 2*rho halved at the checkpoints that made too little progress. After a cut the ascent
-    restarts from the best point and its gradient, with no momentum (the authors' code reloads the
-    best weights but then keeps stepping from the stale perturbation, which discards them)."""
+    """(loss at u0, largest loss found) by APGD-style ascent from u0 (Croce & Hein 2020): ``n_iter``
+    steps of projected gradient ascent with momentum 0.75, step 2*rho, halved at the checkpoints
+    that made too little progress. After a cut the ascent restarts from the best point and its
+    gradient, without momentum (the authors' code reloads the best weights but then keeps stepping
+    from the stale perturbation, which discards them). One evaluation per step, the last without
+    a gradient: n_iter + 1 forward and n_iter backward passes."""
     checkpoints = _checkpoints(n_iter)
     eta = 2 * ball.rho
     u = u_prev = u0
@@ -185,14 +187,15 @@ def adaptive_sharpness(
 
     Worst case, per m-batch and restart: ``n_iter`` steps of APGD-style ascent (see
     :func:`_ascend`); restart 0 starts at delta = 0 (the authors' published setting), later ones at
-    a random point of the ball. Cost: ``n_restarts * (n_iter + 1)`` forward and
+    a random point of the ball (at an exact stationary point the L2 ascent from delta = 0 cannot
+    move: only restarts leave it). Cost: ``n_restarts * (n_iter + 1)`` forward and
     ``n_restarts * n_iter`` backward passes over ``data``. Average case: ``n_draws`` draws of u;
     cost ``1 + n_draws`` forward passes, no backward. Random numbers come from
     ``torch.Generator().manual_seed(seed)`` on the CPU; the model (parameters and buffers) and the
     global RNG are left as they were. Raises ``ValueError`` on bad arguments.
     """
     if kind not in ("worst", "average") or norm not in ("l2", "linf") or perturb not in ("all", "weights"):
-        raise ValueError(f"kind must be worst|average, norm l2|linf, perturb all|weights; got {kind}, {norm}, {perturb}")
+        raise ValueError(f"kind must be worst|average, norm l2|linf, perturb all|weights: {kind}, {norm}, {perturb}")
     if not rho > 0 or min(n_iter, n_restarts, n_draws) < 1 or (m is not None and m < 1):
         raise ValueError(f"need rho > 0, m >= 1, n_iter, n_restarts, n_draws >= 1; got rho={rho}, m={m}")
     if kind == "average" and m is not None:
@@ -230,7 +233,8 @@ def adaptive_sharpness(
                     loss, grad = 0.0, torch.zeros_like(w0) if need_grad else None
                     with torch.set_grad_enabled(need_grad):
                         for x, y in pieces:
-                            term = loss_fn(torch.func.functional_call(model, as_params(flat), (x,)), y) * (len(x) / size)
+                            out = torch.func.functional_call(model, as_params(flat), (x,))
+                            term = loss_fn(out, y) * (len(x) / size)
                             if need_grad:
                                 grad += torch.autograd.grad(term, flat)[0]
                             loss += float(term.detach())
