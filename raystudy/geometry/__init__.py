@@ -4,6 +4,7 @@ Every function takes ``(model, loss_fn, data, ...)`` with ``data`` an iterable o
 ``(inputs, targets)`` batches; losses are sample-weighted means over all batches and the model is
 measured in eval mode (see :mod:`raystudy.geometry.data`).
 """
+from raystudy.geometry.adaptive import AdaptiveSharpness, adaptive_sharpness
 from raystudy.geometry.fisher_rao import count_weight_layers, fisher_rao_norm
 from raystudy.geometry.flatness import default_classifier, relative_flatness
 from raystudy.geometry.density import DensityResult, hessian_density, slq_density
@@ -14,7 +15,7 @@ from raystudy.geometry.sharpness import SharpnessEstimate, sam_sharpness, sam_sh
 
 __all__ = [
     "count_weight_layers", "default_classifier", "fisher_rao_norm", "relative_flatness",
-    "SharpnessEstimate", "sam_sharpness", "sam_sharpness_sweep",
+    "SharpnessEstimate", "sam_sharpness", "sam_sharpness_sweep", "AdaptiveSharpness", "adaptive_sharpness",
     "HessianOperator", "EigenResult", "hessian_eigenvalues", "lanczos_eigenvalues",
     "TraceResult", "hessian_trace", "trace_estimate", "DensityResult", "hessian_density", "slq_density",
 ]
