@@ -12,7 +12,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from raystudy.geometry.fisher_rao import count_weight_layers
-from raystudy.models import create_model, list_models, model_kwargs, register_model
+from raystudy.models import check_model, create_model, list_models, model_kwargs, register_model
+from raystudy.models import registry
 
 TINY_VIT = {"dim": 16, "depth": 2, "heads": 2, "dim_head": 8, "mlp_dim": 12}
 
@@ -261,3 +262,73 @@ def test_registry_errors_and_listing():
         create_model("vgg19_bn_cifar", in_shape=(1, 8, 8), out_dim=10)
     with pytest.raises(ValueError, match="already registered"):
         register_model("mlp")(lambda **kw: nn.Linear(1, 1))
+
+
+# ---- plan-time check -------------------------------------------------------------------------
+
+INTENDED = [("mlp", (2,)), ("mlp", (1, 8, 8)), ("cnn_bn", (1, 8, 8)), ("cnn_bn", (3, 32, 32))] + [
+    (name, (3, 32, 32)) for name in ("resnet18_cifar", "vgg19_bn_cifar", "vit_small_data")] + [
+    (name, (3, 64, 64)) for name in ("resnet18_imagenet", "vgg19_bn_imagenet")]
+
+
+@pytest.mark.parametrize("name,in_shape", INTENDED)
+def test_check_model_accepts_every_model_on_its_intended_inputs(name, in_shape):
+    assert check_model(name, in_shape, 10) is None
+
+
+def test_every_registered_model_has_an_intended_input():
+    assert {name for name, _ in INTENDED} == set(list_models())
+
+
+REJECTED = [  # (name, in_shape, model_args, what the message must say)
+    ("vgg19_bn_cifar", (1, 8, 8), {}, "needs H, W >= 32"),
+    ("cnn_bn", (2,), {}, r"needs image inputs \(C, H, W\)"),
+    ("resnet18_cifar", (2,), {}, r"needs image inputs \(C, H, W\)"),
+    ("mlp", (2,), {"widths": [8]}, r"no argument 'widths'; it accepts: hidden=\(64, 64\), activation='relu'"),
+    ("resnet18_cifar", (3, 32, 32), {"pretrained": True}, "no argument 'pretrained'; it accepts: no arguments"),
+    ("vit_small_data", (3, 30, 30), {}, "not divisible by patch_size=4"),
+    ("vit_small_data", (3, 32, 32), {"patch_size": 5}, "not divisible by patch_size=5"),
+    ("vit_small_data", (3, 32, 32), {"image_size": 64}, "image_size=64 but the task's images are 32x32"),
+    ("mlp", (2,), {"hidden": "ab"}, "hidden must be a list of positive widths"),
+    ("resnet81", (3, 32, 32), {}, "unknown model 'resnet81'; known: cnn_bn"),
+    ("vgg19_bn_imagenet", (3, 64, 64), {"pretrained_file": "w.pth"}, "needs pretrained: true"),
+]
+
+
+@pytest.mark.parametrize("name,in_shape,model_args,message", REJECTED)
+def test_check_model_rejects_with_one_line(name, in_shape, model_args, message):
+    with pytest.raises(ValueError, match=message) as err:
+        check_model(name, in_shape, 10, **model_args)
+    assert "\n" not in str(err.value)
+
+
+def test_check_model_never_downloads(offline_hub):
+    # With the hub offline a download would raise; the check builds the architecture only.
+    check_model("resnet18_imagenet", (3, 64, 64), 200, pretrained=True)
+    check_model("vgg19_bn_imagenet", (3, 64, 64), 200, pretrained=True, pretrained_file="/not/here.safetensors")
+
+
+class _Broken(nn.Module):
+    """Declares 4 features but produces 3 (or returns the wrong output shape)."""
+
+    def __init__(self, out_dim: int, wrong_output: bool) -> None:
+        super().__init__()
+        self.classifier = nn.Linear(3 if wrong_output else 4, out_dim)
+        self.wrong_output = wrong_output
+
+    def forward_features(self, x):
+        return x.flatten(1)[:, :3]
+
+    def forward(self, x):
+        out = self.classifier(self.forward_features(x))
+        return out[:1] if self.wrong_output else out
+
+
+def test_check_model_catches_forward_and_output_shape_errors(monkeypatch):
+    monkeypatch.setitem(registry._MODELS, "broken", lambda *, in_shape, out_dim: _Broken(out_dim, False))
+    with pytest.raises(ValueError, match="does not go through it: RuntimeError") as err:
+        check_model("broken", (5,), 2)
+    assert "\n" not in str(err.value)
+    monkeypatch.setitem(registry._MODELS, "broken", lambda *, in_shape, out_dim: _Broken(out_dim, True))
+    with pytest.raises(ValueError, match=r"outputs \(1, 2\).*expected \(2, 2\)"):
+        check_model("broken", (5,), 2)
