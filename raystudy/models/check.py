@@ -27,8 +27,7 @@ def check_model(name: str, in_shape: Sequence[int], out_dim: int, **model_args: 
     Everything happens on the ``meta`` device: no memory, no weight initialisation, no download.
     ``pretrained: true`` checks the architecture only (``pretrained_file`` is not read; it may live
     on the workers only). Cost: ~0.07 s for VGG-19 or the ViT on one idle CPU core (0.2 s under load),
-    plus importing timm once (seconds)
-    for the timm-backed models.
+    plus importing timm once (seconds) for the timm-backed models.
     """
     where = f"model {name!r} (in_shape={tuple(in_shape)}, out_dim={out_dim})"
     try:
