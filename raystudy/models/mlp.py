@@ -42,6 +42,10 @@ def mlp(
     activation: str = "relu",
 ) -> MLP:
     """MLP on flattened inputs; the protocol's 2->64->64->1 (family A) and 2->100->100->2 (B)."""
-    if any(int(h) < 1 for h in hidden):
-        raise ValueError(f"hidden widths must be positive, got {list(hidden)}")
-    return MLP(math.prod(in_shape), [int(h) for h in hidden], out_dim, activation)
+    try:
+        widths = [int(h) for h in hidden] if not isinstance(hidden, str) else None
+    except (TypeError, ValueError):
+        widths = None
+    if widths is None or any(h < 1 for h in widths):
+        raise ValueError(f"mlp: hidden must be a list of positive widths, got {hidden!r}")
+    return MLP(math.prod(in_shape), widths, out_dim, activation)

@@ -3,12 +3,14 @@
 Every builder takes keyword-only ``in_shape`` (shape of one sample) and ``out_dim`` (classes, or 1
 for regression) plus its own keyword arguments, and returns a module with:
 - ``classifier``: its final ``nn.Linear`` (``model(x) == model.classifier(model.forward_features(x))``);
-- ``forward_features(x)``: the ``(N, F)`` features the classifier reads.
+- ``forward_features(x)``: the ``(N, F)`` features the classifier reads;
+- ``pretrained_weights``: ``None`` for a random initialisation, else where the weights came from.
 Weights are drawn from torch's global RNG, so ``torch.manual_seed(s)`` before ``create_model``
 fixes them (the trainer seeds by (task, model, seed) so every regime starts from the same weights).
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, TypeVar
 
 from torch import nn
@@ -49,7 +51,19 @@ def create_model(name: str, *, in_shape: tuple[int, ...], out_dim: int, **kwargs
         raise KeyError(f"unknown model {name!r}; known: {', '.join(list_models())}")
     if out_dim < 1:
         raise ValueError(f"out_dim must be >= 1, got {out_dim}")
-    return _MODELS[name](in_shape=tuple(int(s) for s in in_shape), out_dim=int(out_dim), **kwargs)
+    model = _MODELS[name](in_shape=tuple(int(s) for s in in_shape), out_dim=int(out_dim), **kwargs)
+    if not hasattr(model, "pretrained_weights"):
+        model.pretrained_weights = None
+    return model
+
+
+def model_kwargs(name: str) -> dict[str, Any]:
+    """The keyword arguments model ``name`` takes besides ``in_shape``/``out_dim``, with their defaults
+    (``inspect.Parameter.empty`` for a required one). Unknown name -> ``KeyError``."""
+    if name not in _MODELS:
+        raise KeyError(f"unknown model {name!r}; known: {', '.join(list_models())}")
+    params = inspect.signature(_MODELS[name]).parameters.values()
+    return {p.name: p.default for p in params if p.name not in ("in_shape", "out_dim")}
 
 
 def image_shape(in_shape: tuple[int, ...], model: str) -> tuple[int, int, int]:
@@ -58,3 +72,15 @@ def image_shape(in_shape: tuple[int, ...], model: str) -> tuple[int, int, int]:
         raise ValueError(f"{model} needs image inputs (C, H, W), got in_shape={in_shape}")
     c, h, w = in_shape
     return c, h, w
+
+
+def reset_to_torch_defaults(model: nn.Module) -> nn.Module:
+    """Re-initialise every submodule with PyTorch's own ``reset_parameters`` (convs and Linears:
+    Kaiming-uniform with a=sqrt(5), i.e. U(+-1/sqrt(fan_in)); BatchNorm/LayerNorm: scale 1, shift 0,
+    running statistics reset). This is how the paper's authors initialised their CIFAR models: their
+    code has no initialisation of its own. Draws from the global RNG; returns ``model``."""
+    for m in model.modules():
+        reset = getattr(m, "reset_parameters", None)
+        if callable(reset):
+            reset()
+    return model

@@ -1,41 +1,51 @@
-"""ResNet-18 with the CIFAR stem (3x3 stride-1 first conv, no max-pool), built from timm."""
+"""ResNet-18 from timm: the CIFAR variant (3x3 stride-1 stem, no max-pool) as the paper's authors
+built it, and the ImageNet variant (7x7 stride-2 stem + max-pool), optionally ImageNet-pretrained."""
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import nn
 
-from .registry import image_shape, register_model
-
-
-class CifarResNet(nn.Module):
-    """timm's ResNet body (``fc`` removed) followed by ``classifier`` = timm's original ``fc``.
-
-    Holding the Linear once (rather than aliasing ``fc``) keeps state-dict keys unique.
-    """
-
-    def __init__(self, body: nn.Module, classifier: nn.Linear) -> None:
-        super().__init__()
-        self.body = body
-        self.classifier = classifier
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        """Globally average-pooled features, ``(N, 512)``."""
-        return self.body(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.body(x))
+from .registry import image_shape, register_model, reset_to_torch_defaults
+from .timm_body import TimmNet, timm_body
 
 
 @register_model
-def resnet18_cifar(*, in_shape: tuple[int, ...], out_dim: int) -> CifarResNet:
-    """timm ``resnet18`` (random init) with the CIFAR stem; ~11.17M parameters for 10 classes."""
-    import timm  # lazy: importing timm costs ~1 s, and only image trials need it
+def resnet18_cifar(*, in_shape: tuple[int, ...], out_dim: int) -> TimmNet:
+    """ResNet-18 with the CIFAR stem; 11,173,962 parameters for 10 classes.
 
-    c, h, w = image_shape(in_shape, "resnet18_cifar")
-    net = timm.create_model("resnet18", pretrained=False, num_classes=out_dim, in_chans=c)
-    net.conv1 = nn.Conv2d(c, 64, kernel_size=3, stride=1, padding=1, bias=False)
-    # Same init timm gives its own convs, so the replaced stem is not the odd one out.
-    nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
-    net.maxpool = nn.Identity()
-    fc = net.fc
-    net.fc = nn.Identity()  # timm's forward_head now returns pooled features
-    return CifarResNet(net, fc)
+    timm's ``resnet18`` body (BasicBlocks [2, 2, 2, 2], widths 64-512, global average pool) with a
+    3x3 stride-1 ``conv1`` and no max-pool, initialised as the authors' ResNet-18 (kuangliu's CIFAR
+    ResNet, no initialisation code of its own) is: PyTorch's defaults for every layer, so every
+    BatchNorm starts with scale gamma = 1 and shift 0, including the last BatchNorm of each block
+    (timm zero-initialises that one; a different starting point and a different early landscape),
+    and convs/Linear are Kaiming-uniform U(+-1/sqrt(fan_in)) rather than timm's Kaiming-normal
+    fan-out (whose ~2.4x larger conv weights change how far a fixed-radius perturbation reaches).
+    """
+    c, _, _ = image_shape(in_shape, "resnet18_cifar")
+    body, _ = timm_body("resnet18_cifar", "resnet18", in_chans=c, pretrained=False, pretrained_tag="",
+                        pretrained_file=None, zero_init_last=False)
+    body.conv1 = nn.Conv2d(c, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    body.maxpool = nn.Identity()
+    return reset_to_torch_defaults(TimmNet(body, nn.Linear(body.head_hidden_size, out_dim)))
+
+
+@register_model
+def resnet18_imagenet(
+    *,
+    in_shape: tuple[int, ...],
+    out_dim: int,
+    pretrained: bool = False,
+    pretrained_file: str | None = None,
+) -> TimmNet:
+    """ResNet-18 with timm's (= torchvision's) ImageNet stem: the paper's pretrained TinyImageNet model.
+
+    ``pretrained``: the torchvision ImageNet-1k weights the authors used (timm ``resnet18.tv_in1k``),
+    from ``pretrained_file`` (a local copy) or the Hugging Face cache; the classifier is then a new
+    ``nn.Linear(512, out_dim)`` with PyTorch's default initialisation, like the authors' ``ResNet18PT``.
+    Random initialisation otherwise: timm's (Kaiming-normal fan-out convs) with every BatchNorm scale 1,
+    as torchvision. 11,279,112 parameters for 200 classes.
+    """
+    c, _, _ = image_shape(in_shape, "resnet18_imagenet")
+    body, weights = timm_body("resnet18_imagenet", "resnet18", in_chans=c, pretrained=pretrained,
+                              pretrained_tag="tv_in1k", pretrained_file=pretrained_file, zero_init_last=False)
+    return TimmNet(body, nn.Linear(body.head_hidden_size, out_dim), weights)
+
