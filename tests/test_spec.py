@@ -59,7 +59,7 @@ def test_smoke_study_expands_to_the_cross_product():
     axes = ("task", "model", "regime", "seed", "lr", "momentum", "batch_size", "weight_decay", "sam_rho",
             "factor", "label_noise")
     expected = {b["name"]: math.prod(len(b[a]) for a in axes if isinstance(b.get(a), list)) for b in raw["blocks"]}
-    assert per_block == expected == {"functions": 7 * 2, "circles": 3 * 2, "digits_cnn": 6 * 2, "digits_mlp": 6 * 2}
+    assert per_block == expected == {"functions": 7 * 3, "circles": 4 * 3, "digits_cnn": 6 * 2, "digits_mlp": 6 * 2}
     assert [t.block for t in trials] == sorted((t.block for t in trials), key=list(expected).index)
 
 
