@@ -168,7 +168,7 @@ def test_functions_share_initial_weights_across_targets():
 
 def test_checkpoints_always_include_the_last_epoch(tmp_path):
     by_block = {t.block: t.checkpoints for t in expand(load_study(SMOKE))}
-    assert by_block == {"functions": (0, 1, 10, 100, 1000), "circles": (100,), "digits_cnn": (8,), "digits_mlp": (8,)}
+    assert by_block == {"functions": (0, 10, 100, 1000, 2000), "circles": (100,), "digits_cnn": (8,), "digits_mlp": (8,)}
     trials = expand(load_study(write(tmp_path, base_study(tmp_path))))
     assert {t.block: t.checkpoints for t in trials} == {"circ": (3,), "dig": (1, 4)}
 
