@@ -14,6 +14,7 @@ import polars as pl
 
 F, I, S, B = pl.Float64, pl.Int64, pl.String, pl.Boolean
 RHO_STATS = pl.Struct({"rho": F, "mean": F, "std": F, "median": F, "min": F, "max": F})
+CORRUPTION_ACC = pl.Struct({"corruption": S, "severity": I, "acc": F, "n": I})
 
 GROUPS = ("identity", "hyperparameter", "performance", "safety", "sharpness", "hessian", "complexity",
           "provenance")
@@ -66,8 +67,16 @@ COLUMNS: tuple[Column, ...] = (
     # safety
     Column("ece", F, "safety", "expected calibration error on the test set: 15 equal-width bins, top label, L1"),
     Column("corruption_acc", F, "safety", "mean accuracy over every corruption x severity of the task's -C set"),
+    Column("corruption_acc_by", pl.List(CORRUPTION_ACC), "safety",
+           "accuracy on each corruption x severity: corruption, severity, acc, n (images)"),
     Column("disagreement", F, "safety",
-           "1 - argmax agreement with the other seeds of the same configuration, mean over them (analysis)"),
+           "1 - argmax agreement on the test set with each other seed of the same configuration, mean over them "
+           "(computed by the analysis from the stored predictions)"),
+    Column("jsd", F, "safety",
+           "Jensen-Shannon divergence (nats) of test-set predictive distributions with each other seed of the same "
+           "configuration, mean over them (analysis)"),
+    Column("predictions", S, "provenance",
+           "consistency: path of the stored test-set predictions (class and float16 probabilities) beside the row"),
     # sharpness
     Column("fisher_rao", F, "sharpness", "Fisher-Rao norm, closed form for cross-entropy, factor (L+1)"),
     Column("relative_flatness", F, "sharpness",

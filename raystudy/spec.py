@@ -27,7 +27,7 @@ from raystudy.seeding import derive_seed
 REGULARISERS = ("aug", "wd", "sam")  # canonical order inside a regime name: "aug+wd+sam"
 AXES = ("task", "model", "regime", "seed", "lr", "momentum", "batch_size", "weight_decay", "sam_rho",
         "factor", "label_noise")
-CLASSIFICATION_METRICS = ("ece", "fisher_rao", "relative_flatness")
+CLASSIFICATION_METRICS = ("ece", "fisher_rao", "relative_flatness", "corruption", "consistency")
 METRICS = ("sam_sharpness", "hessian", *CLASSIFICATION_METRICS)
 
 
@@ -74,6 +74,12 @@ class Hessian(_Strict):
     max_samples: int | None = Field(None, ge=1)
 
 
+class Corruption(_Strict):
+    """The ``corruption`` metric: accuracy on every corruption x severity of the task's -C set, each on its
+    first ``max_samples`` images (None = all 10,000)."""
+    max_samples: int | None = Field(None, ge=1)
+
+
 class Measure(_Strict):
     """Which data the geometry metrics see: the un-augmented split, first ``max_samples`` rows; and the
     BatchNorm statistics every eval-mode number uses: ``stored`` (as trained, the paper's protocol) or
@@ -112,6 +118,7 @@ class Block(_Strict):
     metrics: list[str] = Field(default_factory=lambda: ["sam_sharpness"])
     sharpness: Sharpness = Field(default_factory=Sharpness)
     hessian: Hessian = Field(default_factory=Hessian)
+    corruption: Corruption = Field(default_factory=Corruption)
     measure: Measure = Field(default_factory=Measure)
     resources: Resources = Field(default_factory=Resources)
 
@@ -229,6 +236,7 @@ class Trial:
     metrics: tuple[str, ...] = ()
     sharpness: dict = field(default_factory=dict)
     hessian: dict = field(default_factory=dict)
+    corruption: dict = field(default_factory=dict)
     measure: dict = field(default_factory=dict)
     resources: dict = field(default_factory=dict)
     trial_id: str = ""
@@ -323,6 +331,7 @@ def _expand_block(study: str, block: Block) -> list[Trial]:
             shuffle_seed=block.shuffle_seed if block.shuffle_seed is not None else point["seed"],
             model_args=dict(block.model_args), metrics=tuple(block.metrics),
             sharpness=block.sharpness.model_dump(), hessian=block.hessian.model_dump(),
+            corruption=block.corruption.model_dump(),
             measure=block.measure.model_dump(), resources=block.resources.model_dump(),
         )
         trials.append(_with_id(trial, {a: point[a] for a in varying}))
@@ -337,7 +346,7 @@ def _with_id(trial: Trial, varying: dict[str, Any]) -> Trial:
     """Readable prefix + hash of everything that shapes training (not resources or metrics), so an
     edited setting never resumes from a stale checkpoint while an unchanged file gives the same ids."""
     shaping = {k: v for k, v in trial.to_dict().items()
-               if k not in ("metrics", "sharpness", "hessian", "measure", "resources", "trial_id")}
+               if k not in ("metrics", "sharpness", "hessian", "corruption", "measure", "resources", "trial_id")}
     digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:6]
     extra = "".join(f"-{_ID_TAGS[k]}{v:g}" if isinstance(v, float) else f"-{_ID_TAGS[k]}{v}"
                     for k, v in varying.items())

@@ -23,6 +23,7 @@ from raystudy import tasks
 from raystudy.checkpoints import load_checkpoint
 from raystudy.measure.geometry import geometry_columns
 from raystudy.measure.rows import measured, result_path, row_frame, write_row
+from raystudy.measure.safety import corruption_columns, write_predictions
 from raystudy.safety import evaluate, expected_calibration_error
 from raystudy.schema import SCHEMA
 from raystudy.spec import Trial
@@ -37,7 +38,8 @@ __all__ = ["SCHEMA", "measure_checkpoint", "measured", "result_path", "row_frame
 def measure_checkpoint(store: Store, path: str, device: str | torch.device = "cpu") -> dict[str, Any]:
     """Load the checkpoint at ``path`` and return its result row (keys = ``SCHEMA``).
 
-    Raises ``CheckpointError`` (one line naming the file) if it cannot be read. Cost: one eval pass
+    Raises ``CheckpointError`` (one line naming the file) if it cannot be read. With the ``consistency``
+    metric it also writes the test-set predictions beside the row (``measure.safety``). Cost: one eval pass
     over train and test sets (plus, for BatchNorm models, one train-mode pass over the training set,
     and one more to recalibrate when asked), plus the requested metrics (SAM-sharpness:
     ``draws * len(rhos)`` forward passes over the measured data; relative flatness: one pass +
@@ -76,6 +78,10 @@ def measure_checkpoint(store: Store, path: str, device: str | torch.device = "cp
                        ece=expected_calibration_error(torch.softmax(test.outputs, dim=1), test.targets))
             if has_bn:
                 row["train_acc_train_mode"] = train_mode_accuracy(model, train_batches)
+            if "corruption" in trial.metrics:
+                row.update(corruption_columns(task, model, loss_fn, on, trial.corruption.get("max_samples")))
+            if "consistency" in trial.metrics:
+                row["predictions"] = write_predictions(store, trial.trial_id, row["epoch"], test.outputs)
         else:
             row["gen_gap"] = test.loss - train.loss
         row.update(geometry_columns(trial, task, model, loss_fn, on))
