@@ -42,7 +42,7 @@ def load_task(family: str, name: str, *, seed: int, **params: Any) -> Task:
 
     ``functions``: ``n_train``, ``n_test`` (the points depend on ``seed``).
     ``circles``: ``factor``, ``label_noise``, ``data_seed``, ``n_samples`` (``seed`` ignored).
-    ``images``/``digits``: ``label_noise``, ``data_seed`` (``seed`` ignored).
+    ``images``/``digits``: ``label_noise``, ``data_seed`` (``seed`` and ``data_root`` ignored).
     ``images``/``cifar10``, ``cifar100``, ``tinyimagenet``: ``data_root`` (None ->
     ``$RAYSTUDY_DATA`` -> ``~/.cache/raystudy/data``), ``label_noise``, ``data_seed`` (``seed``
     ignored: the split is the release's).

@@ -68,7 +68,7 @@ def train_files(folder: Path, wnids: list[str], root: Path) -> tuple[list[Path],
     order, then ``<wnid>_1``, ...), so that any prefix (e.g. the first ``max_samples`` rows a
     geometry metric sees) is class-balanced. Cost: 200 directory listings."""
     per_class = []
-    for k, wnid in enumerate(wnids):
+    for wnid in wnids:
         d = require_dir(folder / "train" / wnid / "images", NAMES[0], root)
         files = sorted((p for p in d.iterdir() if p.suffix.upper() == ".JPEG"), key=_by_index)
         if not files:
