@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import time
 
 import numpy as np
 import pytest
@@ -150,9 +151,11 @@ def test_tinyimagenet_cache_follows_source_changes(tmp_path):
     wnid = written["sorted_wnids"][5]
     path = tmp_path / "tiny-imagenet-200" / "train" / wnid / "images" / f"{wnid}_0.JPEG"
     from PIL import Image
-    Image.new("RGB", (64, 64), (255, 255, 255)).save(path, format="JPEG")
-    st = path.stat()
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    folder_mtime = path.parent.stat().st_mtime_ns
+    time.sleep(0.05)  # past the file system's timestamp granularity
+    Image.new("RGB", (64, 64), (255, 255, 255)).save(path.with_suffix(".tmp"), format="JPEG")
+    os.replace(path.with_suffix(".tmp"), path)  # replaced, as extraction or rsync would
+    assert path.parent.stat().st_mtime_ns != folder_mtime
     after = load_task("images", "tinyimagenet", seed=0, data_root=str(tmp_path))
     assert (after.x_train[5] >= 250).all() and not (before.x_train[5] >= 250).all()
     assert len(list((tmp_path / ".raystudy" / "decoded").glob("tinyimagenet@*"))) == 1  # stale removed

@@ -112,6 +112,8 @@ def decode_images(paths: Sequence[Path], size: int, threads: int | None = None) 
         try:
             with Image.open(paths[i]) as img:
                 arr = np.asarray(img.convert("RGB"))
+        except FileNotFoundError:
+            raise DatasetError(paths[i], "missing (listed in the release's index)") from None
         except (OSError, UnidentifiedImageError, ValueError) as exc:
             raise DatasetError(paths[i], f"cannot decode image ({exc})") from None
         if arr.shape != (size, size, 3):
@@ -140,16 +142,19 @@ def cache_dir(root: Path) -> Path:
     return fallback
 
 
-def sources_key(files: Sequence[Path], base: Path) -> str:
-    """A digest of the source files' names, sizes and modification times (one ``stat`` each;
-    ~0.3 s for Tiny-ImageNet's 110,000 files). Editing, adding or removing a file changes it."""
+def sources_key(paths: Sequence[Path], base: Path) -> str:
+    """A digest of ``paths``' names (relative to ``base``), sizes and modification times, one
+    ``stat`` each. Callers pass the index files and the *folders* that hold the images: adding,
+    removing, renaming or replacing a file (extraction, ``mv``, ``rsync``) changes its folder's
+    mtime, so a few hundred ``stat`` calls stand for 110,000. Overwriting a file in place (same
+    name, same inode) is not seen: delete the cache folder to force a re-decode."""
     h = hashlib.sha1(f"format {_CACHE_FORMAT}\n".encode())
-    for f in files:
+    for p in paths:
         try:
-            st = f.stat()
+            st = p.stat()
         except FileNotFoundError:
-            raise DatasetError(f, "missing (listed in the release's index)") from None
-        h.update(f"{f.relative_to(base)}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+            raise DatasetError(p, "missing (listed in the release's index)") from None
+        h.update(f"{p.relative_to(base)}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]
 
 
@@ -165,7 +170,9 @@ def cached_arrays(
     entry = directory / f"{tag}@{key}"
     if (entry / "complete").exists():
         try:
-            return {p.stem: np.load(p) for p in sorted(entry.glob("*.npy"))}
+            # Copy-on-write maps: nothing is read until used, trials on one node share the page
+            # cache, and the arrays are writable for torch.from_numpy (writes stay private).
+            return {p.stem: np.load(p, mmap_mode="c") for p in sorted(entry.glob("*.npy"))}
         except (OSError, ValueError):  # damaged cache entry: rebuild it
             shutil.rmtree(entry, ignore_errors=True)
     arrays = build()

@@ -14,7 +14,8 @@ Tiny-ImageNet checkpoints expect). Some images are greyscale JPEGs; they are con
 
 The 110,000 JPEGs are decoded once and cached as uint8 arrays (``files.cache_dir``:
 ``<root>/.raystudy/decoded/tinyimagenet@<key>/``, or under ``~/.cache/raystudy/decoded/`` when
-the root is read-only), keyed by the source files' names, sizes and mtimes.
+the root is read-only), keyed by the names, sizes and mtimes of the index files and of the image
+folders (``files.sources_key``; delete the cache folder after editing an image in place).
 """
 from __future__ import annotations
 
@@ -115,13 +116,15 @@ def check_files(root: Path) -> Path:
 
 def decoded(folder: Path, root: Path, wnids: list[str]) -> dict[str, np.ndarray]:
     """``x_train, y_train, x_test, y_test`` as uint8 ``(N, 3, 64, 64)`` / int64, from the cache or
-    decoded now (~110,000 JPEG decodes: tens of seconds on a few cores, once per data root)."""
-    tr_paths, y_tr = train_files(folder, wnids, root)
-    te_paths, y_te = val_files(folder, wnids, root)
-    key = sources_key([folder / "wnids.txt", folder / "val" / "val_annotations.txt", *tr_paths, *te_paths],
-                      folder)
+    decoded now (~110,000 JPEG decodes: about a minute on a few cores, once per data root). The
+    cache key covers ``wnids.txt``, ``val_annotations.txt`` and the 201 image folders
+    (``files.sources_key``), so a hit costs ~200 ``stat`` calls and maps 1.3 GB of arrays."""
+    key = sources_key([folder / "wnids.txt", folder / "val" / "val_annotations.txt", folder / "val" / "images",
+                       *(folder / "train" / w / "images" for w in wnids)], folder)
 
     def build() -> dict[str, np.ndarray]:
+        tr_paths, y_tr = train_files(folder, wnids, root)
+        te_paths, y_te = val_files(folder, wnids, root)
         chw = lambda a: np.ascontiguousarray(a.transpose(0, 3, 1, 2))  # noqa: E731
         return {"x_train": chw(decode_images(tr_paths, SIZE)), "y_train": y_tr,
                 "x_test": chw(decode_images(te_paths, SIZE)), "y_test": y_te}
@@ -139,8 +142,8 @@ def load(
     ``data_root``: None -> ``$RAYSTUDY_DATA`` -> ``~/.cache/raystudy/data``. ``label_noise`` p
     replaces each *training* label with a uniformly random class with probability p, seeded by
     ``data_seed``; ``seed`` is ignored (the split is fixed). ``corruptions`` is Tiny-ImageNet-C when
-    ``<root>/Tiny-ImageNet-C`` exists, else None. Cost: first call decodes and caches (see
-    ``decoded``); later calls stat 110,000 files and read 1.3 GB of arrays, about a second.
+    ``<root>/Tiny-ImageNet-C`` exists, else None. Cost: the first call decodes and caches (see
+    ``decoded``); later calls stat ~200 folders and map the cached arrays (read on first use).
     """
     del seed
     if name not in NAMES:
