@@ -82,8 +82,8 @@ def read_pickle(path: Path) -> dict[str, object]:
     try:
         with open(path, "rb") as f:
             entry = _ArraysOnly(f, encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
-        raise DatasetError(path, f"cannot read pickle ({exc})") from None
+    except Exception as exc:  # a damaged pickle can fail in many ways; all are one line here
+        raise DatasetError(path, f"cannot read pickle ({type(exc).__name__}: {exc})") from None
     if not isinstance(entry, dict):
         raise DatasetError(path, f"expected a pickled dict, got {type(entry).__name__}")
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
