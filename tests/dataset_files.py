@@ -46,15 +46,17 @@ def cifar_rows(images_hwc: np.ndarray) -> np.ndarray:
     return np.concatenate([images_hwc[..., c].reshape(n, 1024) for c in range(3)], axis=1)
 
 
-def _pickle(path: Path, obj: dict) -> None:
+def _pickle(path: Path, obj: dict, protocol: int = 2) -> None:
     # Keys as bytes: what Python 3 sees of the Python 2 pickles under encoding="bytes".
     with open(path, "wb") as f:
-        pickle.dump(obj, f, protocol=2)
+        pickle.dump(obj, f, protocol=protocol)
 
 
-def write_cifar10(root: Path, n_train: int = 200, n_test: int = 100, seed: int = 0) -> dict[str, np.ndarray]:
+def write_cifar10(root: Path, n_train: int = 200, n_test: int = 100, seed: int = 0,
+                  protocol: int = 2) -> dict[str, np.ndarray]:
     """``cifar-10-batches-py/`` with ``data_batch_1..5`` (n_train split over five batches),
-    ``test_batch`` and ``batches.meta``. Returns ``x_train, y_train, x_test, y_test`` (images HWC)."""
+    ``test_batch`` and ``batches.meta``, pickled with ``protocol`` (the release was pickled by
+    Python 2's cPickle). Returns ``x_train, y_train, x_test, y_test`` (images HWC)."""
     rng = np.random.default_rng(seed)
     folder = Path(root) / "cifar-10-batches-py"
     folder.mkdir(parents=True, exist_ok=True)
@@ -63,12 +65,13 @@ def write_cifar10(root: Path, n_train: int = 200, n_test: int = 100, seed: int =
     for i, idx in enumerate(np.array_split(np.arange(n_train), 5), start=1):
         _pickle(folder / f"data_batch_{i}", {
             b"batch_label": f"training batch {i} of 5".encode(), b"labels": y_tr[idx].tolist(),
-            b"data": cifar_rows(x_tr[idx]), b"filenames": [f"img_{j}.png".encode() for j in idx]})
+            b"data": cifar_rows(x_tr[idx]), b"filenames": [f"img_{j}.png".encode() for j in idx]}, protocol)
     _pickle(folder / "test_batch", {
         b"batch_label": b"testing batch 1 of 1", b"labels": y_te.tolist(), b"data": cifar_rows(x_te),
-        b"filenames": [f"test_{j}.png".encode() for j in range(n_test)]})
+        b"filenames": [f"test_{j}.png".encode() for j in range(n_test)]}, protocol)
     names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
-    _pickle(folder / "batches.meta", {b"num_cases_per_batch": 10000, b"label_names": names, b"num_vis": 3072})
+    _pickle(folder / "batches.meta", {b"num_cases_per_batch": 10000, b"label_names": names, b"num_vis": 3072},
+            protocol)
     return {"x_train": x_tr, "y_train": y_tr, "x_test": x_te, "y_test": y_te}
 
 

@@ -72,6 +72,14 @@ def test_cifar10_layout_labels_and_statistics(cifar_root):
     assert t.info["n_train"] == 250 and t.info["n_labels_changed"] == 0
 
 
+@pytest.mark.parametrize("protocol", [0, 1])
+def test_cifar_pickles_of_python2_era_protocols(tmp_path, protocol):
+    written = write_cifar10(tmp_path, n_train=15, n_test=5, protocol=protocol)
+    check_available("cifar10", str(tmp_path))
+    t = load_task("images", "cifar10", seed=0, data_root=str(tmp_path))
+    assert np.array_equal(t.x_test.numpy(), written["x_test"].transpose(0, 3, 1, 2))
+
+
 def test_cifar100_fine_labels(cifar_root):
     root, _, written = cifar_root
     t = load_task("images", "cifar100", seed=0, data_root=str(root))

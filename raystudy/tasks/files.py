@@ -67,14 +67,15 @@ def require_file(path: Path, release: str, root: Path) -> int:
 
 
 def check_pickle(path: Path, release: str, root: Path) -> None:
-    """Cheap completeness test of a protocol-2+ pickle: it starts with the PROTO opcode (0x80)
-    and ends with STOP ('.'). Reads two bytes; a truncated file fails the second test."""
+    """Cheap completeness test of a pickle: its first byte opens one (PROTO for protocol 2+, MARK
+    or EMPTY_DICT/LIST for the Python 2 era protocols 0 and 1) and its last byte is STOP ('.'),
+    which a truncated file almost never ends with. Reads two bytes."""
     size = require_file(path, release, root)
     with open(path, "rb") as f:
         head = f.read(1)
         f.seek(size - 1)
         tail = f.read(1)
-    if head != b"\x80":
+    if head not in (b"\x80", b"(", b"}", b"]"):
         raise DatasetError(path, "not a Python pickle (bad first byte)")
     if tail != b".":
         raise DatasetError(path, "truncated pickle (no STOP opcode at the end)")
