@@ -132,6 +132,7 @@ def test_digits_fixed_split_and_scaling():
     bunch = load_digits()
     assert t.x_train.shape == (1347, 1, 8, 8) and t.x_test.shape == (450, 1, 8, 8)
     assert torch.equal(t.x_train, u.x_train) and torch.equal(t.y_test, u.y_test)
+    assert torch.equal(load_task("images", "digits", seed=0, data_root="/nowhere").x_train, t.x_train)
     assert 0.0 <= t.x_train.min() and t.x_train.max() == 1.0
     # Every image is a bundled one divided by 16, with its own label.
     lookup = {img.tobytes(): lab for img, lab in zip((bunch.images / 16).astype("float32"), bunch.target)}
@@ -156,13 +157,23 @@ def test_batches_order_and_remainder():
         batches(x, y, 0)
 
 
+def test_real_image_task_without_files_is_one_line_value_error(tmp_path):
+    with pytest.raises(ValueError) as err:  # DatasetError is a ValueError
+        load_task("images", "tinyimagenet", seed=0, data_root=str(tmp_path))
+    assert str(err.value) == (f"{tmp_path / 'tiny-imagenet-200'}: missing; run: python -m raystudy.data "
+                              f"fetch tinyimagenet --root {tmp_path}")
+
+
 def test_registry_errors():
     with pytest.raises(KeyError, match="functions, circles, images"):
         load_task("audio", "x", seed=0)
     with pytest.raises(KeyError, match="sphere"):
         load_task("functions", "ackley", seed=0)
-    with pytest.raises(KeyError, match="digits"):
-        list_tasks("images") and load_task("images", "cifar10", seed=0)
+    assert list_tasks("images") == ["digits", "cifar10", "cifar100", "tinyimagenet"]
+    with pytest.raises(KeyError, match="digits, cifar10, cifar100, tinyimagenet"):
+        load_task("images", "svhn", seed=0)
     with pytest.raises(TypeError):
         load_task("circles", "circles", seed=0, factr=0.5)
+    with pytest.raises(TypeError):
+        load_task("images", "cifar10", seed=0, data_rot="/data")
     assert math.isfinite(target_complexity("beale", n_grid=11))

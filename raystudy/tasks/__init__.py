@@ -2,14 +2,18 @@
 
 ``load_task(family, name, seed=..., **params)`` returns a materialised :class:`Task`. Families:
 ``functions`` (family A, seven 2-D regression targets), ``circles`` (family B), ``images``
-(family C; ``digits`` is the offline stand-in).
+(family C: ``cifar10``, ``cifar100``, ``tinyimagenet`` read from a data root, and ``digits``, the
+offline stand-in). ``describe`` and ``check_available`` answer plan-time questions about the image
+datasets without loading them; ``python -m raystudy.data`` fetches and verifies their releases.
 """
 from __future__ import annotations
 
 from typing import Any, Callable
 
-from . import circles, digits, functions
-from .base import Task, apply_label_noise, batches, derive_seed
+from . import cifar, circles, digits, functions, tinyimagenet
+from .base import CorruptionSet, Task, apply_label_noise, batches, derive_seed
+from .datasets import check_available, describe
+from .files import DatasetError, resolve_root
 from .functions import FUNCTIONS, target_complexity
 
 FAMILIES: tuple[str, ...] = ("functions", "circles", "images")
@@ -18,7 +22,11 @@ FAMILIES: tuple[str, ...] = ("functions", "circles", "images")
 _LOADERS: dict[str, dict[str, Callable[..., Task]]] = {
     "functions": {name: functions.load for name in FUNCTIONS},
     "circles": {name: circles.load for name in circles.NAMES},
-    "images": {name: digits.load for name in digits.NAMES},
+    "images": {
+        **{name: digits.load for name in digits.NAMES},
+        **{name: cifar.load for name in cifar.NAMES},
+        **{name: tinyimagenet.load for name in tinyimagenet.NAMES},
+    },
 }
 
 
@@ -34,9 +42,13 @@ def load_task(family: str, name: str, *, seed: int, **params: Any) -> Task:
 
     ``functions``: ``n_train``, ``n_test`` (the points depend on ``seed``).
     ``circles``: ``factor``, ``label_noise``, ``data_seed``, ``n_samples`` (``seed`` ignored).
-    ``images``/``digits``: ``label_noise``, ``data_seed`` (``seed`` ignored).
+    ``images``/``digits``: ``label_noise``, ``data_seed`` (``seed`` and ``data_root`` ignored).
+    ``images``/``cifar10``, ``cifar100``, ``tinyimagenet``: ``data_root`` (None ->
+    ``$RAYSTUDY_DATA`` -> ``~/.cache/raystudy/data``), ``label_noise``, ``data_seed`` (``seed``
+    ignored: the split is the release's).
     Unknown family or name -> ``KeyError`` listing the known ones; unknown params -> ``TypeError``;
-    out-of-range values -> ``ValueError``.
+    out-of-range values -> ``ValueError``; missing or malformed dataset files -> ``DatasetError``
+    (a ``ValueError`` whose message is one line naming the file).
     """
     names = list_tasks(family)
     if name not in names:
@@ -47,11 +59,16 @@ def load_task(family: str, name: str, *, seed: int, **params: Any) -> Task:
 __all__ = [
     "FAMILIES",
     "FUNCTIONS",
+    "CorruptionSet",
+    "DatasetError",
     "Task",
     "apply_label_noise",
     "batches",
+    "check_available",
     "derive_seed",
+    "describe",
     "list_tasks",
     "load_task",
+    "resolve_root",
     "target_complexity",
 ]

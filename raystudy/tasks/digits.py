@@ -13,19 +13,21 @@ NAMES = ("digits",)
 
 
 def load(
-    name: str = "digits", *, seed: int, label_noise: float = 0.0, data_seed: int = 0
+    name: str = "digits", *, seed: int, label_noise: float = 0.0, data_seed: int = 0,
+    data_root: str | None = None,
 ) -> Task:
     """Digits as images: inputs float32 ``(N, 1, 8, 8)`` in [0, 1] (pixel / 16), labels int64.
 
     75/25 stratified split with ``random_state=0``. ``label_noise`` p replaces each train label with
     a uniformly random class with probability p, seeded by ``data_seed`` (test labels stay clean).
     Augmentation recipe ``"shift1"``: 1-pixel random shifts; no flips (digits are not
-    mirror-symmetric). ``seed`` is accepted for a uniform signature and ignored.
+    mirror-symmetric). ``seed`` and ``data_root`` are accepted for the signature every images
+    loader shares and ignored (the data ship with scikit-learn).
     """
     # sklearn is imported here, not at module level: validating a study file should not pay for it.
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
-    del seed  # the split is fixed by the protocol; only initialisation varies across seeds
+    del seed, data_root  # the split is fixed by the protocol; only initialisation varies across seeds
     if name not in NAMES:
         raise KeyError(f"unknown images task {name!r}; known: {', '.join(NAMES)}")
     bunch = load_digits()
