@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 
 from raystudy.checkpoints import CheckpointError, list_checkpoints, load_checkpoint
+from raystudy.preflight import preflight
 from raystudy.spec import Study, StudyError, Trial, expand, load_study
 from raystudy.storage import Store
 
@@ -34,6 +35,7 @@ def plan(study_path: str, fresh: bool = False, storage: str | None = None) -> Pl
     study = load_study(study_path)
     if storage:
         study = study.model_copy(update={"storage": storage})
+    preflight(study, study_path)
     trials = expand(study)
     store = Store(os.path.join(study.storage, study.name) if "://" not in study.storage
                   else f"{study.storage.rstrip('/')}/{study.name}")

@@ -114,6 +114,9 @@ class Block(_Strict):
     checkpoints: list[int] | None = None  # epochs to checkpoint at; the last epoch always is
     n_train: int | None = Field(None, ge=1)
     n_test: int | None = Field(None, ge=1)
+    # Real image datasets: the folder holding their releases (None: $RAYSTUDY_DATA, else
+    # ~/.cache/raystudy/data). A location, not a setting: it does not enter the trial ids.
+    data_root: str | None = None
     shuffle_seed: int | None = None
     metrics: list[str] = Field(default_factory=lambda: ["sam_sharpness"])
     sharpness: Sharpness = Field(default_factory=Sharpness)
@@ -232,6 +235,7 @@ class Trial:
     n_train: int | None
     n_test: int | None
     shuffle_seed: int
+    data_root: str | None = None
     model_args: dict = field(default_factory=dict)
     metrics: tuple[str, ...] = ()
     sharpness: dict = field(default_factory=dict)
@@ -249,7 +253,7 @@ class Trial:
     def task_params(self) -> dict[str, Any]:
         """Keyword arguments for ``tasks.load_task`` (only those this family takes)."""
         keys = {"functions": ("n_train", "n_test"), "circles": ("factor", "label_noise"),
-                "images": ("label_noise",)}[self.family]
+                "images": ("label_noise", "data_root")}[self.family]
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
     @property
@@ -327,7 +331,7 @@ def _expand_block(study: str, block: Block) -> list[Trial]:
             sam_rho=point["sam_rho"] if "sam" in regs else None, augment="aug" in regs,
             factor=point["factor"], label_noise=point["label_noise"], schedule=block.schedule,
             epochs=block.epochs, checkpoints=tuple(sorted({*(block.checkpoints or []), block.epochs})),
-            n_train=block.n_train, n_test=block.n_test,
+            n_train=block.n_train, n_test=block.n_test, data_root=block.data_root,
             shuffle_seed=block.shuffle_seed if block.shuffle_seed is not None else point["seed"],
             model_args=dict(block.model_args), metrics=tuple(block.metrics),
             sharpness=block.sharpness.model_dump(), hessian=block.hessian.model_dump(),
@@ -346,7 +350,8 @@ def _with_id(trial: Trial, varying: dict[str, Any]) -> Trial:
     """Readable prefix + hash of everything that shapes training (not resources or metrics), so an
     edited setting never resumes from a stale checkpoint while an unchanged file gives the same ids."""
     shaping = {k: v for k, v in trial.to_dict().items()
-               if k not in ("metrics", "sharpness", "hessian", "corruption", "measure", "resources", "trial_id")}
+               if k not in ("metrics", "sharpness", "hessian", "corruption", "measure", "resources", "trial_id",
+                            "data_root")}
     digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:6]
     extra = "".join(f"-{_ID_TAGS[k]}{v:g}" if isinstance(v, float) else f"-{_ID_TAGS[k]}{v}"
                     for k, v in varying.items())

@@ -14,9 +14,9 @@ def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
-def check_model(name: str, in_shape: Sequence[int], out_dim: int, **model_args: Any) -> None:
+def check_model(name: str, in_shape: Sequence[int], out_dim: int, **model_args: Any) -> int:
     """Raise a one-line ``ValueError`` unless model ``name`` fits a task with per-sample input shape
-    ``in_shape`` and ``out_dim`` outputs; return ``None`` if it does.
+    ``in_shape`` and ``out_dim`` outputs; if it does, return its trainable parameter count.
 
     Checked: the name is registered; every key of ``model_args`` is one of the builder's keyword
     arguments (else the message names it and lists the accepted ones with their defaults); the
@@ -62,3 +62,4 @@ def check_model(name: str, in_shape: Sequence[int], out_dim: int, **model_args: 
     if tuple(out.shape) != (2, out_dim) or tuple(feats.shape) != (2, head.in_features):
         raise ValueError(f"{where}: a (2, *in_shape) batch gives outputs {tuple(out.shape)} and features "
                          f"{tuple(feats.shape)}; expected (2, {out_dim}) and (2, {head.in_features})")
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

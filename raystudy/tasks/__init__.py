@@ -37,6 +37,17 @@ def list_tasks(family: str) -> list[str]:
     return list(_LOADERS[family])
 
 
+def task_shape(family: str, name: str) -> tuple[tuple[int, ...], int]:
+    """``(in_shape, out_dim)`` of a task without loading it or touching a file (plan-time checks)."""
+    if name not in list_tasks(family):
+        raise KeyError(f"unknown {family} task {name!r}; known: {', '.join(list_tasks(family))}")
+    if family == "functions":
+        return (2,), 1
+    if family == "circles":
+        return (2,), 2
+    return describe(name)
+
+
 def load_task(family: str, name: str, *, seed: int, **params: Any) -> Task:
     """Build task ``name`` of ``family`` for trial ``seed`` with family-specific ``params``.
 
@@ -69,6 +80,7 @@ __all__ = [
     "describe",
     "list_tasks",
     "load_task",
+    "task_shape",
     "resolve_root",
     "target_complexity",
 ]

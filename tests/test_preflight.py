@@ -1,0 +1,59 @@
+"""Plan-time checks that need the model registry and the data root: exit 2 with one line naming the file
+and field, before Ray starts and before anything is written."""
+import pytest
+
+from dataset_files import write_cifar10, write_cifar10_c
+from raystudy.run import main
+
+BASE = """
+name: pf
+storage: {tmp}/runs
+blocks:
+  - name: b
+    family: {family}
+    task: {task}
+    model: {model}
+    lr: 0.1
+    epochs: 1
+"""
+
+
+def _study(write_study, family="images", task="digits", model="mlp", extra=""):
+    return write_study(BASE.format(tmp="{tmp}", family=family, task=task, model=model) + extra)
+
+
+@pytest.mark.parametrize("family, task, model, extra, field, words", [
+    ("images", "digits", "vgg19_bn_cifar", "", "blocks[0].model", "needs H, W >= 32"),
+    ("circles", "circles", "cnn_bn", "    factor: 0.5\n", "blocks[0].model", "needs image inputs"),
+    ("images", "digits", "cnn_bn", "    model_args: {widht: 3}\n", "blocks[0].model_args", "no argument 'widht'"),
+    ("images", "digits", "mlp", "    model_args: {hidden: [1]}\n    metrics: [hessian]\n    hessian: {top_k: 50}\n",
+     "blocks[0].hessian.top_k", "parameter count of mlp (85)"),
+    ("images", "cifar10", "resnet18_cifar", "    data_root: {tmp}/nodata\n", "blocks[0].data_root",
+     "fetch cifar10 --root"),
+], ids=["vgg-on-digits", "cnn-on-points", "unknown-model-arg", "top-k-too-large", "missing-dataset"])
+def test_bad_study_exits_2_before_anything_starts(write_study, tmp_path, capsys, family, task, model, extra,
+                                                  field, words):
+    path = _study(write_study, family, task, model, extra)
+    assert main([str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"{path}: {field}: ") and words in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_corruption_metric_needs_the_c_release(write_study, tmp_path, capsys):
+    write_cifar10(tmp_path / "data", n_train=50, n_test=20)
+    extra = f"    data_root: {tmp_path}/data\n    metrics: [corruption]\n"
+    path = _study(write_study, task="cifar10", model="mlp", extra=extra)
+    assert main([str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"{path}: blocks[0].metrics: corruption: ") and "CIFAR-10-C" in err
+
+
+def test_a_study_that_fits_passes_preflight(write_study, tmp_path):
+    from raystudy.preflight import preflight
+    from raystudy.spec import load_study
+    data = write_cifar10(tmp_path / "data", n_train=50, n_test=20)
+    write_cifar10_c(tmp_path / "data", data["x_test"], data["y_test"])
+    extra = f"    data_root: {tmp_path}/data\n    metrics: [corruption, consistency, hessian]\n"
+    path = _study(write_study, task="cifar10", model="resnet18_cifar", extra=extra)
+    preflight(load_study(path), path)
