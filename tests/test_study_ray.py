@@ -130,3 +130,47 @@ def test_interrupt_then_rerun_resumes(tmp_path, cluster):
     again = _run(path, cluster)  # a third run finds nothing to do
     log = again.communicate(timeout=120)[0]
     assert again.returncode == 0 and "0 to train, 0 checkpoints to measure" in log, log
+
+
+def test_cifar_format_study_with_corruption_and_consistency(tmp_path, cluster):
+    """Family C on CIFAR-10 files in the release format (generated): corruption accuracy over the 95 -C sets
+    and disagreement between seeds reach the rows and the report's paired tests."""
+    from dataset_files import write_cifar10, write_cifar10_c
+    data = write_cifar10(tmp_path / "data", n_train=200, n_test=60)
+    write_cifar10_c(tmp_path / "data", data["x_test"], data["y_test"])
+    path = tmp_path / "cifar.yaml"
+    path.write_text(f"""
+name: cifar
+storage: {tmp_path}/runs
+analysis: {{actors: 1, cpus: 1}}
+blocks:
+  - name: c10
+    family: images
+    task: cifar10
+    data_root: {tmp_path}/data
+    model: mlp
+    model_args: {{hidden: [16]}}
+    regime: [base, aug]
+    seed: [0, 1, 2]
+    lr: 0.05
+    batch_size: 50
+    epochs: 2
+    metrics: [corruption, consistency, fisher_rao]
+    corruption: {{max_samples: 20}}
+""")
+    p = plan(str(path))
+    out = execute(p, verbose=0)
+    assert not out.failed and not out.measure_errors and not out.interrupted
+    df = pl.scan_parquet(f"{p.store.root}/results/**/*.parquet").collect()
+    assert df.height == 6 and (df["status"] == "ok").all() and df["corruption_acc"].null_count() == 0
+    by = df["corruption_acc_by"][0].to_list()
+    assert len(by) == 95 and {b["n"] for b in by} == {20}
+    assert df["corruption_acc"][0] == pytest.approx(sum(b["acc"] for b in by) / 95)
+    assert all((Path(p.store.root) / rel).is_file() for rel in df["predictions"])
+
+    from raystudy.report import build_report
+    html = Path(build_report(p.store.uri)).read_text()
+    for metric in ("corruption_acc", "disagreement", "jsd"):
+        assert f"<th>{metric}</th>" in html  # a summary column
+    tests = html[html.index("each regime vs base, paired by seed"):]
+    assert ">corruption_acc<" in tests and ">disagreement<" in tests

@@ -13,7 +13,10 @@ from raystudy.analysis.html import (chart_spec, definition_list, figure, inline_
                                     write_atomic)
 from raystudy.analysis.labels import measurement_note
 from raystudy.analysis.results import HYPERPARAMETERS, final_rows, load_results
+from raystudy.analysis.consistency import add_consistency
 from raystudy.analysis.stats import compare_to_base
+from raystudy.measure.safety import read_predictions
+from raystudy.storage import Store
 from raystudy.analysis.verdicts import MIN_SEEDS, functions_fit_table, verdicts
 
 STALE_BN_PP = 5.0  # train accuracy with batch statistics this many points above eval mode: stale running stats
@@ -146,6 +149,8 @@ def write_report(study_dir: str | Path) -> Path:
     Cost: reads every result file; about 0.1-1 s of rendering per chart.
     """
     df = load_results(study_dir)
+    store = Store(str(study_dir))
+    df = add_consistency(df, lambda relative: read_predictions(store, relative))
     study_dir = Path(study_dir)
     out = study_dir / "report"
     out.mkdir(exist_ok=True)
