@@ -10,6 +10,7 @@ e.g. ``studies/x.yaml: blocks[1].model: unknown model 'resnet81'; known: cnn_bn,
 """
 from __future__ import annotations
 
+import collections
 import hashlib
 import itertools
 import json
@@ -309,8 +310,8 @@ def load_study(path: str | Path) -> Study:
 def expand(study: Study) -> list[Trial]:
     """The study's trials: every block's cross product, in file order. Ids are unique and stable."""
     trials = [t for block in study.blocks for t in _expand_block(study.name, block)]
-    ids = [t.trial_id for t in trials]
-    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    counts = collections.Counter(t.trial_id for t in trials)  # linear: studies reach 10^5 trials
+    dupes = sorted(i for i, n in counts.items() if n > 1)
     if dupes:
         raise StudyError(f"blocks: duplicate trials {dupes[:3]} (a list repeats a value?)")
     return trials
@@ -319,7 +320,7 @@ def expand(study: Study) -> list[Trial]:
 def _expand_block(study: str, block: Block) -> list[Trial]:
     values = {axis: _as_list(getattr(block, axis)) for axis in AXES}
     varying = [a for a in AXES if len(values[a]) > 1 and a not in ("task", "model", "regime", "seed")]
-    trials = []
+    trials, seen = [], set()
     for combo in itertools.product(*(values[a] for a in AXES)):
         point = dict(zip(AXES, combo))
         regs = set(point["regime"].split("+"))
@@ -338,7 +339,14 @@ def _expand_block(study: str, block: Block) -> list[Trial]:
             corruption=block.corruption.model_dump(),
             measure=block.measure.model_dump(), resources=block.resources.model_dump(),
         )
-        trials.append(_with_id(trial, {a: point[a] for a in varying}))
+        # An axis the regime does not use (sam_rho without sam, weight_decay without wd) neither names
+        # the trial nor multiplies it: base trains once per seed in a SAM-radius sweep.
+        used = [a for a in varying if not (a == "sam_rho" and "sam" not in regs)
+                and not (a == "weight_decay" and "wd" not in regs)]
+        trial = _with_id(trial, {a: point[a] for a in used})
+        if trial.trial_id not in seen:
+            seen.add(trial.trial_id)
+            trials.append(trial)
     return trials
 
 

@@ -2,6 +2,7 @@
 line naming the file and the field, before anything is created or started."""
 from __future__ import annotations
 
+import collections
 import copy
 import itertools
 import math
@@ -328,3 +329,47 @@ def test_main_returns_2_without_starting_ray(tmp_path, capsys):
 @pytest.mark.parametrize("path", sorted(Path(__file__).parent.parent.glob("studies/*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_study_file_is_valid(path):
     assert expand(load_study(path))
+
+
+def test_an_axis_the_regime_does_not_use_neither_names_nor_multiplies_it(write_study):
+    """A SAM-radius sweep trains base (and wd) once per seed, not once per radius."""
+    trials = expand(load_study(write_study("""
+        name: rho
+        blocks:
+          - name: b
+            family: images
+            task: digits
+            model: mlp
+            regime: [base, wd, sam, wd+sam]
+            seed: [0, 1]
+            lr: 0.1
+            sam_rho: [0.5, 0.05, 0.005]
+            weight_decay: [1.0e-4, 5.0e-4]
+            epochs: 1
+        """)))
+    count = collections.Counter(t.regime for t in trials)
+    assert count == {"base": 2, "wd": 2 * 2, "sam": 2 * 3, "wd+sam": 2 * 3 * 2}
+    assert len({t.trial_id for t in trials}) == len(trials)
+    base = [t.trial_id for t in trials if t.regime == "base"]
+    assert all("-rho" not in i and "-wd0" not in i for i in base)
+    assert all("-rho" in t.trial_id for t in trials if t.regime == "sam")
+
+
+def test_sixty_thousand_trials_expand(write_study):
+    """A 60,000-trial grid expands with unique ids (the duplicate check was once quadratic: 88 s here)."""
+    seeds = list(range(10000))
+    path = write_study(f"""
+        name: big
+        blocks:
+          - name: b
+            family: circles
+            task: circles
+            factor: [0.2, 0.4, 0.6]
+            model: mlp
+            regime: [base, sam]
+            seed: {seeds}
+            lr: 0.1
+            epochs: 1
+        """)
+    trials = expand(load_study(path))
+    assert len(trials) == 60000 == len({t.trial_id for t in trials})
