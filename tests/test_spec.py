@@ -373,3 +373,19 @@ def test_sixty_thousand_trials_expand(write_study):
         """)
     trials = expand(load_study(path))
     assert len(trials) == 60000 == len({t.trial_id for t in trials})
+
+
+def test_full_study_runs_every_family_c_block_of_the_dataset_studies():
+    """full.yaml is the whole protocol: no block left out as a draft, and its family C blocks are exactly the
+    blocks of the per-dataset studies (so the two never drift apart)."""
+    studies = Path(__file__).parent.parent / "studies"
+    full = yaml.safe_load((studies / "full.yaml").read_text())
+    assert "DRAFT" not in (studies / "full.yaml").read_text()
+    by_name = {b["name"]: b for b in full["blocks"]}
+    parts = ("cifar10", "cifar100", "tinyimagenet", "cifar10_rho", "cifar10_random_labels")
+    for part in parts:
+        for block in yaml.safe_load((studies / f"{part}.yaml").read_text())["blocks"]:
+            assert by_name.pop(block["name"]) == block
+    assert set(by_name) == {"functions", "circles", "circles_random_labels"}
+    tasks = {t.task for t in expand(load_study(studies / "full.yaml")) if t.family == "images"}
+    assert tasks == {"cifar10", "cifar100", "tinyimagenet"}
