@@ -133,6 +133,25 @@ def plan_unmeasured(p: Plan) -> list[str]:
     return [path for t in p.trials for path in _unmeasured(list_checkpoints(p.store, t.trial_id), done)]
 
 
+def dry_run(study_path: str) -> int:
+    """Validate the study (file and preflight), print its grid and the training cost measured on this
+    machine's device; write nothing, start nothing. Exit 0, or 2 on bad input."""
+    import torch
+    from raystudy.cost import format_cost, study_cost
+
+    try:
+        study = load_study(study_path)
+        preflight(study, study_path)
+        trials = expand(study)
+    except StudyError as err:
+        print(err, file=sys.stderr)
+        return 2
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    print(f"study {study.name}: {len(trials)} trials (dry run: nothing is started or written)", flush=True)
+    print(format_cost(study_cost(trials, device), device), flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m raystudy.run", description=__doc__.splitlines()[0])
     parser.add_argument("study", help="study YAML file")
@@ -141,8 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, a running local cluster, or a new one)")
     parser.add_argument("--num-cpus", type=int, help="CPUs for a newly started local Ray instance")
     parser.add_argument("--no-report", action="store_true", help="skip building the report")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the grid and an estimate of training device-hours; start nothing")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
+    if args.dry_run:
+        return dry_run(args.study)
     try:
         p = plan(args.study, fresh=args.fresh, storage=args.storage)
     except StudyError as err:

@@ -48,6 +48,18 @@ def task_shape(family: str, name: str) -> tuple[tuple[int, ...], int]:
     return describe(name)
 
 
+def train_size(family: str, name: str, n_train: int | None = None) -> int:
+    """Training-set size of a task without loading it (cost estimates): the block's ``n_train`` for
+    functions (default 10,000), 50 for circles (half of make_circles' 100), the release's for images."""
+    task_shape(family, name)  # KeyError for an unknown task
+    if family == "functions":
+        return n_train or 10_000
+    if family == "circles":
+        return 50
+    from .datasets import DATASETS
+    return DATASETS[name].n_train
+
+
 def load_task(family: str, name: str, *, seed: int, **params: Any) -> Task:
     """Build task ``name`` of ``family`` for trial ``seed`` with family-specific ``params``.
 
@@ -81,6 +93,7 @@ __all__ = [
     "list_tasks",
     "load_task",
     "task_shape",
+    "train_size",
     "resolve_root",
     "target_complexity",
 ]

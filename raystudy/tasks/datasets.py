@@ -18,22 +18,23 @@ from .files import DatasetError, resolve_root
 
 @dataclass(frozen=True)
 class ImageDataset:
-    """One image task: its input shape ``(C, H, W)``, number of classes, the release it loads and
-    its -C release (None when there is none)."""
+    """One image task: its input shape ``(C, H, W)``, number of classes, the release it loads, its
+    -C release (None when there is none) and its training-set size (for cost estimates)."""
 
     name: str
     in_shape: tuple[int, int, int]
     out_dim: int
     release: str | None
     corruptions_release: str | None
+    n_train: int
 
 
 DATASETS: dict[str, ImageDataset] = {
-    "digits": ImageDataset("digits", (1, 8, 8), 10, None, None),  # ships with scikit-learn
-    "cifar10": ImageDataset("cifar10", cifar.IN_SHAPE, 10, "cifar10", "cifar10-c"),
-    "cifar100": ImageDataset("cifar100", cifar.IN_SHAPE, 100, "cifar100", "cifar100-c"),
+    "digits": ImageDataset("digits", (1, 8, 8), 10, None, None, 1347),  # ships with scikit-learn; 75% split
+    "cifar10": ImageDataset("cifar10", cifar.IN_SHAPE, 10, "cifar10", "cifar10-c", 50_000),
+    "cifar100": ImageDataset("cifar100", cifar.IN_SHAPE, 100, "cifar100", "cifar100-c", 50_000),
     "tinyimagenet": ImageDataset("tinyimagenet", tinyimagenet.IN_SHAPE, tinyimagenet.N_CLASSES,
-                                 "tinyimagenet", "tinyimagenet-c"),
+                                 "tinyimagenet", "tinyimagenet-c", 100_000),
 }
 
 
