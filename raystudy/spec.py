@@ -37,7 +37,15 @@ class StudyError(Exception):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: `epochs: true` is not 1 and `lr: "0.1"` is not 0.1 (ints still pass as floats);
+    # no NaN or infinity anywhere (`lr: .nan` would train nothing, silently).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+# One plain path component: the study name is a folder under storage, so "..", "." or a leading dot
+# would put (or --fresh delete) results outside the study's own folder.
+NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
+MAX_SEED = 2**63 - 1  # seeds feed 63-bit generators
 
 
 class Resources(_Strict):
@@ -95,7 +103,7 @@ Scalar = float | int | str | None
 
 
 class Block(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(pattern=NAME)
     family: Literal["functions", "circles", "images"]
     task: str | list[str]
     model: str | list[str]
@@ -141,9 +149,11 @@ class Block(_Strict):
     @field_validator("metrics", mode="after")
     @classmethod
     def _metrics(cls, v: list[str]) -> list[str]:
-        for m in v:
+        for i, m in enumerate(v):
             if m not in METRICS:
                 raise ValueError(f"unknown metric {m!r}; known: {', '.join(METRICS)}")
+            if m in v[:i]:
+                raise ValueError(f"{m!r} is listed twice")
         return v
 
     @field_validator("model", mode="after")
@@ -186,13 +196,25 @@ class Block(_Strict):
         for name, lo in (("lr", 0.0), ("sam_rho", 0.0)):
             if any(x <= lo for x in _as_list(getattr(self, name))):
                 raise _field_error(name, "must be > 0")
+        for name in ("momentum", "weight_decay"):
+            if any(x < 0 for x in _as_list(getattr(self, name))):
+                raise _field_error(name, "must be >= 0")
+        for name in ("seed", "shuffle_seed"):
+            if any(s is not None and not 0 <= s <= MAX_SEED for s in _as_list(getattr(self, name))):
+                raise _field_error(name, f"seeds must be integers in [0, 2^63 - 1]")
+        # A setting the family does not use must not be silently ignored.
+        unused = {"functions": ("label_noise", "data_root"), "circles": ("n_train", "n_test", "data_root"),
+                  "images": ("n_train", "n_test")}[self.family]
+        for name in unused:
+            if getattr(self, name) is not None:
+                raise _field_error(name, f"{self.family} blocks do not use {name}")
         if any(b is not None and b < 1 for b in _as_list(self.batch_size)):
             raise _field_error("batch_size", "must be >= 1 (or null for full batch)")
         return self
 
 
 class Study(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(pattern=NAME)
     storage: str = "./runs"
     description: str = ""
     # Trials at once; default: as many as fit on the cluster as it is now. Set it on an autoscaling
@@ -203,11 +225,12 @@ class Study(_Strict):
 
     @model_validator(mode="after")
     def _unique_blocks(self) -> "Study":
-        names = [b.name for b in self.blocks]
+        # Case-insensitively: block names become folder names, and some filesystems fold case.
+        names = [b.name.lower() for b in self.blocks]
         for i, name in enumerate(names):
             if name in names[:i]:
-                raise _field_error(("blocks", i, "name"),
-                                   f"duplicate block name {name!r} (also blocks[{names.index(name)}])")
+                raise _field_error(("blocks", i, "name"), f"duplicate block name {self.blocks[i].name!r} "
+                                   f"(also blocks[{names.index(name)}], ignoring case)")
         return self
 
 
@@ -286,11 +309,39 @@ def canonical_regime(name: str) -> str:
     return "+".join(r for r in REGULARISERS if r in parts)
 
 
+class _StudyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses what would silently change a study: a key given twice (YAML keeps the
+    last) and aliases (``*name``: a few lines of them expand exponentially, the "billion laughs")."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, f"alias *{event.anchor} is not allowed in a study file "
+                                              "(write the value out)", event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+# YAML 1.1 (PyYAML) reads `1e-3` as a string; studies mean a number, as YAML 1.2 does.
+_StudyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
 def load_study(path: str | Path) -> Study:
     """Read and validate a study YAML. Raises :class:`StudyError` with one line on any problem."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_StudyLoader)  # noqa: S506 - a SafeLoader subclass
     except FileNotFoundError:
         raise StudyError(f"{path}: file not found") from None
     except (OSError, UnicodeDecodeError) as err:
@@ -383,8 +434,12 @@ def _field_error(field_name: str | tuple[str | int, ...], msg: str) -> _FieldErr
 
 
 def _first_error(err: ValidationError) -> str:
-    """``blocks[1].model: unknown model 'resnet81'; known: ...`` from pydantic's first error."""
-    e = err.errors(include_url=False)[0]
+    """``blocks[1].model: unknown model 'resnet81'; known: ...`` from pydantic's first error. A value
+    that fails every member of a union (``lr: [0.1, .inf]`` against ``float | list[float]``) reports
+    the member that got furthest into it (the list's element), not the first member tried."""
+    errors = err.errors(include_url=False)
+    first = errors[0]["loc"][:1]
+    e = max((x for x in errors if x["loc"][:1] == first), key=lambda x: len(x["loc"]))
     loc = list(e["loc"])
     ctx_err = (e.get("ctx") or {}).get("error")
     if isinstance(ctx_err, _FieldError):

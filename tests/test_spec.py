@@ -237,6 +237,22 @@ BAD = [
     ("negative rho", block(1, sharpness={"rhos": [-0.01]}), "blocks[1].sharpness.rhos", "> 0"),
     ("bad block name", block(0, name="my block"), "blocks[0].name", "pattern"),
     ("key with a newline", lambda s: s.update({"bad\nkey": 1}), "'bad\\nkey'", "unknown key"),
+    # Once accepted (issue 8): each must be refused, naming its field.
+    ("study named ..", lambda s: s.update(name=".."), "name", "pattern"),
+    ("study named with a leading dot", lambda s: s.update(name=".hidden"), "name", "pattern"),
+    ("epochs true", block(1, epochs=True), "blocks[1].epochs", "integer"),
+    ("lr nan", block(1, lr=float("nan")), "blocks[1].lr", "finite"),
+    ("lr inf in list", block(1, lr=[0.1, float("inf")]), "blocks[1].lr[1]", "finite"),
+    ("negative momentum", block(1, momentum=-0.9), "blocks[1].momentum", ">= 0"),
+    ("negative weight decay", block(1, weight_decay=[5e-4, -1e-4]), "blocks[1].weight_decay", ">= 0"),
+    ("negative seed", block(1, seed=[0, -1]), "blocks[1].seed", "[0, 2^63 - 1]"),
+    ("seed beyond 2^63", block(1, seed=2**63), "blocks[1].seed", "[0, 2^63 - 1]"),
+    ("label noise on functions", lambda s: s["blocks"].append({**FUNCTIONS_BLOCK, "metrics": ["sam_sharpness"],
+                                                               "label_noise": 0.1}),
+     "blocks[2].label_noise", "functions blocks do not use label_noise"),
+    ("n_train on images", block(1, n_train=100), "blocks[1].n_train", "images blocks do not use n_train"),
+    ("block names differing in case", block(1, name="CIRC"), "blocks[1].name", "ignoring case"),
+    ("metric listed twice", block(1, metrics=["ece", "ece"]), "blocks[1].metrics", "'ece' is listed twice"),
 ]
 
 
@@ -257,6 +273,10 @@ RAW_BAD = [
     ("invalid YAML", "name: t\nblocks:\n  - name: a\n    model: [mlp\n    lr: 0.1\n", "line 5: invalid YAML"),
     ("tab indentation", "name: t\nblocks:\n\t- name: a\n", "line 3: invalid YAML"),
     ("a list, not a mapping", "- name: t\n- blocks: []\n", "expected a mapping"),
+    ("duplicate key", "name: t\nname: u\nblocks: []\n", "line 2: invalid YAML: key 'name' is given twice"),
+    ("alias bomb", "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+                   "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n",
+     "line 2: invalid YAML: alias *a is not allowed"),
     ("empty file", "", "expected a mapping"),
 ]
 
