@@ -9,6 +9,7 @@ callback hands it to the analysis pool without blocking.
 """
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -23,6 +24,17 @@ from raystudy.spec import Trial
 from raystudy.storage import Store
 
 DRIVER_CPU = 0.01  # a trial driver with real workers must not hold a CPU they need (nested deadlock)
+
+
+class _OncePerStudy(logging.Filter):
+    """Drops Ray Train's "Running in local mode..." notice, logged by every local-mode trial (44 times in
+    the smoke study); ``run_trials`` says it once instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Running in local mode")
+
+
+logging.getLogger("ray.train.v2.api.config").addFilter(_OncePerStudy())
 
 
 def _train_worker(config: dict[str, Any]) -> None:
@@ -125,6 +137,10 @@ def run_trials(trials: list[Trial], store: Store, pool: MeasurePool, say,
     """Train ``trials`` with Ray Tune, feeding checkpoints to ``pool``. Returns ``({trial_id: error}``
     for the trials that failed, ``[trial_id]`` of those a Ctrl-C stopped before they ended)."""
     by_id = {t.trial_id: t.to_dict() for t in trials}
+    local = sum(t.resources["workers"] == 0 for t in trials)
+    if local and verbose:
+        print(f"{local} of {len(trials)} trials train in Ray Train's local mode (workers: 0): inside their Tune "
+              "trial's process, no worker start-up", flush=True)
     trainable = tune.with_parameters(run_trial, trials=by_id, store_uri=store.uri,
                                      train_storage=store.path("ray", "train"))
     trainable = tune.with_resources(trainable, lambda config: trial_resources(by_id[config["trial_id"]]))
