@@ -84,7 +84,7 @@ def functions_complexity_vs_sharpness(df: pl.DataFrame, metric: str = "sam_sharp
     rows = family_rows(df, "functions")
     if "target_complexity" not in present(rows, ("target_complexity",)):
         return None
-    long = _long_metric(rows, metric, ["task", "regime", "seed", "target_complexity"])
+    long = _long_metric(rows, metric, ["trial_id", "task", "regime", "seed", "target_complexity"])
     if long.is_empty() or (long := long.drop_nulls("target_complexity")).is_empty():
         return None
     faceted = long["rho"].n_unique() > 1
@@ -93,8 +93,8 @@ def functions_complexity_vs_sharpness(df: pl.DataFrame, metric: str = "sam_sharp
                 title=axis_title(rows, "target_complexity")),
         y=alt.Y("value:Q", scale=scale_for(long["value"]), title=axis_title(rows, metric, rho=not faceted)),
         color=alt.Color("task:N", title="target function"),
-        tooltip=["task", "seed", "rho", alt.Tooltip("value:Q", format=".4g")],
-    ).properties(width=WIDTH, height=HEIGHT)
+        tooltip=["trial_id", "task", "regime", "seed", "rho", alt.Tooltip("value:Q", format=".4g")],
+    ).properties(width=WIDTH, height=HEIGHT).interactive()
     return _facet_by_rho(chart, long).properties(
         title=chart_title(rows, f"Family A: final {metric_label(metric)} vs complexity of the target function",
                           _n_column(metric)))
@@ -157,7 +157,7 @@ def images_vs_gap(df: pl.DataFrame, metrics: tuple[str, ...] = CLASSIFIER_SHARPN
     metrics = present(rows, metrics)
     if not metrics or "gen_gap" not in present(rows, ("gen_gap",)):
         return None
-    long = rows.unpivot(on=metrics, index=["task", "model", "regime", "seed", "gen_gap"],
+    long = rows.unpivot(on=metrics, index=["trial_id", "task", "model", "regime", "seed", "gen_gap"],
                         variable_name="metric", value_name="value").drop_nulls(["value", "gen_gap"])
     titles = {m: axis_title(rows, m) for m in metrics}
     several = long["task"].n_unique() > 1
@@ -167,9 +167,9 @@ def images_vs_gap(df: pl.DataFrame, metrics: tuple[str, ...] = CLASSIFIER_SHARPN
         x=alt.X("gen_gap:Q", title=axis_title(rows, "gen_gap"), scale=alt.Scale(zero=False)),
         y=alt.Y("value:Q", title=None, scale=scale_for(long["value"])),
         color=alt.Color("regime:N"), shape=alt.Shape("model:N"),
-        tooltip=["task", "model", "regime", "seed", alt.Tooltip("gen_gap:Q", format=".3g"),
+        tooltip=["trial_id", "task", "model", "regime", "seed", alt.Tooltip("gen_gap:Q", format=".3g"),
                  alt.Tooltip("value:Q", format=".4g")],
-    ).properties(width=WIDTH, height=HEIGHT)
+    ).properties(width=WIDTH, height=HEIGHT).interactive()
     header = alt.Header(labelLimit=WIDTH + 40)
     names = ", ".join(metric_label(m) for m in metrics)
     return chart.facet(facet=alt.Facet("panel:N", title=None, header=header), columns=3).resolve_scale(

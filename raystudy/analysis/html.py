@@ -1,7 +1,11 @@
-"""Self-contained HTML: tables from polars frames, charts as inline SVG, one page with plain CSS.
-Nothing on the page refers to a network address, so it opens offline."""
+"""Self-contained HTML: tables from polars frames, charts as inline SVG made interactive by the Vega
+runtime inlined into the page (vl-convert's bundle of Vega, Vega-Lite and Vega-Embed), one page with
+plain CSS. Nothing on the page loads from a network address, so it opens offline; without JavaScript
+the static SVG of each chart stays."""
 from __future__ import annotations
 
+import functools
+import json
 import math
 import os
 import re
@@ -19,12 +23,15 @@ h1 { font-size: 1.6rem; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2
 h3 { margin-top: 1.8rem; }
 .scroll { overflow-x: auto; }
 table { border-collapse: collapse; font-size: .85rem; margin: .5rem 0 1rem; }
-th, td { border: 1px solid #ddd; padding: .25rem .5rem; text-align: right; white-space: nowrap; }
+table { max-width: 100%; } th { overflow-wrap: anywhere; }
+th, td { border: 1px solid #ddd; padding: .2rem .4rem; text-align: right; }
 th { background: #f3f3f3; } td.text { text-align: left; }
 caption { caption-side: top; text-align: left; font-weight: 600; padding: .3rem 0; }
 figure { margin: 1.5rem 0; } figcaption { font-size: .9rem; color: #444; max-width: 900px; }
 dl { display: grid; grid-template-columns: max-content auto; gap: .2rem 1rem; } dt { font-weight: 600; }
 .note { color: #555; font-size: .9rem; }
+details { margin: .6rem 0; } summary { cursor: pointer; font-weight: 600; }
+.chart { max-width: 100%; overflow-x: auto; } .vg-tooltip { font-size: .8rem; }
 .warn { background: #fff4e0; border-left: 4px solid #e8a33d; padding: .4rem .8rem; }
 .verdict { padding: 0 .4rem; border-radius: 3px; } .supported { background: #d9f2dd; }
 .contradicted { background: #f8d7d7; } .inconclusive { background: #eee; }
@@ -94,15 +101,40 @@ def definition_list(items: dict[str, str]) -> str:
     return "<dl>" + "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in items.items()) + "</dl>"
 
 
-def figure(svg: str, caption: str, png_name: str) -> str:
-    """A <figure> with inline SVG, its caption and a relative link to the PNG next to the page."""
+def figure(svg: str, caption: str, png_name: str, spec: dict | None = None) -> str:
+    """A <figure> with the chart's inline SVG, its caption and a relative link to the PNG next to the page.
+    With ``spec``, the Vega-Lite spec rides along (JSON in a script block) and the page's runtime swaps the
+    static SVG for an interactive rendering (tooltips, zoom where the chart allows it)."""
     link = f'<a href="{escape(png_name)}">{escape(png_name)}</a>'
-    return f"<figure>{svg}<figcaption>{escape(caption)} ({link})</figcaption></figure>"
+    data = ""
+    if spec is not None:  # "</" would end the script block early; JSON allows "<\/" for it
+        text = json.dumps(spec).replace("</", "<\\/")
+        data = f'<script type="application/json" class="vl-spec">{text}</script>'
+    return (f'<figure><div class="chart">{svg}</div>{data}<figcaption>{escape(caption)} ({link})</figcaption>'
+            "</figure>")
 
 
-def page(title: str, body: list[str]) -> str:
-    """A complete HTML document: `title` as <title> and <h1>, then the body fragments in order."""
+@functools.lru_cache(maxsize=1)
+def vega_runtime() -> str:
+    """Vega, Vega-Lite and Vega-Embed bundled into one script (~0.9 MB), plus the loop that renders every
+    figure's spec into its chart div. Cost: ~2 s to bundle, once per process."""
+    render = ("for (const fig of document.querySelectorAll('figure')) {"
+              " const el = fig.querySelector('.chart'), data = fig.querySelector('script.vl-spec');"
+              " if (!el || !data) continue;"
+              " vegaEmbed(el, JSON.parse(data.textContent), {actions: false, renderer: 'svg'})"
+              ".catch((err) => console.error('chart not rendered: ' + err)); }")
+    return vl_convert.javascript_bundle(snippet=render)  # the snippet sees vegaEmbed in scope
+
+
+def page(title: str, body: list[str], interactive: bool = True) -> str:
+    """A complete HTML document: `title` as <title> and <h1>, then the body fragments in order; with
+    ``interactive`` and any chart spec on the page, the inlined Vega runtime that renders them."""
+    content = "\n".join(body)
+    script = ""
+    if interactive and 'class="vl-spec"' in content:
+        runtime = vega_runtime().replace("</script", "<\\/script")
+        script = f'<script type="module">{runtime}</script>\n'
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>{escape(title)}</title><style>{CSS}</style></head>\n<body>\n"
-            f"<h1>{escape(title)}</h1>\n" + "\n".join(body) + "\n</body></html>\n")
+            f"<h1>{escape(title)}</h1>\n{content}\n{script}</body></html>\n")
