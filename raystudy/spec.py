@@ -101,6 +101,10 @@ class Block(_Strict):
     factor: float | list[float] | None = None
     label_noise: float | list[float] | None = None
     schedule: Literal["constant", "cosine"] = "constant"
+    # How the arithmetic runs, not what is learned: bf16 autocasts forward passes (CUDA, or slowly
+    # on the CPU); compile runs the model through torch.compile (eager if compilation fails).
+    precision: Literal["fp32", "bf16"] = "fp32"
+    compile: bool = False
     epochs: int = Field(ge=1)
     checkpoints: list[int] | None = None  # epochs to checkpoint at; the last epoch always is
     n_train: int | None = Field(None, ge=1)
@@ -228,6 +232,8 @@ class Trial:
     hessian: dict = field(default_factory=dict)
     measure: dict = field(default_factory=dict)
     resources: dict = field(default_factory=dict)
+    precision: str = "fp32"
+    compile: bool = False
     trial_id: str = ""
 
     @property
@@ -321,11 +327,15 @@ def _expand_block(study: str, block: Block) -> list[Trial]:
             model_args=dict(block.model_args), metrics=tuple(block.metrics),
             sharpness=block.sharpness.model_dump(), hessian=block.hessian.model_dump(),
             measure=block.measure.model_dump(), resources=block.resources.model_dump(),
+            precision=block.precision, compile=block.compile,
         )
         trials.append(_with_id(trial, {a: point[a] for a in varying}))
     return trials
 
 
+# Fields added after ids were first issued enter the hash only when set away from their default, so
+# adding a field never changes the id (and orphans the checkpoints) of a trial that does not use it.
+_HASHED_WHEN_SET = {"precision": "fp32", "compile": False}
 _ID_TAGS = {"lr": "lr", "momentum": "m", "batch_size": "bs", "weight_decay": "wd", "sam_rho": "rho",
             "factor": "f", "label_noise": "p"}
 
@@ -334,7 +344,8 @@ def _with_id(trial: Trial, varying: dict[str, Any]) -> Trial:
     """Readable prefix + hash of everything that shapes training (not resources or metrics), so an
     edited setting never resumes from a stale checkpoint while an unchanged file gives the same ids."""
     shaping = {k: v for k, v in trial.to_dict().items()
-               if k not in ("metrics", "sharpness", "hessian", "measure", "resources", "trial_id")}
+               if k not in ("metrics", "sharpness", "hessian", "measure", "resources", "trial_id")
+               and not (k in _HASHED_WHEN_SET and v == _HASHED_WHEN_SET[k])}
     digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:6]
     extra = "".join(f"-{_ID_TAGS[k]}{v:g}" if isinstance(v, float) else f"-{_ID_TAGS[k]}{v}"
                     for k, v in varying.items())
