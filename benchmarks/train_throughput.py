@@ -156,17 +156,18 @@ def main() -> None:
     ap.add_argument("--precisions", help="comma-separated (default: fp32,bf16 on CUDA with bf16; fp32 on the CPU)")
     ap.add_argument("--compile", action="store_true", help="also time raystudy's loop with torch.compile")
     ap.add_argument("--no-sam", action="store_true")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    ap.add_argument("--threads", type=int, help="torch CPU threads (default: 1 on the CPU, torch's own on CUDA)")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
+    if args.threads or not cuda:
+        torch.set_num_threads(args.threads or 1)
     n = args.n or (50_000 if not args.quick else 10_240 if cuda else 1_024)
     epochs = args.epochs or (1 if args.quick else 2)
     precisions = (args.precisions.split(",") if args.precisions
                   else ["fp32", "bf16"] if cuda and torch.cuda.is_bf16_supported() else ["fp32"])
     task = synthetic_cifar(n)
-    name = torch.cuda.get_device_name(device) if cuda else f"CPU, {args.threads} thread(s)"
+    name = (torch.cuda.get_device_name(device) if cuda else "CPU") + f", {torch.get_num_threads()} CPU thread(s)"
     print(f"{args.model} {args.model_args or ''} batch {args.batch}, {n} images x {epochs} epoch(s), "
           f"{RECIPE}, on {name}, torch {torch.__version__}")
 

@@ -21,7 +21,7 @@ from raystudy.storage import Store
 from raystudy.tasks.base import Task
 from raystudy.train.augment import augment
 from raystudy.train.epoch import BatchSchedule, TrainingData, TrainStep, fits_on_device, train_epoch
-from raystudy.train.loop import build_model, load_trial_task, train_trial
+from raystudy.train.loop import build_model, load_trial_task, memory_share, train_trial
 from raystudy.train.sam import SAM, bn_stats_frozen
 
 CUDA = torch.cuda.is_available()
@@ -342,6 +342,12 @@ GIB = 2**30
 ])
 def test_fits_on_device(data, free, total, share, fits):
     assert fits_on_device(data, free, total, share) is fits
+
+
+def test_a_trial_uses_its_fractional_gpu_share_or_a_whole_gpu(trials):
+    t = trials[0]
+    shares = [memory_share(replace(t, resources={**t.resources, "gpus": g})) for g in (0.0, 0.25, 0.5, 1.0, 2.0)]
+    assert shares == [1.0, 0.25, 0.5, 1.0, 1.0]
 
 
 @pytest.mark.parametrize("share", [0.0, -0.5, 1.5])
