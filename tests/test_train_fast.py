@@ -1,7 +1,6 @@
 """The fast training loop: same numbers as a plain loop (bit for bit on the CPU), bf16 and
 torch.compile recorded, no host sync inside an epoch, and the data-on-device decision.
-
-Tests marked ``cuda`` in their name need a GPU and are skipped without one."""
+The GPU-only checks are in test_train_cuda.py."""
 from __future__ import annotations
 
 import copy
@@ -18,14 +17,11 @@ from raystudy.checkpoints import list_checkpoints, load_checkpoint
 from raystudy.seeding import derive_seed
 from raystudy.spec import expand, load_study
 from raystudy.storage import Store
-from raystudy.tasks.base import Task
 from raystudy.train.augment import augment
 from raystudy.train.epoch import BatchSchedule, TrainingData, TrainStep, fits_on_device, train_epoch
 from raystudy.train.loop import build_model, load_trial_task, memory_share, train_trial
 from raystudy.train.sam import SAM, bn_stats_frozen
-
-CUDA = torch.cuda.is_available()
-needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+from synthetic_images import small_cnn, uint8_task
 
 STUDY = """
 name: fast
@@ -56,21 +52,6 @@ blocks:
 @pytest.fixture
 def trials(write_study):
     return expand(load_study(write_study(STUDY)))
-
-
-def uint8_task(n: int = 96, size: int = 8) -> Task:
-    """CIFAR-like: raw uint8 pixels with per-channel statistics and a crop+flip recipe."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
-    y = torch.randint(0, 10, (n,), generator=g)
-    return Task("synthetic", "images", "classification", x, y, x[:8], y[:8], (3, size, size), 10,
-                augment_recipe="crop2+flip", mean=(125.3, 123.0, 113.9), std=(63.0, 62.1, 66.7))
-
-
-def small_cnn(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
 
 
 # ------------------------------------------------------------- the plain loop, written out by hand
@@ -279,49 +260,6 @@ def test_an_epoch_reads_nothing_back_until_its_end(monkeypatch):
     calls.clear()
     train_epoch(step, data.batches(schedule, 1))
     assert calls == ["item"]  # the running loss, once per epoch
-
-
-@needs_cuda
-@pytest.mark.parametrize("resident", [True, False])
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_cuda_epoch_has_one_sync(resident, precision):
-    task, schedule = uint8_task(), BatchSchedule(16, 0, 0)  # no augmentation: augment.py copies its draws blockingly
-    model = small_cnn().cuda()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    step = TrainStep(model, opt, nn.CrossEntropyLoss(), sam=SAM(model, opt, rho=0.05), precision=precision)
-    data = TrainingData(task, "cuda", resident=resident)
-    train_epoch(step, data.batches(schedule, 1))  # warm-up: first-use allocations
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("warn")
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            train_epoch(step, data.batches(schedule, 2))
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    syncs = [w for w in caught if "synchroniz" in str(w.message)]
-    assert len(syncs) == 1, [str(w.message) for w in syncs]
-
-
-@needs_cuda
-def test_cuda_batches_equal_the_cpu_batches_resident_or_not():
-    task, schedule = uint8_task(), BatchSchedule(40, 2, 2, recipe="crop2+flip")
-    cpu = list(TrainingData(task, "cpu").batches(schedule, 1))
-    for resident in (True, False):
-        gpu = list(TrainingData(task, "cuda", resident=resident).batches(schedule, 1))
-        assert len(gpu) == len(cpu) == 3
-        for (xc, yc), (xg, yg) in zip(cpu, gpu):
-            assert torch.equal(yc, yg.cpu()) and torch.allclose(xc, xg.cpu(), rtol=0, atol=1e-6)
-
-
-@needs_cuda
-def test_cuda_conv_nets_run_channels_last_and_keep_their_keys():
-    model = small_cnn().cuda()
-    keys = list(model.state_dict())
-    step = TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss())
-    assert step.channels_last and model[0].weight.is_contiguous(memory_format=torch.channels_last)
-    step(uint8_task().x_train[:8].float().cuda(), uint8_task().y_train[:8].cuda())
-    assert list(model.state_dict()) == keys
 
 
 # ------------------------------------------------------------- where the training split lives
