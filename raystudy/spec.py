@@ -101,8 +101,9 @@ class Block(_Strict):
     factor: float | list[float] | None = None
     label_noise: float | list[float] | None = None
     schedule: Literal["constant", "cosine"] = "constant"
-    # How the arithmetic runs, not what is learned: bf16 autocasts forward passes (CUDA, or slowly
-    # on the CPU); compile runs the model through torch.compile (eager if compilation fails).
+    # How the arithmetic runs, not what is learned: bf16 autocasts forward passes (CUDA; the CPU too,
+    # fast only with bf16 instructions such as AVX512-BF16/AMX); compile runs the model through
+    # torch.compile (eager, with a warning, if compilation fails).
     precision: Literal["fp32", "bf16"] = "fp32"
     compile: bool = False
     epochs: int = Field(ge=1)
