@@ -119,6 +119,11 @@ class Block(_Strict):
     factor: float | list[float] | None = None
     label_noise: float | list[float] | None = None
     schedule: Literal["constant", "cosine"] = "constant"
+    # How the arithmetic runs, not what is learned: bf16 autocasts forward passes (CUDA; the CPU too,
+    # fast only with bf16 instructions such as AVX512-BF16/AMX); compile runs the model through
+    # torch.compile (eager, with a warning, if compilation fails).
+    precision: Literal["fp32", "bf16"] = "fp32"
+    compile: bool = False
     epochs: int = Field(ge=1)
     checkpoints: list[int] | None = None  # epochs to checkpoint at; the last epoch always is
     n_train: int | None = Field(None, ge=1)
@@ -267,6 +272,8 @@ class Trial:
     corruption: dict = field(default_factory=dict)
     measure: dict = field(default_factory=dict)
     resources: dict = field(default_factory=dict)
+    precision: str = "fp32"
+    compile: bool = False
     trial_id: str = ""
 
     @property
@@ -389,6 +396,7 @@ def _expand_block(study: str, block: Block) -> list[Trial]:
             sharpness=block.sharpness.model_dump(), hessian=block.hessian.model_dump(),
             corruption=block.corruption.model_dump(),
             measure=block.measure.model_dump(), resources=block.resources.model_dump(),
+            precision=block.precision, compile=block.compile,
         )
         # An axis the regime does not use (sam_rho without sam, weight_decay without wd) neither names
         # the trial nor multiplies it: base trains once per seed in a SAM-radius sweep.
@@ -401,6 +409,9 @@ def _expand_block(study: str, block: Block) -> list[Trial]:
     return trials
 
 
+# Fields added after ids were first issued enter the hash only when set away from their default, so
+# adding a field never changes the id (and orphans the checkpoints) of a trial that does not use it.
+_HASHED_WHEN_SET = {"precision": "fp32", "compile": False}
 _ID_TAGS = {"lr": "lr", "momentum": "m", "batch_size": "bs", "weight_decay": "wd", "sam_rho": "rho",
             "factor": "f", "label_noise": "p"}
 
@@ -410,7 +421,8 @@ def _with_id(trial: Trial, varying: dict[str, Any]) -> Trial:
     edited setting never resumes from a stale checkpoint while an unchanged file gives the same ids."""
     shaping = {k: v for k, v in trial.to_dict().items()
                if k not in ("metrics", "sharpness", "hessian", "corruption", "measure", "resources", "trial_id",
-                            "data_root")}
+                            "data_root")
+               and not (k in _HASHED_WHEN_SET and v == _HASHED_WHEN_SET[k])}
     digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:6]
     extra = "".join(f"-{_ID_TAGS[k]}{v:g}" if isinstance(v, float) else f"-{_ID_TAGS[k]}{v}"
                     for k, v in varying.items())

@@ -102,10 +102,32 @@ def changed_ids(tmp_path: Path, edit) -> tuple[list[str], list[str]]:
     lambda b: b.update(momentum=0.5),
     lambda b: b.update(model_args={"width": 8}),
     lambda b: b.update(sam_rho=0.1),  # changes only the +sam trials, see below
-], ids=["lr", "epochs", "momentum", "model_args", "sam_rho"])
+    lambda b: b.update(precision="bf16"),
+    lambda b: b.update(compile=True),
+], ids=["lr", "epochs", "momentum", "model_args", "sam_rho", "precision", "compile"])
 def test_ids_change_with_training_settings(tmp_path, edit):
     before, after = changed_ids(tmp_path, edit)
     assert len(before) == len(after) and before != after
+
+
+def test_precision_and_compile_are_carried_and_default_to_plain_fp32(tmp_path):
+    study = base_study(tmp_path)
+    study["blocks"][1].update(precision="bf16", compile=True)
+    trials = expand(load_study(write(tmp_path, study)))
+    assert {(t.block, t.precision, t.compile) for t in trials} == {("circ", "fp32", False), ("dig", "bf16", True)}
+    assert all(Trial.from_dict(t.to_dict()) == t for t in trials)
+
+
+def test_fields_at_their_default_keep_ids_issued_before_they_existed(tmp_path):
+    # Ids this file had before precision and compile were added (same content, older raystudy):
+    # their checkpoints must still be found.
+    before = ["circ-circles-mlp-base-s0-37a49b", "dig-digits-cnn_bn-wd+sam-s1-lr0.01-bs32-48e9cd"]
+    path = write(tmp_path, base_study(tmp_path))
+    assert [ids(path)[0], ids(path)[-1]] == before
+    explicit = base_study(tmp_path)
+    for b in explicit["blocks"]:
+        b.update(precision="fp32", compile=False)
+    assert ids(write(tmp_path, explicit, "explicit.yaml")) == ids(path)
 
 
 def test_sam_rho_and_weight_decay_only_touch_trials_that_use_them(tmp_path):
@@ -236,6 +258,8 @@ BAD = [
     ("zero cpus", block(1, resources={"cpus": 0}), "blocks[1].resources.cpus", "greater than 0"),
     ("negative rho", block(1, sharpness={"rhos": [-0.01]}), "blocks[1].sharpness.rhos", "> 0"),
     ("bad block name", block(0, name="my block"), "blocks[0].name", "pattern"),
+    ("unknown precision", block(1, precision="fp16"), "blocks[1].precision", "'fp32' or 'bf16'"),
+    ("compile not a bool", block(1, compile="sometimes"), "blocks[1].compile", "boolean"),
     ("key with a newline", lambda s: s.update({"bad\nkey": 1}), "'bad\\nkey'", "unknown key"),
     # Once accepted (issue 8): each must be refused, naming its field.
     ("study named ..", lambda s: s.update(name=".."), "name", "pattern"),

@@ -3,11 +3,10 @@
 Determinism: the initial weights come from ``trial.init_seed``; the batch order and augmentation of
 epoch ``e`` come from generators seeded by ``(shuffle_seed, e)`` and ``(seed, e)``. Nothing depends
 on how many epochs ran in this process, so a trial resumed from a checkpoint continues exactly as
-an uninterrupted one would.
+an uninterrupted one would. The epoch itself (data placement, steps, precision) is ``epoch.py``.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -17,11 +16,10 @@ from torch import nn
 
 from raystudy import models, tasks
 from raystudy.checkpoints import list_checkpoints, load_checkpoint, save_checkpoint
-from raystudy.seeding import derive_seed
 from raystudy.spec import Trial
 from raystudy.storage import Store
 from raystudy.tasks.base import Task
-from raystudy.train.augment import augment
+from raystudy.train.epoch import BatchSchedule, TrainingData, TrainStep, train_epoch
 from raystudy.train.sam import SAM
 
 Report = Callable[[dict[str, Any]], None]
@@ -64,21 +62,17 @@ def _schedule(trial: Trial, opt: torch.optim.Optimizer) -> torch.optim.lr_schedu
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
 
 
-def _epoch_batches(task: Task, trial: Trial, epoch: int, device: torch.device):
-    n = len(task.x_train)
-    if trial.batch_size is None or trial.batch_size >= n:
-        order = torch.arange(n)
-    else:
-        g = torch.Generator().manual_seed(derive_seed("order", trial.shuffle_seed, epoch))
-        order = torch.randperm(n, generator=g)
-    aug_gen = torch.Generator().manual_seed(derive_seed("augment", trial.seed, epoch))
-    size = trial.batch_size or n
-    for start in range(0, n, size):
-        idx = order[start:start + size]
-        x, y = task.x_train[idx], task.y_train[idx]
-        if trial.augment:
-            x = augment(x, task.augment_recipe, aug_gen)  # training batches only, never evaluation data
-        yield task.normalise(x.to(device)), y.to(device)
+def batch_schedule(trial: Trial, task: Task) -> BatchSchedule:
+    """The trial's batches: its batch size, order seed, augmentation seed and (if its regime
+    augments) the task's augmentation recipe."""
+    return BatchSchedule(trial.batch_size, trial.shuffle_seed, trial.seed,
+                         task.augment_recipe if trial.augment else None)
+
+
+def memory_share(trial: Trial) -> float:
+    """The fraction of a GPU's memory the trial may use: its ``resources.gpus`` if fractional, else 1."""
+    gpus = trial.resources.get("gpus", 0.0)
+    return gpus if 0 < gpus < 1 else 1.0
 
 
 def train_trial(trial: Trial, store: Store, report: Report | None = None,
@@ -86,16 +80,20 @@ def train_trial(trial: Trial, store: Store, report: Report | None = None,
     """Train ``trial``, saving a checkpoint at each epoch in ``trial.checkpoints`` and calling
     ``report(info)`` after each save with ``trial_id, epoch, step, checkpoint, train_loss_running,
     final``. Resumes from the trial's latest checkpoint on ``store`` if there is one.
-    Cost: ``epochs * ceil(n_train / batch_size)`` optimiser steps (SAM doubles the passes)."""
+    Cost: ``epochs * ceil(n_train / batch_size)`` optimiser steps (SAM doubles the passes); one host
+    sync per epoch. The checkpoint also records ``precision``, ``compiled``, ``channels_last`` and
+    ``data_on_device``."""
     t0 = time.perf_counter()
     device = torch.device(device)
     task = load_trial_task(trial)
     model = build_model(trial, task).to(device)
-    loss_fn = loss_fn_for(task)
     base = _optimizer(trial, model)
     sam = SAM(model, base, rho=trial.sam_rho) if trial.sam_rho is not None else None
     sched = _schedule(trial, base)
-    steps_per_epoch = math.ceil(len(task.x_train) / (trial.batch_size or len(task.x_train)))
+    step = TrainStep(model, base, loss_fn_for(task), sam=sam, precision=trial.precision, compile=trial.compile)
+    data = TrainingData(task, device, memory_share=memory_share(trial))
+    schedule = batch_schedule(trial, task)
+    steps_per_epoch = schedule.steps(len(data))
     start_epoch, prior_wall, resumed = 0, 0.0, None
 
     existing = list_checkpoints(store, trial.trial_id)
@@ -113,6 +111,10 @@ def train_trial(trial: Trial, store: Store, report: Report | None = None,
             "trial": trial.to_dict(), "step": epoch * steps_per_epoch, "model": model.state_dict(),
             "optimizer": base.state_dict(), "scheduler": sched.state_dict(),
             "train_loss_running": running_loss, "train_wall_s": wall,
+            # How it was computed, for the result row: precision, compiled (false after a fallback),
+            # channels_last, and whether the training split lived on the training device.
+            "precision": step.precision, "compiled": step.compiled, "channels_last": step.channels_last,
+            "data_on_device": data.resident,
         })
         if report is not None:
             report({"trial_id": trial.trial_id, "epoch": epoch, "step": epoch * steps_per_epoch,
@@ -122,22 +124,9 @@ def train_trial(trial: Trial, store: Store, report: Report | None = None,
     if start_epoch == 0 and 0 in trial.checkpoints and not existing:
         checkpoint(0, None)
     for epoch in range(start_epoch + 1, trial.epochs + 1):
-        model.train()
-        total, seen = 0.0, 0
-        for x, y in _epoch_batches(task, trial, epoch, device):
-            def closure(x=x, y=y) -> torch.Tensor:
-                return loss_fn(model(x), y)
-            if sam is not None:
-                loss = sam.step(closure)
-            else:
-                base.zero_grad(set_to_none=True)
-                loss = closure()
-                loss.backward()
-                base.step()
-            total += float(loss.detach()) * len(x)
-            seen += len(x)
+        running_loss = train_epoch(step, data.batches(schedule, epoch))
         sched.step()
         if epoch in trial.checkpoints:
-            checkpoint(epoch, total / seen)
+            checkpoint(epoch, running_loss)
     return TrainSummary(trial.trial_id, trial.epochs - start_epoch, resumed,
                         prior_wall + time.perf_counter() - t0)

@@ -15,6 +15,17 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 
+def _copy_all(dst: list[Tensor], src: list[Tensor]) -> None:
+    """``d.copy_(s)`` for every pair, in one fused launch per (device, dtype) group."""
+    groups: dict[tuple[torch.device, torch.dtype], tuple[list[Tensor], list[Tensor]]] = {}
+    for d, s in zip(dst, src):
+        ds, ss = groups.setdefault((d.device, d.dtype), ([], []))
+        ds.append(d)
+        ss.append(s)
+    for ds, ss in groups.values():
+        torch._foreach_copy_(ds, ss)
+
+
 @contextlib.contextmanager
 def bn_stats_frozen(model: nn.Module) -> Iterator[nn.Module]:
     """Snapshot every BatchNorm's ``running_mean``, ``running_var`` and ``num_batches_tracked`` and
@@ -22,19 +33,18 @@ def bn_stats_frozen(model: nn.Module) -> Iterator[nn.Module]:
 
     Snapshot-and-restore (rather than momentum 0) also covers ``momentum=None`` (cumulative
     averages) and the batch counter. BatchNorm still normalises with batch statistics in train mode.
+    Cost: two copies of the BatchNorm buffers, a few fused launches on a GPU.
     """
-    saved: list[tuple[Tensor, Tensor]] = []
-    for m in model.modules():
-        if isinstance(m, _BatchNorm):
-            for buf in (m.running_mean, m.running_var, m.num_batches_tracked):
-                if buf is not None:
-                    saved.append((buf, buf.detach().clone()))
+    bufs = [buf for m in model.modules() if isinstance(m, _BatchNorm)
+            for buf in (m.running_mean, m.running_var, m.num_batches_tracked) if buf is not None]
+    saved = [torch.empty_like(buf) for buf in bufs]
+    with torch.no_grad():
+        _copy_all(saved, bufs)
     try:
         yield model
     finally:
         with torch.no_grad():
-            for buf, value in saved:
-                buf.copy_(value)
+            _copy_all(bufs, saved)
 
 
 class SAM:
@@ -65,28 +75,30 @@ class SAM:
         """One SAM update; ``closure()`` runs a forward pass and returns the mean loss (no backward).
 
         Returns the (detached) loss at the current weights w, i.e. from the first pass.
-        Cost: 2 forward + 2 backward passes, plus one copy of the parameters.
+        Cost: 2 forward + 2 backward passes, plus one copy of the parameters; no host sync.
         """
         self.zero_grad()
         loss = closure()
         loss.backward()
         params = [p for p in self.model.parameters() if p.grad is not None]
+        grads = [p.grad for p in params]
+        originals = [torch.empty_like(p) for p in params]
         with torch.no_grad():
-            # Global L2 norm over every parameter that received a gradient; eps keeps a zero
-            # gradient from dividing by zero (then e = 0 and SAM reduces to the base step).
-            norms = [torch.linalg.vector_norm(p.grad) for p in params]
-            grad_norm = torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.tensor(0.0)
-            scale = self.rho / (grad_norm + self.eps)
-            originals = [p.detach().clone() for p in params]
-            for p in params:
-                p.add_(p.grad * scale.to(p.grad))
+            if params:
+                # Global L2 norm over every parameter that received a gradient; eps keeps a zero
+                # gradient from dividing by zero (then e = 0 and SAM reduces to the base step).
+                # Fused (foreach) kernels and a device-tensor scale: no host sync, a few launches.
+                grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+                scale = self.rho / (grad_norm + self.eps)
+                torch._foreach_copy_(originals, params)
+                torch._foreach_add_(params, torch._foreach_mul(grads, scale))
         self.zero_grad()
         with bn_stats_frozen(self.model):
             closure().backward()
         with torch.no_grad():
             # Restore w by copying, not by subtracting e: w + e - e != w in floating point.
-            for p, w in zip(params, originals):
-                p.copy_(w)
+            if params:
+                torch._foreach_copy_(params, originals)
         self.base_optimizer.step()
         return loss.detach()
 
