@@ -46,7 +46,7 @@ def synthetic_cifar(n: int) -> Task:
     x = torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
     y = torch.randint(0, 10, (n,), generator=g)
     return Task("synthetic-cifar", "images", "classification", x, y, x[:256], y[:256], (3, 32, 32), 10,
-                augment_recipe=RECIPE, mean=CIFAR_MEAN, std=CIFAR_STD)
+                augment_recipe=RECIPE, mean=CIFAR_MEAN, std=CIFAR_STD, pad_fill=128.0)
 
 
 def fresh_model(args, device: torch.device) -> nn.Module:
@@ -120,7 +120,7 @@ def plain(args, task: Task, device: torch.device, sam: bool) -> Loop:
         total = torch.zeros((), dtype=torch.float64, device=device)
         for start in range(0, n, args.batch):
             idx = order[start:start + args.batch]
-            x = (augment(task.x_train[idx], RECIPE, gen).float() - mean) / std
+            x = (augment(task.x_train[idx], RECIPE, gen, fill=task.pad_fill).float() - mean) / std
             x, y = x.to(device), task.y_train[idx].to(device)
             total += (sam_step if sam else base_step)(x, y).double() * len(x)
         return total.item() / n

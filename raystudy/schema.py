@@ -107,6 +107,8 @@ COLUMNS: tuple[Column, ...] = (
     # provenance: how the row was obtained
     Column("train_loss_running", F, "provenance", "mean training loss over the last epoch's batches (train mode)"),
     Column("train_wall_s", F, "provenance", "seconds of training up to this checkpoint"),
+    Column("precision", S, "provenance", "fp32 | bf16: the precision the trial trained in (autocast)"),
+    Column("compiled", B, "provenance", "whether training ran through torch.compile (false after a fallback)"),
     Column("measured_on", S, "provenance", "train | test: the split the geometry metrics saw"),
     Column("measure_n", I, "provenance", "samples the geometry metrics saw"),
     Column("bn_mode", S, "provenance",

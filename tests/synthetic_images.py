@@ -13,7 +13,7 @@ def uint8_task(n: int = 96, size: int = 8) -> Task:
     x = torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
     y = torch.randint(0, 10, (n,), generator=g)
     return Task("synthetic", "images", "classification", x, y, x[:8], y[:8], (3, size, size), 10,
-                augment_recipe="crop2+flip", mean=(125.3, 123.0, 113.9), std=(63.0, 62.1, 66.7))
+                augment_recipe="crop2+flip", mean=(125.3, 123.0, 113.9), std=(63.0, 62.1, 66.7), pad_fill=128.0)
 
 
 def small_cnn(seed: int = 0) -> nn.Module:

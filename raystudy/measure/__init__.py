@@ -98,6 +98,7 @@ def _identity(trial: Trial, state: dict[str, Any]) -> dict[str, Any]:
     row = {k: getattr(trial, k) for k in keys}
     row.update(step=int(state["step"]), epoch=int(state["epoch"]), final=state["epoch"] == trial.epochs,
                train_loss_running=state.get("train_loss_running"), train_wall_s=state.get("train_wall_s"),
+               precision=state.get("precision", "fp32"), compiled=state.get("compiled", False),
                augmented=False, raystudy_version=raystudy.__version__, torch_version=torch.__version__,
                ray_version=_ray_version(), device=_device_name(state))
     return row

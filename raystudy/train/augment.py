@@ -49,8 +49,18 @@ def parse_recipe(recipe: str | None) -> list[tuple[str, int]]:
     return steps
 
 
+def _to(t: Tensor, device: torch.device) -> Tensor:
+    """Random draws (small, made by a CPU generator so every device sees the same numbers) to the batch's
+    device. To a GPU through pinned memory without blocking: a plain copy would wait for every queued kernel."""
+    if t.device == device:
+        return t
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def _rand(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> Tensor:
-    return torch.rand(shape, generator=generator, device=generator.device, dtype=torch.float64).to(device)
+    return _to(torch.rand(shape, generator=generator, device=generator.device, dtype=torch.float64), device)
 
 
 def random_shift(x: Tensor, pad: int, generator: torch.Generator, fill: float = 0.0) -> Tensor:
@@ -63,7 +73,7 @@ def random_shift(x: Tensor, pad: int, generator: torch.Generator, fill: float = 
     n, _, h, w = x.shape
     top = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=generator.device)
     left = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=generator.device)
-    top, left = top.to(x.device), left.to(x.device)
+    top, left = _to(top, x.device), _to(left, x.device)
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), value=fill)
     rows = top[:, None] + torch.arange(h, device=x.device)  # (N, H)
     cols = left[:, None] + torch.arange(w, device=x.device)  # (N, W)
@@ -75,7 +85,7 @@ def random_shift(x: Tensor, pad: int, generator: torch.Generator, fill: float = 
 
 def random_flip(x: Tensor, generator: torch.Generator) -> Tensor:
     """Mirror each image of ``x`` (N, C, H, W) left-right with probability 0.5 (N draws)."""
-    coin = torch.rand(len(x), generator=generator, device=generator.device).to(x.device) < 0.5
+    coin = _to(torch.rand(len(x), generator=generator, device=generator.device), x.device) < 0.5
     return torch.where(coin[:, None, None, None], x.flip(-1), x)
 
 

@@ -49,13 +49,15 @@ class BatchSchedule:
 
     ``batch_size``: samples per step (None = the whole split in one step); ``shuffle_seed`` and
     ``augment_seed`` seed the per-epoch order and augmentation draws; ``recipe``: the augmentation
-    (see ``raystudy.train.augment``), None for none.
+    (see ``raystudy.train.augment``), None for none; ``fill``: what padding fills with, in the units of
+    the stored inputs (the task's ``pad_fill``: grey 128 for the real image sets).
     """
 
     batch_size: int | None
     shuffle_seed: int
     augment_seed: int
     recipe: str | None = None
+    fill: float = 0.0
 
     def steps(self, n: int) -> int:
         """Optimiser steps per epoch over ``n`` samples (the last batch may be smaller)."""
@@ -130,7 +132,7 @@ class TrainingData:
         for start in range(0, n, size):
             x, y = self._take(order[start:start + size])
             if schedule.recipe:
-                x = augment(x, schedule.recipe, gen)
+                x = augment(x, schedule.recipe, gen, fill=schedule.fill)
             yield self.normalise(x), y
 
     def _take(self, idx: Tensor) -> tuple[Tensor, Tensor]:

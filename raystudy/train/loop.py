@@ -66,7 +66,7 @@ def batch_schedule(trial: Trial, task: Task) -> BatchSchedule:
     """The trial's batches: its batch size, order seed, augmentation seed and (if its regime
     augments) the task's augmentation recipe."""
     return BatchSchedule(trial.batch_size, trial.shuffle_seed, trial.seed,
-                         task.augment_recipe if trial.augment else None)
+                         task.augment_recipe if trial.augment else None, task.pad_fill)
 
 
 def memory_share(trial: Trial) -> float:
