@@ -96,7 +96,7 @@ def chart_sections(df: pl.DataFrame, out: Path) -> list[str]:
     for i, entry in enumerate(report_charts(df)):
         spec = chart_spec(entry.chart)
         write_atomic(out / f"{entry.name}.png", png_bytes(spec, scale=2))
-        sections.append(figure(inline_svg(spec, prefix=f"c{i}"), entry.caption, f"{entry.name}.png"))
+        sections.append(figure(inline_svg(spec, prefix=f"c{i}"), entry.caption, f"{entry.name}.png", spec))
     if len(sections) == 1:
         sections.append("<p>No chart: the rows hold none of the metrics the charts need.</p>")
     return sections
