@@ -10,7 +10,7 @@ from scipy import stats as sps
 
 from raystudy.analysis.charts_correlation import complexity_chart, correlation_chart
 from raystudy.analysis.correlation import (complexity_table, correlation_table, format_correlation_table,
-                                           granulated_kendall, psi_axes, sharpness_columns)
+                                           granulated_kendall, psi_axes, sharpness_columns, tau_b)
 from raystudy.analysis.html import chart_spec
 from raystudy.analysis.verdicts import kendall_bootstrap
 from tests.fake_results import circle_rows, digit_rows, function_rows
@@ -26,7 +26,8 @@ def _rows(records: list[dict]) -> pl.DataFrame:
 def test_tau_by_hand_equals_scipy_and_kendall_bootstrap():
     # x = 1..6, y = 2 1 3 4 6 5: of 15 pairs only (1,2) and (5,6) are discordant, so tau = (13 - 2) / 15.
     x, y = [1.0, 2, 3, 4, 5, 6], [2.0, 1, 3, 4, 6, 5]
-    df = _rows([dict(seed=i // 2, lr=0.01 * (i + 1), fisher_rao=a, gen_gap=b) for i, (a, b) in enumerate(zip(x, y))])
+    df = _rows([dict(seed=i // 2, lr=0.01 * (i + 1), fisher_rao=a, gen_gap=b)
+                for i, (a, b) in enumerate(zip(x, y, strict=True))])
     row = correlation_table(df, n_boot=300, seed=7).row(0, named=True)
     assert row["tau"] == pytest.approx(11 / 15) == pytest.approx(sps.kendalltau(x, y).statistic)
     assert (row["tau"], row["ci_low"], row["ci_high"]) == pytest.approx(
@@ -34,6 +35,15 @@ def test_tau_by_hand_equals_scipy_and_kendall_bootstrap():
     assert row["n_points"] == 6 and row["n_seeds"] == 3 and row["ci_low"] <= row["tau"] <= row["ci_high"]
     two_seeds = correlation_table(df.filter(pl.col("seed") < 2), n_boot=300).row(0, named=True)
     assert two_seeds["tau"] is not None and two_seeds["ci_low"] is None and two_seeds["ci_high"] is None
+
+
+def test_tau_b_of_the_psi_groups_equals_scipy_with_ties():
+    rng = np.random.default_rng(1)
+    for n in (2, 3, 4, 6, 12, 30):
+        x, y = rng.integers(0, 3, n).astype(float), rng.integers(0, 4, n).astype(float)
+        assert tau_b(x, y) == pytest.approx(sps.kendalltau(x, y).statistic, nan_ok=True)
+    assert tau_b(np.array([1.0, 3, 2]), np.array([1.0, 2, 3])) == pytest.approx(1 / 3)  # 2 concordant, 1 not
+    assert np.isnan(tau_b(np.array([5.0, 5, 5]), np.array([1.0, 2, 3])))
 
 
 def test_psi_monotone_along_lr_anti_monotone_along_batch_size():

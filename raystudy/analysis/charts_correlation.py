@@ -80,9 +80,8 @@ def correlation_chart(df: pl.DataFrame, table: pl.DataFrame | None = None, n_boo
 
 def _complexity_panel(rows: pl.DataFrame, label: str, column: str, measure: str, stats: dict) -> alt.Chart:
     """One sharpness metric against one complexity measure, one point per final trial, coloured by block."""
-    data = rows.drop_nulls([column, measure]).select(
-        "trial_id", "seed", "regime", group=pl.concat_str([pl.col("family"), pl.col("block")], separator=" / "),
-        x=measure, y=column)
+    group = pl.concat_str([pl.col("family"), pl.col("block")], separator=" / ", ignore_nulls=True)
+    data = rows.drop_nulls([column, measure]).select("trial_id", "seed", "regime", group=group, x=measure, y=column)
     title = (f"tau {format_interval(stats['tau'], stats['ci_low'], stats['ci_high'])}, "
              f"n={stats['n_points']} ({stats['n_seeds']} seeds)")
     return alt.Chart(data).mark_point(filled=True, size=40, opacity=0.8).encode(

@@ -27,7 +27,6 @@ import math
 
 import numpy as np
 import polars as pl
-from scipy import stats
 
 from raystudy.analysis.aggregate import varying_hyperparameters
 from raystudy.analysis.labels import metric_label
@@ -51,6 +50,16 @@ COMPLEXITY_SCHEMA = {"metric": pl.String, "column": pl.String, "measure": pl.Str
 
 def _finite(v: float) -> float | None:
     return float(v) if v is not None and math.isfinite(v) else None
+
+
+def tau_b(x: np.ndarray, y: np.ndarray) -> float:
+    """Kendall's tau-b of two 1-D arrays from all n(n-1)/2 pairs: (concordant - discordant) / sqrt((pairs - pairs
+    tied in x) (pairs - pairs tied in y)); NaN when x or y is constant. Same value as scipy.stats.kendalltau, at
+    O(n^2) memory without scipy's per-call overhead (~0.2 ms): for the small groups of Psi, many per table."""
+    i, j = np.triu_indices(len(x), k=1)
+    sx, sy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
+    untied = float((sx != 0).sum()) * float((sy != 0).sum())
+    return float((sx * sy).sum() / np.sqrt(untied)) if untied > 0 else float("nan")
 
 
 def sharpness_columns(rows: pl.DataFrame) -> tuple[pl.DataFrame, list[tuple[str, str]]]:
@@ -101,8 +110,8 @@ def granulated_kendall(rows: pl.DataFrame, x: str, y: str, axes: list[str] | Non
     averaged) and ``n_skipped`` (groups left out: one value of the axis, or tau undefined). A group is every trial
     sharing the seed and the value of every other axis. Axes along which no group has 2 values are left out
     (they are set by another axis, e.g. weight_decay by the regime). Psi: mean of the defined psi, null when none.
-    ``axes`` defaults to ``psi_axes(rows)``. Rows with x or y null are dropped first. Cost: one scipy tau per
-    group, groups ~ trials per axis.
+    ``axes`` defaults to ``psi_axes(rows)``. Rows with x or y null are dropped first. Cost: one ``tau_b`` per
+    group (groups ~ trials / values of the axis), a few ms per axis for a few hundred trials.
     """
     rows = rows.drop_nulls([x, y])
     axes = psi_axes(rows) if axes is None else axes
@@ -110,17 +119,13 @@ def granulated_kendall(rows: pl.DataFrame, x: str, y: str, axes: list[str] | Non
     for axis in axes:
         moving = _moving(axis, axes)
         fixed = [a for a in axes if a not in moving] + ["seed"]
-        taus, single, undefined = [], 0, 0
-        for _, group in rows.group_by(fixed):
-            if group.select(moving).n_unique() < 2:
-                single += 1
-                continue
-            tau = stats.kendalltau(group[x].to_numpy(), group[y].to_numpy()).statistic
-            if np.isfinite(tau):
-                taus.append(float(tau))
-            else:
-                undefined += 1
-        if taus or undefined:
+        sized = rows.with_columns(_values=pl.struct(moving).n_unique().over(fixed))
+        single = sized.filter(pl.col("_values") < 2).select(fixed).n_unique()
+        both = [tau_b(g[x].to_numpy(), g[y].to_numpy())
+                for g in sized.filter(pl.col("_values") >= 2).partition_by(fixed)]
+        taus = [float(t) for t in both if np.isfinite(t)]
+        undefined = len(both) - len(taus)
+        if both:
             parts.append({"axis": axis, "psi": float(np.mean(taus)) if taus else None, "n_groups": len(taus),
                           "n_skipped": single + undefined})
     table = pl.DataFrame(parts, schema=dict(AXIS_SCHEMA.to_schema()))
