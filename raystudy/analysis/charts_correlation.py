@@ -1,0 +1,117 @@
+"""Charts of the rank correlations of ``correlation``: every sharpness metric's tau (and Psi) with each target
+side by side, and sharpness against the complexity of the learned function. Each returns an alt.Chart, or None
+when the rows it needs are absent. Pass the table already computed to skip the bootstrap a second time."""
+from __future__ import annotations
+
+import altair as alt
+import polars as pl
+
+from raystudy.analysis.charts import HEIGHT, WIDTH, scale_for
+from raystudy.analysis.correlation import (COMPLEXITY_LABELS, N_BOOT, complexity_rows, complexity_table,
+                                           correlation_table, format_interval)
+from raystudy.analysis.labels import chart_title, metric_label
+from raystudy.analysis.results import final_rows, ok_rows
+
+TAU, PSI = "tau over all trials (95% bootstrap over seeds)", "Psi (granulated over hyperparameter axes)"
+
+
+def _psi_parts(parts: list[dict] | None) -> str:
+    """'lr +0.50 (6 groups); regime -1.00 (4 groups)' for a tooltip."""
+    return "; ".join(f"{a['axis']} {format_interval(a['psi'], None, None)} ({a['n_groups']} groups)"
+                     for a in parts or ())
+
+
+def correlation_frame(table: pl.DataFrame) -> pl.DataFrame:
+    """``correlation_table`` in long form for the chart: one row per block x metric x target x statistic (tau,
+    Psi), with value, ci_low/ci_high (tau only), n_points, n_seeds and the per-axis psi as text."""
+    keys = ("block", "metric", "target", "n_points", "n_seeds")
+    parts = pl.Series([_psi_parts(p) for p in table["psi_axes"].to_list()], dtype=pl.String)
+    taus = table.select(*keys, "ci_low", "ci_high", statistic=pl.lit(TAU), value="tau", psi_axes=pl.lit(""))
+    psis = table.select(*keys, ci_low=pl.lit(None, pl.Float64), ci_high=pl.lit(None, pl.Float64),
+                        statistic=pl.lit(PSI), value="psi", psi_axes=parts)
+    long = pl.concat([taus, psis])
+    # Blocks with some defined value, each with every target: Vega's facet grid fills cells in order, so a
+    # missing (block, target) cell would shift the later ones (undefined values are simply not drawn).
+    shown = long.filter(pl.col("value").is_not_null().any().over("block"))
+    grid = shown.select("block").unique(maintain_order=True).join(long.select("target").unique(maintain_order=True),
+                                                                  how="cross")
+    long = grid.join(shown, on=["block", "target"], how="left", maintain_order="left").with_columns(
+        metric=pl.col("metric").fill_null(pl.col("metric").drop_nulls().first().over("block")),
+        statistic=pl.col("statistic").fill_null(TAU))
+    return long.with_columns(target=pl.col("target").replace_strict({t: metric_label(t) for t in table["target"]}),
+                             interval=pl.Series([format_interval(v, lo, hi) for v, lo, hi in
+                                                 long.select("value", "ci_low", "ci_high").iter_rows()],
+                                                dtype=pl.String))
+
+
+def correlation_chart(df: pl.DataFrame, table: pl.DataFrame | None = None, n_boot: int = N_BOOT
+                      ) -> alt.Chart | None:
+    """Kendall tau (filled dot, 95% bootstrap interval over seeds as a bar) and Jiang's Psi (open diamond) of
+    every sharpness metric (y) with every target (one column each), one row of panels per block; x in [-1, 1].
+    ``table``: the ``correlation_table(df)`` already computed (else computed here with ``n_boot``)."""
+    table = correlation_table(df, n_boot=n_boot) if table is None else table
+    if table.is_empty():
+        return None
+    long = correlation_frame(table)
+    if long.is_empty() or long["value"].null_count() == long.height:
+        return None
+    x = alt.X("value:Q", scale=alt.Scale(domain=[-1, 1]), title="Kendall tau  (> 0: sharper = larger target)")
+    y = alt.Y("metric:N", title=None, sort=list(dict.fromkeys(table["metric"])))
+    tooltip = ["block", "metric", "target", "statistic", alt.Tooltip("value:Q", format=".3f"), "interval",
+               "n_points", "n_seeds", alt.Tooltip("psi_axes:N", title="psi per axis")]
+    shape = alt.Shape("statistic:N", title=None, scale=alt.Scale(domain=[TAU, PSI], range=["circle", "diamond"]),
+                      legend=alt.Legend(orient="bottom", labelLimit=400))
+    bars = alt.Chart().mark_rule(strokeWidth=2, color="#4c78a8").encode(x="ci_low:Q", x2="ci_high:Q", y=y)
+    fill = alt.Fill("statistic:N", scale=alt.Scale(domain=[TAU, PSI], range=["#4c78a8", "white"]), legend=None)
+    dots = alt.Chart().mark_point(size=70, color="#4c78a8").encode(x=x, y=y, shape=shape, fill=fill,
+                                                                   tooltip=tooltip)
+    zero = alt.Chart().mark_rule(color="#999", strokeDash=[4, 3]).encode(x=alt.datum(0))
+    n_metrics = long.group_by("block").agg(pl.col("metric").n_unique())["metric"].max()
+    panel = alt.layer(zero, bars, dots, data=long).properties(width=WIDTH * 0.75, height=18 * n_metrics)
+    header = alt.Header(labelAngle=0, labelAlign="left", labelLimit=200)
+    chart = panel.facet(row=alt.Row("block:N", title=None, header=header),
+                        column=alt.Column("target:N", title=None, sort=[metric_label(t) for t in
+                                                                        dict.fromkeys(table["target"])]))
+    rows = ok_rows(final_rows(df))
+    return chart.resolve_scale(y="independent").properties(
+        title=chart_title(rows, "Does sharpness predict generalisation and safety? Kendall tau and Psi at the "
+                                "final checkpoint, per block"))
+
+
+def _complexity_panel(rows: pl.DataFrame, label: str, column: str, measure: str, stats: dict) -> alt.Chart:
+    """One sharpness metric against one complexity measure, one point per final trial, coloured by block."""
+    group = pl.concat_str([pl.col("family"), pl.col("block")], separator=" / ", ignore_nulls=True)
+    data = rows.drop_nulls([column, measure]).select("trial_id", "seed", "regime", group=group, x=measure, y=column)
+    title = (f"tau {format_interval(stats['tau'], stats['ci_low'], stats['ci_high'])}, "
+             f"n={stats['n_points']} ({stats['n_seeds']} seeds)")
+    return alt.Chart(data).mark_point(filled=True, size=40, opacity=0.8).encode(
+        x=alt.X("x:Q", scale=scale_for(data["x"]), title=COMPLEXITY_LABELS.get(measure, measure)),
+        y=alt.Y("y:Q", scale=scale_for(data["y"]), title=label),
+        color=alt.Color("group:N", title="family / block"),
+        tooltip=["trial_id", "seed", "regime", alt.Tooltip("group:N", title="family / block"),
+                 alt.Tooltip("x:Q", title=measure, format=".4g"), alt.Tooltip("y:Q", title=label, format=".4g")],
+    ).properties(width=WIDTH * 0.8, height=HEIGHT * 0.8, title=alt.Title(title, fontSize=11, fontWeight="normal"))
+
+
+def complexity_chart(df: pl.DataFrame, table: pl.DataFrame | None = None, n_boot: int = N_BOOT
+                     ) -> alt.Chart | None:
+    """Every sharpness metric (one row of panels each) against each complexity measure present (one column
+    each: input-gradient norm, linear-region density, target complexity), pooled over every family, one point per
+    final status-ok trial, coloured by family / block, log axes where every value is positive; each panel's title
+    states the pooled Kendall tau with its bootstrap interval. ``table``: ``complexity_table(df)`` if computed.
+    None when no complexity measure (or no sharpness metric beside it) is present."""
+    table = complexity_table(df, n_boot=n_boot) if table is None else table
+    if table.is_empty():
+        return None
+    rows, metrics, _ = complexity_rows(df)
+    rows = rows.with_columns(pl.col(c).cast(pl.String) if c in rows.columns else pl.lit(None, pl.String).alias(c)
+                             for c in ("trial_id", "regime", "family", "block"))
+    lines = []
+    for label, column in metrics:
+        mine = table.filter(pl.col("column") == column)
+        panels = [_complexity_panel(rows, label, column, r["measure"], r) for r in mine.iter_rows(named=True)]
+        if panels:
+            lines.append(alt.hconcat(*panels))
+    chart = alt.vconcat(*lines) if len(lines) > 1 else lines[0]
+    return chart.properties(title=chart_title(
+        rows, "Sharpness against the complexity of the learned function, every family pooled (final checkpoints)"))

@@ -1,0 +1,240 @@
+"""Does sharpness predict generalisation, safety or the complexity of the learned function? Rank correlations at
+the final checkpoint, as the generalisation-measure literature measures them.
+
+Two statistics per (block, sharpness metric, target):
+
+- Kendall's tau-b over every trial of the block (``verdicts.kendall_bootstrap``), with a 95% percentile
+  interval from a bootstrap over whole seeds (the trials of one seed share their initial weights).
+- The granulated Kendall coefficient Psi of Jiang, Neyshabur, Mobahi, Krishnan & Bengio, "Fantastic
+  generalization measures and where to find them" (ICLR 2020, arXiv:1912.02178, subsection "Granulated Kendall's
+  coefficient"): with hyperparameter axes Theta_1..Theta_n,
+  psi_i = (1/m_i) sum over the values of every axis but i of tau({(mu(theta), g(theta)) : theta_i in Theta_i}),
+  m_i = |Theta_1 x .. x Theta_{i-1} x Theta_{i+1} x .. x Theta_n|, and Psi = (1/n) sum_i psi_i. Tau inside a
+  group thus sees trials that differ in axis i only, so a measure cannot score by tracking one hyperparameter
+  that happens to move the gap. As the paper, seeds are not an axis; unlike it, each group also holds the seed
+  fixed (replicates are not pooled into one group). Departures, all forced by grids that are not full
+  factorials: psi_i averages the groups that exist (not m_i), skipping groups with fewer than 2 values of axis i
+  and groups where tau is undefined (a constant metric or target); Psi averages the axes whose psi is defined.
+  Tau is tau-b (equal to the paper's pairwise-sign tau without ties, and the same tau as the pooled one).
+
+Axes of a block: its varying hyperparameters (``aggregate.varying_hyperparameters``), plus ``regime``, ``task``
+and ``model`` when the block has several. Along the regime axis the hyperparameters a regime sets
+(weight_decay, sam_rho, augment) move with it; along one of those, the regime is held fixed.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+
+from raystudy.analysis.aggregate import varying_hyperparameters
+from raystudy.analysis.labels import metric_label
+from raystudy.analysis.results import REGIME_HYPERPARAMETERS, final_rows, ok_rows, present
+from raystudy.analysis.verdicts import MIN_SEEDS, N_BOOT, _sharpness_metrics, _with_rho_columns, kendall_bootstrap
+
+TARGETS = ("gen_gap", "test_acc", "ece", "corruption_acc", "disagreement")
+COMPLEXITY = ("input_grad_norm", "linear_region_density", "target_complexity")
+COMPLEXITY_LABELS = {"input_grad_norm": "input-gradient norm (mean ||J||_F)",
+                     "linear_region_density": "linear-region density (changes per unit length)",
+                     "target_complexity": "target complexity (mean ||grad f||^2)"}
+MIN_POINTS = 3  # fewer points: tau is left undefined
+AXIS_SCHEMA = pl.Struct({"axis": pl.String, "psi": pl.Float64, "n_groups": pl.Int64, "n_skipped": pl.Int64})
+TABLE_SCHEMA = {"block": pl.String, "metric": pl.String, "column": pl.String, "target": pl.String,
+                "n_points": pl.Int64, "n_seeds": pl.Int64, "tau": pl.Float64, "ci_low": pl.Float64,
+                "ci_high": pl.Float64, "psi": pl.Float64, "psi_axes": pl.List(AXIS_SCHEMA)}
+COMPLEXITY_SCHEMA = {"metric": pl.String, "column": pl.String, "measure": pl.String, "n_points": pl.Int64,
+                     "n_seeds": pl.Int64, "n_blocks": pl.Int64, "tau": pl.Float64, "ci_low": pl.Float64,
+                     "ci_high": pl.Float64}
+
+
+def _finite(v: float) -> float | None:
+    return float(v) if v is not None and math.isfinite(v) else None
+
+
+def tau_b(x: np.ndarray, y: np.ndarray) -> float:
+    """Kendall's tau-b of two 1-D arrays from all n(n-1)/2 pairs: (concordant - discordant) / sqrt((pairs - pairs
+    tied in x) (pairs - pairs tied in y)); NaN when x or y is constant. Same value as scipy.stats.kendalltau, at
+    O(n^2) memory without scipy's per-call overhead (~0.2 ms): for the small groups of Psi, many per table."""
+    i, j = np.triu_indices(len(x), k=1)
+    sx, sy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
+    untied = float((sx != 0).sum()) * float((sy != 0).sum())
+    return float((sx * sy).sum() / np.sqrt(untied)) if untied > 0 else float("nan")
+
+
+def sharpness_columns(rows: pl.DataFrame) -> tuple[pl.DataFrame, list[tuple[str, str]]]:
+    """``rows`` with one column per sharpness metric, and its (label, column) pairs: SAM-sharpness once per radius
+    of ``sam_sharpness_by_rho`` (as the verdicts do), the scalar sharpness and Hessian metrics present, and
+    ``adaptive_sharpness`` (a list of {rho, kind, norm, value}) once per (kind, norm, rho) when present."""
+    rows = _with_rho_columns(rows)
+    metrics = _sharpness_metrics(rows)
+    if {"sam_sharpness_by_rho", "sam_sharpness_rho", "sam_sharpness"} <= set(rows.columns):
+        # Rows with the scalar only (an older writer) join the radius column their sam_sharpness_rho names.
+        alone = pl.col("sam_sharpness_by_rho").is_null()
+        for r in (float(c.removeprefix("_sam_")) for _, c in metrics if c.startswith("_sam_")):
+            near = (pl.col("sam_sharpness_rho") - r).abs() <= 1e-5 * r  # the column name keeps 6 digits of rho
+            rows = rows.with_columns(pl.when(alone & near).then("sam_sharpness").otherwise(f"_sam_{r:g}")
+                                     .alias(f"_sam_{r:g}"))
+    if "adaptive_sharpness" in present(rows, ("adaptive_sharpness",)):
+        keys = sorted({(e["kind"], e["norm"], e["rho"]) for lst in rows["adaptive_sharpness"].drop_nulls()
+                       for e in lst})
+        field = pl.element().struct.field
+        for kind, norm, rho in keys:
+            name = f"_adaptive_{kind}_{norm}_{rho:g}"
+            match = (field("kind") == kind) & (field("norm") == norm) & (field("rho") == rho)
+            rows = rows.with_columns(pl.col("adaptive_sharpness").list.eval(
+                pl.element().filter(match).struct.field("value")).list.first().alias(name))
+            metrics.append((f"adaptive {kind}-case sharpness ({norm}, rho={rho:g})", name))
+    return rows, metrics
+
+
+def psi_axes(rows: pl.DataFrame) -> list[str]:
+    """The hyperparameter axes of one block's rows: varying hyperparameters, then regime, task and model when
+    they take several values. Seed is never an axis."""
+    named = [c for c in ("regime", "task", "model") if c in rows.columns and rows[c].n_unique() > 1]
+    return varying_hyperparameters(rows) + named
+
+
+def _moving(axis: str, axes: list[str]) -> list[str]:
+    """Columns that change along ``axis``: the regime carries the hyperparameters it sets."""
+    if axis == "regime":
+        return ["regime", *(a for a in axes if a in REGIME_HYPERPARAMETERS)]
+    return [axis]
+
+
+def granulated_kendall(rows: pl.DataFrame, x: str, y: str, axes: list[str] | None = None
+                       ) -> tuple[float | None, pl.DataFrame]:
+    """(Psi, per-axis parts) of columns x (measure) and y (target) over ``rows`` (one block's final rows).
+
+    Per axis: ``psi`` (mean tau-b over its groups; null when no group has a defined tau), ``n_groups`` (groups
+    averaged) and ``n_skipped`` (groups left out: one value of the axis, or tau undefined). A group is every trial
+    sharing the seed and the value of every other axis. Axes along which no group has 2 values are left out
+    (they are set by another axis, e.g. weight_decay by the regime). Psi: mean of the defined psi, null when none.
+    ``axes`` defaults to ``psi_axes(rows)``. Rows with x or y null are dropped first. Cost: one ``tau_b`` per
+    group (groups ~ trials / values of the axis), a few ms per axis for a few hundred trials.
+    """
+    rows = rows.drop_nulls([x, y])
+    axes = psi_axes(rows) if axes is None else axes
+    parts = []
+    for axis in axes:
+        moving = _moving(axis, axes)
+        fixed = [a for a in axes if a not in moving] + ["seed"]
+        sized = rows.with_columns(_values=pl.struct(moving).n_unique().over(fixed))
+        single = sized.filter(pl.col("_values") < 2).select(fixed).n_unique()
+        both = [tau_b(g[x].to_numpy(), g[y].to_numpy())
+                for g in sized.filter(pl.col("_values") >= 2).partition_by(fixed)]
+        taus = [float(t) for t in both if np.isfinite(t)]
+        undefined = len(both) - len(taus)
+        if both:
+            parts.append({"axis": axis, "psi": float(np.mean(taus)) if taus else None, "n_groups": len(taus),
+                          "n_skipped": single + undefined})
+    table = pl.DataFrame(parts, schema=dict(AXIS_SCHEMA.to_schema()))
+    defined = table["psi"].drop_nulls()
+    return (float(defined.mean()) if defined.len() else None), table
+
+
+def _tau(rows: pl.DataFrame, x: str, y: str, n_boot: int, seed: int) -> dict:
+    """n_points, n_seeds, tau and its bootstrap interval (null with fewer than MIN_SEEDS seeds)."""
+    r = rows.drop_nulls([x, y])
+    n_seeds = r["seed"].n_unique()
+    tau = lo = hi = float("nan")
+    if r.height >= MIN_POINTS:
+        tau, lo, hi = kendall_bootstrap(r, x, y, n_boot=n_boot if n_seeds >= MIN_SEEDS else 0, seed=seed)
+    return {"n_points": r.height, "n_seeds": n_seeds, "tau": _finite(tau), "ci_low": _finite(lo),
+            "ci_high": _finite(hi)}
+
+
+def _blocks(df: pl.DataFrame) -> list[tuple[str, pl.DataFrame]]:
+    """Final status-ok rows, one frame per block (in order of appearance)."""
+    rows = ok_rows(final_rows(df))
+    if rows.is_empty():
+        return []
+    if "block" not in rows.columns:
+        return [("all", rows)]
+    return [(b, part) for (b,), part in rows.group_by("block", maintain_order=True)]
+
+
+def correlation_table(df: pl.DataFrame, n_boot: int = N_BOOT, seed: int = 0) -> pl.DataFrame:
+    """Long table, one row per block x sharpness metric x target present (TARGETS), at the final checkpoint
+    (status ok): n_points, n_seeds, tau with ci_low/ci_high (bootstrap over seeds; null below MIN_SEEDS seeds or
+    when tau is undefined), psi (Jiang's Psi) and psi_axes (list of {axis, psi, n_groups, n_skipped}).
+
+    ``metric`` is the readable label, ``column`` the column it came from. Sign: tau > 0 means the sharper trial
+    has the larger target (larger gap, higher accuracy, larger ECE). Cost: per row, ``n_boot`` scipy taus on the
+    block's points (about 0.1 ms each for a few hundred points) plus one per Psi group; empty table (the schema
+    above) when no block has a sharpness metric and a target.
+    """
+    out = []
+    for block, rows in _blocks(df):
+        rows, metrics = sharpness_columns(rows)
+        axes = psi_axes(rows)
+        for label, column in metrics:
+            for target in present(rows, TARGETS):
+                psi, parts = granulated_kendall(rows, column, target, axes)
+                out.append({"block": block, "metric": label, "column": column, "target": target,
+                            **_tau(rows, column, target, n_boot, seed), "psi": psi, "psi_axes": parts.to_dicts()})
+    return pl.DataFrame(out, schema=TABLE_SCHEMA)
+
+
+def format_interval(tau: float | None, lo: float | None, hi: float | None) -> str:
+    """'0.42 [0.10, 0.70]', '0.42' without an interval, '-' without tau."""
+    if tau is None:
+        return "-"
+    return f"{tau:.2f}" if lo is None or hi is None else f"{tau:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def format_correlation_table(table: pl.DataFrame, psi_target: str = "gen_gap") -> pl.DataFrame:
+    """``correlation_table`` for an HTML table: one row per block x metric; 'n' as points / seeds (a range when
+    targets differ); one 'tau: <target>' column per target ('0.42 [0.10, 0.70]'); 'Psi: <psi_target>' ('0.30
+    (2 axes)') and one 'psi: <axis>' column per axis ('+0.50 (6 groups)'); '-' where undefined or absent."""
+    if table.is_empty():
+        return pl.DataFrame()
+    rows, psi_columns = [], {}
+    for (block, metric), part in table.group_by("block", "metric", maintain_order=True):
+        lo_n, hi_n = part["n_points"].min(), part["n_points"].max()
+        row = {"block": block, "metric": metric,
+               "n": f"{lo_n if lo_n == hi_n else f'{lo_n}-{hi_n}'} / {part['n_seeds'].max()}"}
+        for r in part.iter_rows(named=True):
+            row[f"tau: {metric_label(r['target'])}"] = format_interval(r["tau"], r["ci_low"], r["ci_high"])
+            if r["target"] != psi_target:
+                continue
+            n_axes = sum(a["psi"] is not None for a in r["psi_axes"])
+            row["Psi"] = "-" if r["psi"] is None else f"{r['psi']:+.2f} ({n_axes} axis{'es' * (n_axes > 1)})"
+            for a in r["psi_axes"]:
+                psi_columns[f"psi: {a['axis']}"] = None
+                row[f"psi: {a['axis']}"] = ("-" if a["psi"] is None else
+                                            f"{a['psi']:+.2f} ({a['n_groups']} group{'s' * (a['n_groups'] > 1)})")
+        rows.append(row)
+    taus = [f"tau: {metric_label(t)}" for t in TARGETS]
+    out = pl.DataFrame(rows, infer_schema_length=None)
+    order = ["block", "metric", "n", *taus, "Psi", *psi_columns]
+    return out.select(c for c in order if c in out.columns).fill_null("-").rename(
+        {"Psi": f"Psi: {metric_label(psi_target)}"}, strict=False)
+
+
+def complexity_rows(df: pl.DataFrame) -> tuple[pl.DataFrame, list[tuple[str, str]], list[str]]:
+    """Final status-ok rows of every family with sharpness columns added, the (label, column) sharpness metrics
+    and the complexity measures present (COMPLEXITY)."""
+    rows = ok_rows(final_rows(df))
+    if rows.is_empty():
+        return rows, [], []
+    rows, metrics = sharpness_columns(rows)
+    return rows, metrics, present(rows, COMPLEXITY)
+
+
+def complexity_table(df: pl.DataFrame, n_boot: int = N_BOOT, seed: int = 0) -> pl.DataFrame:
+    """One row per sharpness metric x complexity measure present: Kendall tau-b pooled over every final
+    status-ok trial of every family that has both, with its bootstrap interval over seeds (null below MIN_SEEDS
+    seeds), n_points, n_seeds and n_blocks. Tau > 0: the sharper trial has the more complex function. Empty
+    table (schema above) when no complexity measure is present. Cost: ``n_boot`` scipy taus per row."""
+    rows, metrics, measures = complexity_rows(df)
+    out = []
+    for label, column in metrics:
+        for measure in measures:
+            both = rows.drop_nulls([column, measure])
+            if both.is_empty():
+                continue
+            n_blocks = both["block"].n_unique() if "block" in both.columns else 1
+            out.append({"metric": label, "column": column, "measure": measure, "n_blocks": n_blocks,
+                        **_tau(both, column, measure, n_boot, seed)})
+    return pl.DataFrame(out, schema=COMPLEXITY_SCHEMA)
