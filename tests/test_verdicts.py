@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 from scipy import stats as sps
 
-from raystudy.analysis.verdicts import (kendall_bootstrap, verdict_circles, verdict_functions, verdict_images,
+from raystudy.analysis.verdicts import (kendall_bootstrap, resampled_taus, verdict_circles, verdict_functions, verdict_images,
                                         verdicts)
 
 COMPLEXITY = {"sphere": 1.0, "booth": 3.0, "camel": 5.0, "himmelblau": 20.0, "rosenbrock": 80.0}
@@ -100,3 +100,16 @@ def test_verdicts_lists_only_families_present():
     assert [v.family for v in verdicts(pl.concat([_fn_rows(range(3)), _img_rows(3)], how="diagonal_relaxed"))] \
         == ["A", "C"]
     assert verdicts(pl.DataFrame()) == []
+
+
+def test_bootstrap_taus_equal_scipy_on_each_resample():
+    """Each resample's tau from the per-seed-pair tables is scipy's tau-b of the resampled rows, ties included."""
+    rng = np.random.default_rng(1)
+    rows = pl.DataFrame({"seed": np.repeat([3, 5, 8, 9], 6), "x": rng.integers(0, 4, 24).astype(float),
+                         "y": rng.normal(size=24).round(1)})
+    draws = ([3, 3, 5, 9], [8, 8, 8, 8], [3, 5, 8, 9], [9, 5, 5, 3])
+    counts = np.array([[d.count(s) for s in (3, 5, 8, 9)] for d in draws])
+    fast = resampled_taus(rows, "x", "y", counts)
+    for drawn, tau in zip(draws, fast):
+        resample = pl.concat([rows.filter(pl.col("seed") == s) for s in drawn])
+        assert tau == pytest.approx(sps.kendalltau(resample["x"], resample["y"]).statistic)

@@ -44,25 +44,34 @@ class Verdict:
 def kendall_bootstrap(rows: pl.DataFrame, x: str, y: str, n_boot: int = N_BOOT, seed: int = 0
                       ) -> tuple[float, float, float]:
     """Kendall's tau-b between columns x and y of ``rows``, and a 95% percentile interval from ``n_boot``
-    resamples of whole seeds (all rows of a drawn seed enter together). (nan, nan, nan) when tau is
-    undefined (fewer than 2 distinct values). Deterministic for a given ``seed``; numpy's own generator."""
+    resamples of whole seeds (all rows of a drawn seed enter together; see ``resampled_taus``). (nan, nan,
+    nan) when tau is undefined (fewer than 2 distinct values). Deterministic for a given ``seed``; numpy's
+    own generator. Cost: O(n^2) for n rows, then O(n_boot k^2) for k seeds."""
     tau = float(stats.kendalltau(rows[x].to_numpy(), rows[y].to_numpy()).statistic)
-    if not np.isfinite(tau):
-        return (float("nan"),) * 3
-    seeds = rows["seed"].unique().sort().to_list()
-    by_seed = {s: (rows.filter(pl.col("seed") == s)[x].to_numpy(), rows.filter(pl.col("seed") == s)[y].to_numpy())
-               for s in seeds}
-    rng = np.random.default_rng(seed)
-    taus = []
-    for _ in range(n_boot):
-        drawn = rng.choice(len(seeds), size=len(seeds))
-        xs = np.concatenate([by_seed[seeds[i]][0] for i in drawn])
-        ys = np.concatenate([by_seed[seeds[i]][1] for i in drawn])
-        taus.append(stats.kendalltau(xs, ys).statistic)
-    taus = np.asarray(taus, dtype=float)
+    if not np.isfinite(tau) or n_boot < 1:
+        return tau if np.isfinite(tau) else float("nan"), float("nan"), float("nan")
+    k = rows["seed"].n_unique()
+    drawn = np.random.default_rng(seed).integers(0, k, size=(n_boot, k))
+    taus = resampled_taus(rows, x, y, np.stack([np.bincount(d, minlength=k) for d in drawn]))
     taus = taus[np.isfinite(taus)]
     lo, hi = (np.percentile(taus, [2.5, 97.5]) if taus.size else (float("nan"),) * 2)
     return tau, float(lo), float(hi)
+
+
+def resampled_taus(rows: pl.DataFrame, x: str, y: str, counts: np.ndarray) -> np.ndarray:
+    """Tau-b of each resample of whole seeds: ``counts[b, s]`` copies of the rows of the s-th seed (seeds in
+    sorted order) in resample b. Exact: a resample's tau-b is sum(sgn dx sgn dy) / sqrt(#(dx != 0)
+    #(dy != 0)) over its pairs, and each pair joins rows of two drawn seeds, so three k x k tables of
+    per-seed-pair sums give it as w^T C w / sqrt(w^T X w w^T Y w) for counts w. NaN where undefined."""
+    xv, yv = rows[x].to_numpy().astype(float), rows[y].to_numpy().astype(float)
+    _, group = np.unique(rows["seed"].to_numpy(), return_inverse=True)
+    one_hot = np.eye(counts.shape[1])[group]  # (n, k)
+    sx, sy = np.sign(xv[:, None] - xv[None, :]), np.sign(yv[:, None] - yv[None, :])
+    w = np.asarray(counts, dtype=float)
+    c, nx, ny = (np.einsum("bs,st,bt->b", w, one_hot.T @ m @ one_hot, w)
+                 for m in (sx * sy, (sx != 0).astype(float), (sy != 0).astype(float)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return c / np.sqrt(nx * ny)
 
 
 def _tau_table(rows: pl.DataFrame, x: str, metrics: list[tuple[str, str]]) -> pl.DataFrame:
