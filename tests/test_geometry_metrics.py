@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from raystudy.geometry.fisher_rao import count_weight_layers, fisher_rao_norm
-from raystudy.geometry.flatness import relative_flatness
+from raystudy.geometry.flatness import relative_flatness, relative_flatness_result
 from raystudy.geometry.sharpness import sam_sharpness, sam_sharpness_sweep
 
 CE = nn.CrossEntropyLoss()
@@ -105,17 +105,22 @@ def test_fisher_rao_unequal_batches_equal_one_batch():
 # ---------------------------------------------------------------- relative flatness
 
 
-def _dense_kappa(model, loss_fn, x, y, normalise=True):
-    """kappa from the dense Hessian of the loss in the (normalised) classifier weight, block by block."""
+def _dense_kappa(model, loss_fn, x, y, normalise=True, exclude_constant=True):
+    """kappa from the dense Hessian of the loss in the (normalised) classifier weight, block by block.
+    Constant features (std <= 1e-9 rms; these float64 tests have exact ones) are part of the bias:
+    their columns enter the logits as a fixed offset, not the Hessian. exclude_constant=False is
+    the old convention (kept with sigma 1), to show the invariance tests can fail."""
     with torch.no_grad():
         feats = model[:-1](x)
-    sigma = feats.std(dim=0, correction=0) if normalise else torch.ones(feats.shape[1], dtype=x.dtype)
     head = model[-1]
-    w_norm = head.weight.detach() * sigma
-    bias = head.bias.detach()
+    std, rms = feats.std(dim=0, correction=0), feats.pow(2).mean(dim=0).sqrt()
+    keep = std > 1e-9 * rms if exclude_constant else torch.ones_like(std, dtype=torch.bool)
+    offset = (feats[:, ~keep] @ head.weight.detach()[:, ~keep].T + head.bias.detach())
+    sigma = torch.where(std[keep] > 0, std[keep], 1.0) if normalise else torch.ones(int(keep.sum()), dtype=x.dtype)
+    w_norm = head.weight.detach()[:, keep] * sigma
 
     def loss_of(w):
-        return loss_fn((feats / sigma) @ w.T + bias, y)
+        return loss_fn((feats[:, keep] / sigma) @ w.T + offset, y)
 
     hess = torch.autograd.functional.hessian(loss_of, w_norm)  # (C, m, C, m)
     n_classes = w_norm.shape[0]
@@ -191,6 +196,90 @@ def test_relative_flatness_unequal_batches_and_classifier_choice():
     assert relative_flatness(net, CE, [(x, y)], classifier=net.classifier) == one
     with pytest.raises(ValueError):  # a hidden layer's output is not the model output
         relative_flatness(net, CE, [(x, y)], classifier=net.body[0])
+
+
+def _circles_with_constant_units(seed=6):
+    """Two concentric circles (radii 1 and 0.5, 40 points) and a ReLU net 2-16-16-2 whose last
+    hidden layer has two dead units (0, 1: never active on the data) and one constant unit
+    (2: no input weights, bias 0.7), as training leaves them."""
+    g = torch.Generator().manual_seed(seed)
+    angle = 2 * math.pi * torch.rand(40, generator=g, dtype=torch.float64)
+    radius = torch.where(torch.arange(40) < 20, 1.0, 0.5).double()
+    x = torch.stack([radius * angle.cos(), radius * angle.sin()], dim=1)
+    y = (torch.arange(40) < 20).long()
+    model = _mlp(2, 16, 16, 2, seed=seed)
+    with torch.no_grad():
+        model[2].bias[:2] = -100.0
+        model[2].weight[2] = 0.0
+        model[2].bias[2] = 0.7
+    return model, x, y
+
+
+def test_relative_flatness_ignores_constant_features():
+    """Changing what only constant features feed (a dead unit's outgoing weights; a constant unit's,
+    with the classifier bias compensating) leaves the function and kappa unchanged."""
+    model, x, y = _circles_with_constant_units()
+    data = _split(x, y, [25, 15])
+    result = relative_flatness_result(model, CE, data)
+    assert result.n_features == 16 and result.n_constant >= 3
+    assert result.kappa == pytest.approx(_dense_kappa(model, CE, x, y), rel=1e-10)
+    g = torch.Generator().manual_seed(0)
+    dead, const = copy.deepcopy(model), copy.deepcopy(model)
+    with torch.no_grad():
+        dead[-1].weight[:, :2] = 5 * torch.randn(2, 2, generator=g, dtype=torch.float64)
+        delta = 3 * torch.randn(2, generator=g, dtype=torch.float64)
+        const[-1].weight[:, 2] += delta
+        const[-1].bias -= 0.7 * delta
+        for changed in (dead, const):
+            torch.testing.assert_close(changed(x), model(x), rtol=0, atol=1e-12)
+    for normalise in (True, False):
+        k0 = relative_flatness(model, CE, data, normalise_features=normalise)
+        for changed in (dead, const):
+            assert relative_flatness(changed, CE, data, normalise_features=normalise) == pytest.approx(k0, rel=1e-4)
+    # The test can fail: keeping the dead columns (the old convention) moves kappa.
+    old = lambda m: _dense_kappa(m, CE, x, y, exclude_constant=False)
+    assert abs(old(dead) - old(model)) > 0.1 * abs(old(model))
+
+
+@pytest.mark.parametrize("alpha", [3.7, 0.2])
+def test_relative_flatness_layer_rescaling_with_dead_units(alpha):
+    """Last hidden layer (weight and bias) x alpha, classifier weight / alpha: same ReLU function,
+    same kappa, with or without feature normalisation, dead units included."""
+    model, x, y = _circles_with_constant_units(seed=7)
+    scaled = copy.deepcopy(model)
+    with torch.no_grad():
+        scaled[2].weight.mul_(alpha)
+        scaled[2].bias.mul_(alpha)
+        scaled[-1].weight.div_(alpha)
+        torch.testing.assert_close(scaled(x), model(x))
+    data = _split(x, y, [40])
+    for normalise in (True, False):
+        k0 = relative_flatness(model, CE, data, normalise_features=normalise)
+        assert relative_flatness(scaled, CE, data, normalise_features=normalise) == pytest.approx(k0, rel=1e-4)
+    old = lambda m: _dense_kappa(m, CE, x, y, exclude_constant=False)
+    assert abs(old(scaled) - old(model)) > 0.1 * abs(old(model))
+
+
+def test_relative_flatness_float32_constant_with_rounding_jitter():
+    """A unit constant in exact arithmetic (100 (x1 + x2 - x3) + 2 with x3 = fl32(x1 + x2)) jitters
+    by ~3e-6 of its value in float32: it is constant too, else the normalised feature (~3e5) would
+    blow kappa up ~1e11-fold."""
+    g = torch.Generator().manual_seed(8)
+    x12 = torch.randn(30, 2, generator=g)
+    x = torch.cat([x12, x12.sum(dim=1, keepdim=True)], dim=1)
+    y = torch.randint(0, 3, (30,), generator=g)
+    model = _mlp(3, 6, 3, seed=8).float()
+    with torch.no_grad():
+        model[0].weight[0] = torch.tensor([100.0, 100.0, -100.0])
+        model[0].bias[0] = 2.0
+    exact = copy.deepcopy(model)
+    with torch.no_grad():
+        exact[0].weight[0] = 0.0  # the same unit, exactly constant
+        jitter = model[:-1](x)[:, 0]
+    assert 1e-7 < float(jitter.double().std()) / 2.0 < 1e-5
+    result = relative_flatness_result(model, CE, [(x, y)])
+    assert result.n_constant == relative_flatness_result(exact, CE, [(x, y)]).n_constant >= 1
+    assert result.kappa == pytest.approx(relative_flatness(exact, CE, [(x, y)]), rel=1e-4)
 
 
 # ---------------------------------------------------------------- SAM-sharpness
