@@ -402,3 +402,52 @@ def test_sam_sharpness_quadratic_closed_form_at_minimum():
     est = sam_sharpness(model, MSE, _split(x, y, [20, 30]), rho, n_draws=n_draws, seed=0)
     assert abs(est.mean - expected) < 4 * se
     assert est.stderr == pytest.approx(se, rel=0.1)
+
+
+def _large_loss_regression(n=200, seed=0):
+    """A float32 ReLU MLP nowhere near 1000 x Rosenbrock on [-3.5, 3.5]^2: MSE ~3e13, where a
+    perturbation at rho 5e-4 changes L by ~1e-7 of itself, below float32's resolution."""
+    from raystudy.tasks.functions import rosenbrock
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 2, generator=g) * 7 - 3.5
+    model = _mlp(2, 16, 16, 1, seed=seed).float()
+    return model, _split(x, 1e3 * rosenbrock(x), [120, 80])
+
+
+def test_sam_sharpness_float64_where_float32_cannot_resolve_the_difference():
+    model, batches = _large_loss_regression()
+    before = _state(model)
+    rho, n = 5e-4, 40
+    est = sam_sharpness(model, MSE, batches, rho, n_draws=n, seed=2, chunk_size=16)
+    _assert_unchanged(model, before)
+    assert next(model.parameters()).dtype == torch.float32 and model.training
+    # Independent reference: plain loop on a float64 copy, same z sequence.
+    wide = copy.deepcopy(model).double()
+    values, base = _naive_sharpness(wide, MSE, [(x.double(), y.double()) for x, y in batches], rho, n, seed=2)
+    assert base >= 1e7
+    ref, se = values.mean(), values.std(ddof=1) / math.sqrt(n)
+    assert est.precision == "float64" and est.n_forward == 1 + n + 1 + 4
+    assert abs(est.mean - ref) <= 3 * se + 0.01 * ref
+    assert est.mean == pytest.approx(ref, rel=1e-6)  # in fact the same numbers
+    assert est.base_loss == pytest.approx(base, rel=1e-12)
+    # The test can fail: the plain float32 computation is off by far more.
+    narrow = sam_sharpness(model, MSE, batches, rho, n_draws=n, seed=2, precision="native")
+    assert narrow.precision == "float32" and abs(narrow.mean - ref) > 3 * se + 0.01 * ref
+    forced = sam_sharpness(model, MSE, batches, rho, n_draws=n, seed=2, precision="float64")
+    assert forced.mean == est.mean and forced.n_forward == 1 + n + 1
+
+
+def test_sam_sharpness_keeps_float32_where_it_is_accurate():
+    x, y = _classification(n=30)
+    model = _mlp(3, 8, 4, seed=3).float()
+    batches = _split(x.float(), y, [30])
+    rhos, n = [0.5, 1.0], 12
+    ests = sam_sharpness_sweep(model, CE, batches, rhos, n_draws=n, seed=4)
+    wide = copy.deepcopy(model).double()
+    for rho, est in zip(rhos, ests):
+        values, _ = _naive_sharpness(wide, CE, [(x, y)], rho, n, seed=4)
+        assert est.precision == "float32" and est.n_forward == 1 + n + 1 + 4
+        assert est.mean == pytest.approx(values.mean(), rel=1e-3)
+    with pytest.raises(ValueError, match="precision"):
+        sam_sharpness(model, CE, batches, 0.5, precision="bfloat16")

@@ -5,7 +5,8 @@ Every function takes ``(model, loss_fn, data, ...)`` with ``data`` an iterable o
 measured in eval mode (see :mod:`raystudy.geometry.data`).
 """
 from raystudy.geometry.fisher_rao import count_weight_layers, fisher_rao_norm
-from raystudy.geometry.flatness import default_classifier, relative_flatness
+from raystudy.geometry.flatness import (FlatnessResult, default_classifier, relative_flatness,
+                                        relative_flatness_result)
 from raystudy.geometry.density import DensityResult, hessian_density, slq_density
 from raystudy.geometry.hvp import HessianOperator
 from raystudy.geometry.lanczos import EigenResult, hessian_eigenvalues, lanczos_eigenvalues
@@ -14,6 +15,7 @@ from raystudy.geometry.sharpness import SharpnessEstimate, sam_sharpness, sam_sh
 
 __all__ = [
     "count_weight_layers", "default_classifier", "fisher_rao_norm", "relative_flatness",
+    "FlatnessResult", "relative_flatness_result",
     "SharpnessEstimate", "sam_sharpness", "sam_sharpness_sweep",
     "HessianOperator", "EigenResult", "hessian_eigenvalues", "lanczos_eigenvalues",
     "TraceResult", "hessian_trace", "trace_estimate", "DensityResult", "hessian_density", "slq_density",
