@@ -258,12 +258,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--images", type=int, default=None,
-                        help="ResNet batch size (default 16 with --quick, else 64; 512 on a GPU)")
+                        help="ResNet batch size (default 16 with --quick, else 64 on the CPU, 512 on cuda)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")  # PyHessian's backward(create_graph=True) warns every call
     dev = args.device
-    images = args.images or (16 if args.quick else 64)
+    images = args.images or (16 if args.quick else 512 if dev == "cuda" else 64)
     cases = [("mlp", *digits_case("mlp", dev)), ("cnn_bn", *digits_case("cnn", dev)),
              ("resnet", *resnet_case(images, dev))]
     print("Cost of one Hessian-vector product as a multiple of one gradient (min of repeats)")

@@ -134,7 +134,9 @@ def sam_sharpness_sweep(
     float64 model: native) evaluates the first PILOT_DRAWS draws at the smallest rho both ways and
     keeps the native dtype only if every native |dL| is within PILOT_RTOL of the float64 one
     (relative to their mean), else computes everything in float64 (and if the float64 copy cannot
-    run, e.g. a loss with float32 buffers, stays native). ``precision`` in the result says which.
+    run, e.g. a loss with float32 buffers, stays native). ``precision`` in the result says which;
+    one precision serves the whole sweep (judged at its smallest rho), so a lone larger rho may
+    be computed in float32 where the sweep used float64 (the values agree to PILOT_RTOL).
 
     Cost: ``1 + len(rhos) * n_draws`` forward passes over ``data`` in the chosen dtype, no
     gradients, plus for "auto" 1 + PILOT_DRAWS passes in the other; float64 runs at the speed of
