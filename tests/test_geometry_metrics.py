@@ -116,7 +116,8 @@ def _dense_kappa(model, loss_fn, x, y, normalise=True, exclude_constant=True):
     std, rms = feats.std(dim=0, correction=0), feats.pow(2).mean(dim=0).sqrt()
     keep = std > 1e-9 * rms if exclude_constant else torch.ones_like(std, dtype=torch.bool)
     offset = (feats[:, ~keep] @ head.weight.detach()[:, ~keep].T + head.bias.detach())
-    sigma = torch.where(std[keep] > 0, std[keep], 1.0) if normalise else torch.ones(int(keep.sum()), dtype=x.dtype)
+    sigma = torch.where(std[keep] > 0, std[keep], 1.0)  # old convention: sigma 1 for constants
+    sigma = sigma if normalise else torch.ones_like(sigma)
     w_norm = head.weight.detach()[:, keep] * sigma
 
     def loss_of(w):
@@ -235,7 +236,8 @@ def test_relative_flatness_ignores_constant_features():
     for normalise in (True, False):
         k0 = relative_flatness(model, CE, data, normalise_features=normalise)
         for changed in (dead, const):
-            assert relative_flatness(changed, CE, data, normalise_features=normalise) == pytest.approx(k0, rel=1e-4)
+            kappa = relative_flatness(changed, CE, data, normalise_features=normalise)
+            assert kappa == pytest.approx(k0, rel=1e-4)
     # The test can fail: keeping the dead columns (the old convention) moves kappa.
     old = lambda m: _dense_kappa(m, CE, x, y, exclude_constant=False)
     assert abs(old(dead) - old(model)) > 0.1 * abs(old(model))
@@ -255,7 +257,8 @@ def test_relative_flatness_layer_rescaling_with_dead_units(alpha):
     data = _split(x, y, [40])
     for normalise in (True, False):
         k0 = relative_flatness(model, CE, data, normalise_features=normalise)
-        assert relative_flatness(scaled, CE, data, normalise_features=normalise) == pytest.approx(k0, rel=1e-4)
+        kappa = relative_flatness(scaled, CE, data, normalise_features=normalise)
+        assert kappa == pytest.approx(k0, rel=1e-4)
     old = lambda m: _dense_kappa(m, CE, x, y, exclude_constant=False)
     assert abs(old(scaled) - old(model)) > 0.1 * abs(old(model))
 

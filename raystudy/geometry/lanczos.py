@@ -62,8 +62,9 @@ def orthogonalise(W: Tensor, V: Tensor) -> Tensor:
 def _next_block(W: Tensor, V: Tensor, n_out: int, floor: float, gen: torch.Generator
                 ) -> tuple[Tensor, Tensor]:
     """Orthonormal rows Q (n_out, dim) spanning W's rows (already orthogonal to V) and R (float64,
-    CPU) with W ~= R.T @ Q. Directions below ``floor`` are an invariant subspace found: they are replaced by
-    random vectors with zero coupling, so the iteration continues in the rest of the space."""
+    CPU) with W ~= R.T @ Q. Directions below ``floor`` are an invariant subspace found: they are
+    replaced by random vectors with zero coupling, so the iteration continues in the rest of the
+    space."""
     Q, S, Zh = tall_svd(W)  # rank-revealing, unlike a bare unpivoted QR; no tall SVD (cuSOLVER)
     r = min(int((S > floor).sum()), n_out)
     Q, R = Q[:r].contiguous(), S[:r, None] * Zh[:r]

@@ -214,4 +214,5 @@ def sam_sharpness(
 ) -> SharpnessEstimate:
     """SAM-sharpness at one radius ``rho``: see :func:`sam_sharpness_sweep` (same draws, same cost
     with one rho: ``1 + n_draws`` forward passes over ``data``, plus an "auto" pilot)."""
-    return sam_sharpness_sweep(model, loss_fn, data, [rho], n_draws, seed, chunk_size, vectorise, precision)[0]
+    return sam_sharpness_sweep(model, loss_fn, data, [rho], n_draws, seed, chunk_size, vectorise,
+                               precision)[0]
