@@ -82,6 +82,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("relative_flatness", F, "sharpness",
            "relative flatness kappa of the classifier layer (features normalised, dead features excluded), "
            "full-set value"),
+    Column("relative_flatness_n_constant", I, "sharpness",
+           "features constant over the measured data (dead units) left out of relative flatness"),
     Column("sam_sharpness", F, "sharpness", "mean |L(w+delta) - L(w)| / rho over random draws, at sam_sharpness_rho"),
     Column("sam_sharpness_std", F, "sharpness", "std over draws of the SAM-sharpness values at sam_sharpness_rho"),
     Column("sam_sharpness_rho", F, "sharpness", "the radius behind sam_sharpness (the first of sharpness.rhos)"),
@@ -95,6 +97,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("hessian_lambda_min", F, "hessian", "smallest (most negative) Hessian eigenvalue (Lanczos)"),
     Column("hessian_trace", F, "hessian", "Hessian trace (Hutchinson / adaptive Hutch++)"),
     Column("hessian_trace_se", F, "hessian", "standard error of hessian_trace"),
+    Column("hessian_trace_sketch_rank", I, "hessian",
+           "directions the trace captured exactly before sampling the rest (0 = plain Hutchinson)"),
     Column("hessian_topk", pl.List(F), "hessian", "top-k eigenvalues, largest first"),
     Column("hessian_density_grid", pl.List(F), "hessian", "eigenvalue grid of the SLQ spectral density"),
     Column("hessian_density", pl.List(F), "hessian", "SLQ spectral density on hessian_density_grid"),

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from raystudy.geometry.fisher_rao import count_weight_layers, fisher_rao_norm
-from raystudy.geometry.flatness import relative_flatness
+from raystudy.geometry.flatness import relative_flatness, relative_flatness_result
 from raystudy.geometry.sharpness import sam_sharpness, sam_sharpness_sweep
 
 CE = nn.CrossEntropyLoss()
@@ -105,17 +105,23 @@ def test_fisher_rao_unequal_batches_equal_one_batch():
 # ---------------------------------------------------------------- relative flatness
 
 
-def _dense_kappa(model, loss_fn, x, y, normalise=True):
-    """kappa from the dense Hessian of the loss in the (normalised) classifier weight, block by block."""
+def _dense_kappa(model, loss_fn, x, y, normalise=True, exclude_constant=True):
+    """kappa from the dense Hessian of the loss in the (normalised) classifier weight, block by block.
+    Constant features (std <= 1e-9 rms; these float64 tests have exact ones) are part of the bias:
+    their columns enter the logits as a fixed offset, not the Hessian. exclude_constant=False is
+    the old convention (kept with sigma 1), to show the invariance tests can fail."""
     with torch.no_grad():
         feats = model[:-1](x)
-    sigma = feats.std(dim=0, correction=0) if normalise else torch.ones(feats.shape[1], dtype=x.dtype)
     head = model[-1]
-    w_norm = head.weight.detach() * sigma
-    bias = head.bias.detach()
+    std, rms = feats.std(dim=0, correction=0), feats.pow(2).mean(dim=0).sqrt()
+    keep = std > 1e-9 * rms if exclude_constant else torch.ones_like(std, dtype=torch.bool)
+    offset = (feats[:, ~keep] @ head.weight.detach()[:, ~keep].T + head.bias.detach())
+    sigma = torch.where(std[keep] > 0, std[keep], 1.0)  # old convention: sigma 1 for constants
+    sigma = sigma if normalise else torch.ones_like(sigma)
+    w_norm = head.weight.detach()[:, keep] * sigma
 
     def loss_of(w):
-        return loss_fn((feats / sigma) @ w.T + bias, y)
+        return loss_fn((feats[:, keep] / sigma) @ w.T + offset, y)
 
     hess = torch.autograd.functional.hessian(loss_of, w_norm)  # (C, m, C, m)
     n_classes = w_norm.shape[0]
@@ -191,6 +197,92 @@ def test_relative_flatness_unequal_batches_and_classifier_choice():
     assert relative_flatness(net, CE, [(x, y)], classifier=net.classifier) == one
     with pytest.raises(ValueError):  # a hidden layer's output is not the model output
         relative_flatness(net, CE, [(x, y)], classifier=net.body[0])
+
+
+def _circles_with_constant_units(seed=6):
+    """Two concentric circles (radii 1 and 0.5, 40 points) and a ReLU net 2-16-16-2 whose last
+    hidden layer has two dead units (0, 1: never active on the data) and one constant unit
+    (2: no input weights, bias 0.7), as training leaves them."""
+    g = torch.Generator().manual_seed(seed)
+    angle = 2 * math.pi * torch.rand(40, generator=g, dtype=torch.float64)
+    radius = torch.where(torch.arange(40) < 20, 1.0, 0.5).double()
+    x = torch.stack([radius * angle.cos(), radius * angle.sin()], dim=1)
+    y = (torch.arange(40) < 20).long()
+    model = _mlp(2, 16, 16, 2, seed=seed)
+    with torch.no_grad():
+        model[2].bias[:2] = -100.0
+        model[2].weight[2] = 0.0
+        model[2].bias[2] = 0.7
+    return model, x, y
+
+
+def test_relative_flatness_ignores_constant_features():
+    """Changing what only constant features feed (a dead unit's outgoing weights; a constant unit's,
+    with the classifier bias compensating) leaves the function and kappa unchanged."""
+    model, x, y = _circles_with_constant_units()
+    data = _split(x, y, [25, 15])
+    result = relative_flatness_result(model, CE, data)
+    assert result.n_features == 16 and result.n_constant >= 3
+    assert result.kappa == pytest.approx(_dense_kappa(model, CE, x, y), rel=1e-10)
+    g = torch.Generator().manual_seed(0)
+    dead, const = copy.deepcopy(model), copy.deepcopy(model)
+    with torch.no_grad():
+        dead[-1].weight[:, :2] = 5 * torch.randn(2, 2, generator=g, dtype=torch.float64)
+        delta = 3 * torch.randn(2, generator=g, dtype=torch.float64)
+        const[-1].weight[:, 2] += delta
+        const[-1].bias -= 0.7 * delta
+        for changed in (dead, const):
+            torch.testing.assert_close(changed(x), model(x), rtol=0, atol=1e-12)
+    for normalise in (True, False):
+        k0 = relative_flatness(model, CE, data, normalise_features=normalise)
+        for changed in (dead, const):
+            kappa = relative_flatness(changed, CE, data, normalise_features=normalise)
+            assert kappa == pytest.approx(k0, rel=1e-4)
+    # The test can fail: keeping the dead columns (the old convention) moves kappa.
+    old = lambda m: _dense_kappa(m, CE, x, y, exclude_constant=False)
+    assert abs(old(dead) - old(model)) > 0.1 * abs(old(model))
+
+
+@pytest.mark.parametrize("alpha", [3.7, 0.2])
+def test_relative_flatness_layer_rescaling_with_dead_units(alpha):
+    """Last hidden layer (weight and bias) x alpha, classifier weight / alpha: same ReLU function,
+    same kappa, with or without feature normalisation, dead units included."""
+    model, x, y = _circles_with_constant_units(seed=7)
+    scaled = copy.deepcopy(model)
+    with torch.no_grad():
+        scaled[2].weight.mul_(alpha)
+        scaled[2].bias.mul_(alpha)
+        scaled[-1].weight.div_(alpha)
+        torch.testing.assert_close(scaled(x), model(x))
+    data = _split(x, y, [40])
+    for normalise in (True, False):
+        k0 = relative_flatness(model, CE, data, normalise_features=normalise)
+        kappa = relative_flatness(scaled, CE, data, normalise_features=normalise)
+        assert kappa == pytest.approx(k0, rel=1e-4)
+    old = lambda m: _dense_kappa(m, CE, x, y, exclude_constant=False)
+    assert abs(old(scaled) - old(model)) > 0.1 * abs(old(model))
+
+
+def test_relative_flatness_float32_constant_with_rounding_jitter():
+    """A unit constant in exact arithmetic (100 (x1 + x2 - x3) + 2 with x3 = fl32(x1 + x2)) jitters
+    by ~3e-6 of its value in float32: it is constant too, else the normalised feature (~3e5) would
+    blow kappa up ~1e11-fold."""
+    g = torch.Generator().manual_seed(8)
+    x12 = torch.randn(30, 2, generator=g)
+    x = torch.cat([x12, x12.sum(dim=1, keepdim=True)], dim=1)
+    y = torch.randint(0, 3, (30,), generator=g)
+    model = _mlp(3, 6, 3, seed=8).float()
+    with torch.no_grad():
+        model[0].weight[0] = torch.tensor([100.0, 100.0, -100.0])
+        model[0].bias[0] = 2.0
+    exact = copy.deepcopy(model)
+    with torch.no_grad():
+        exact[0].weight[0] = 0.0  # the same unit, exactly constant
+        jitter = model[:-1](x)[:, 0]
+    assert 1e-7 < float(jitter.double().std()) / 2.0 < 1e-5
+    result = relative_flatness_result(model, CE, [(x, y)])
+    assert result.n_constant == relative_flatness_result(exact, CE, [(x, y)]).n_constant >= 1
+    assert result.kappa == pytest.approx(relative_flatness(exact, CE, [(x, y)]), rel=1e-4)
 
 
 # ---------------------------------------------------------------- SAM-sharpness
@@ -313,3 +405,52 @@ def test_sam_sharpness_quadratic_closed_form_at_minimum():
     est = sam_sharpness(model, MSE, _split(x, y, [20, 30]), rho, n_draws=n_draws, seed=0)
     assert abs(est.mean - expected) < 4 * se
     assert est.stderr == pytest.approx(se, rel=0.1)
+
+
+def _large_loss_regression(n=200, seed=0):
+    """A float32 ReLU MLP nowhere near 1000 x Rosenbrock on [-3.5, 3.5]^2: MSE ~3e13, where a
+    perturbation at rho 5e-4 changes L by ~1e-7 of itself, below float32's resolution."""
+    from raystudy.tasks.functions import rosenbrock
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 2, generator=g) * 7 - 3.5
+    model = _mlp(2, 16, 16, 1, seed=seed).float()
+    return model, _split(x, 1e3 * rosenbrock(x), [120, 80])
+
+
+def test_sam_sharpness_float64_where_float32_cannot_resolve_the_difference():
+    model, batches = _large_loss_regression()
+    before = _state(model)
+    rho, n = 5e-4, 40
+    est = sam_sharpness(model, MSE, batches, rho, n_draws=n, seed=2, chunk_size=16)
+    _assert_unchanged(model, before)
+    assert next(model.parameters()).dtype == torch.float32 and model.training
+    # Independent reference: plain loop on a float64 copy, same z sequence.
+    wide = copy.deepcopy(model).double()
+    values, base = _naive_sharpness(wide, MSE, [(x.double(), y.double()) for x, y in batches], rho, n, seed=2)
+    assert base >= 1e7
+    ref, se = values.mean(), values.std(ddof=1) / math.sqrt(n)
+    assert est.precision == "float64" and est.n_forward == 1 + n + 1 + 4
+    assert abs(est.mean - ref) <= 3 * se + 0.01 * ref
+    assert est.mean == pytest.approx(ref, rel=1e-6)  # in fact the same numbers
+    assert est.base_loss == pytest.approx(base, rel=1e-12)
+    # The test can fail: the plain float32 computation is off by far more.
+    narrow = sam_sharpness(model, MSE, batches, rho, n_draws=n, seed=2, precision="native")
+    assert narrow.precision == "float32" and abs(narrow.mean - ref) > 3 * se + 0.01 * ref
+    forced = sam_sharpness(model, MSE, batches, rho, n_draws=n, seed=2, precision="float64")
+    assert forced.mean == est.mean and forced.n_forward == 1 + n + 1
+
+
+def test_sam_sharpness_keeps_float32_where_it_is_accurate():
+    x, y = _classification(n=30)
+    model = _mlp(3, 8, 4, seed=3).float()
+    batches = _split(x.float(), y, [30])
+    rhos, n = [0.5, 1.0], 12
+    ests = sam_sharpness_sweep(model, CE, batches, rhos, n_draws=n, seed=4)
+    wide = copy.deepcopy(model).double()
+    for rho, est in zip(rhos, ests):
+        values, _ = _naive_sharpness(wide, CE, [(x, y)], rho, n, seed=4)
+        assert est.precision == "float32" and est.n_forward == 1 + n + 1 + 4
+        assert est.mean == pytest.approx(values.mean(), rel=1e-3)
+    with pytest.raises(ValueError, match="precision"):
+        sam_sharpness(model, CE, batches, 0.5, precision="bfloat16")

@@ -170,3 +170,32 @@ def test_bad_input(mlp):
         hessian_eigenvalues(m, f, data, backend="finite-differences")
     with pytest.raises(ValueError, match="no parameter named"):
         hessian_eigenvalues(m, f, data, params=["nope"])
+
+
+def test_no_tall_svd_or_eigensolver(monkeypatch):
+    """cuSOLVER's SVD of a tall (dim x block) matrix fails for network-sized dim: every SVD and
+    eigensolver call of every estimator must get a small matrix (QR of tall matrices is fine), also
+    on the rank-deficient block paths (a low-rank Hessian with a repeated eigenvalue)."""
+    from raystudy.geometry.density import slq_density
+    from raystudy.geometry.trace import trace_estimate
+    from test_hessian_cases import low_rank_case
+
+    case = low_rank_case(1500, [5.0, 5.0, 3.0, 1.0, -2.0, -2.0])  # its dense eigvalsh: not recorded
+    shapes = []
+    for name in ("svd", "svdvals", "eigh", "eigvalsh", "eig", "eigvals"):
+        def recorder(A, *args, _f=getattr(torch.linalg, name), **kwargs):
+            shapes.append(tuple(A.shape))
+            return _f(A, *args, **kwargs)
+        monkeypatch.setattr(torch.linalg, name, recorder)
+    op = HessianOperator(case.model, case.loss_fn, case.batches)
+    top = lanczos_eigenvalues(op, k=3, block_size=4, tol=1e-10)
+    ends = lanczos_eigenvalues(op, k=2, which="both", block_size=3, tol=1e-10, max_basis=12)
+    assert torch.allclose(top.eigenvalues, torch.tensor([3.0, 5.0, 5.0], dtype=torch.float64),
+                          atol=1e-9) and top.converged.all()
+    assert torch.allclose(ends.eigenvalues, torch.tensor([-2.0, -2.0, 5.0, 5.0], dtype=torch.float64),
+                          atol=1e-9) and ends.converged.all()
+    tr = trace_estimate(op, n_hvp=30)  # the sketch of a rank-6 H spans its range: exact
+    assert math.isclose(tr.estimate, 10.0, abs_tol=1e-9) and tr.sketch_rank == 6
+    assert math.isclose(trace_estimate(op, n_hvp=30, sketch=8).estimate, 10.0, abs_tol=1e-9)
+    slq_density(op, n_runs=2, n_steps=10)
+    assert shapes and max(max(s[-2:]) for s in shapes) <= 1000, shapes

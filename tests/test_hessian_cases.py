@@ -111,6 +111,22 @@ def quadratic_case() -> Case:
     return Case(Quadratic(A), lambda out, y: out.mean(), batches, A, SPECTRUM.sort().values)
 
 
+def matrix_case(A: Tensor) -> Case:
+    """The Quadratic model of a given symmetric A (float64), one batch (one backward per Hv):
+    H = A exactly."""
+    batches = [(torch.zeros(1, 1, dtype=A.dtype), torch.zeros(1))]
+    return Case(Quadratic(A), lambda out, y: out.mean(), batches, A, torch.linalg.eigvalsh(A))
+
+
+def low_rank_case(dim: int, spectrum: list[float], seed: int = 4) -> Case:
+    """A = U diag(spectrum) Uᵀ with U (dim x len(spectrum)) orthonormal: rank len(spectrum), the
+    rest of the spectrum 0. Krylov blocks of it turn rank-deficient after a few steps."""
+    g = torch.Generator().manual_seed(seed)
+    U = torch.linalg.qr(torch.randn(dim, len(spectrum), generator=g, dtype=torch.float64)).Q
+    A = U @ torch.diag(torch.tensor(spectrum, dtype=torch.float64)) @ U.T
+    return matrix_case((A + A.T) / 2)
+
+
 def snapshot(model: nn.Module) -> dict:
     """Everything an estimator must leave as it found it."""
     return {"state": {k: v.clone() for k, v in model.state_dict().items()},

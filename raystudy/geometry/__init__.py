@@ -6,7 +6,8 @@ measured in eval mode (see :mod:`raystudy.geometry.data`).
 """
 from raystudy.geometry.adaptive import AdaptiveSharpness, adaptive_sharpness
 from raystudy.geometry.fisher_rao import count_weight_layers, fisher_rao_norm
-from raystudy.geometry.flatness import default_classifier, relative_flatness
+from raystudy.geometry.flatness import (FlatnessResult, default_classifier, relative_flatness,
+                                        relative_flatness_result)
 from raystudy.geometry.density import DensityResult, hessian_density, slq_density
 from raystudy.geometry.hvp import HessianOperator
 from raystudy.geometry.lanczos import EigenResult, hessian_eigenvalues, lanczos_eigenvalues
@@ -15,6 +16,7 @@ from raystudy.geometry.sharpness import SharpnessEstimate, sam_sharpness, sam_sh
 
 __all__ = [
     "count_weight_layers", "default_classifier", "fisher_rao_norm", "relative_flatness",
+    "FlatnessResult", "relative_flatness_result",
     "SharpnessEstimate", "sam_sharpness", "sam_sharpness_sweep", "AdaptiveSharpness", "adaptive_sharpness",
     "HessianOperator", "EigenResult", "hessian_eigenvalues", "lanczos_eigenvalues",
     "TraceResult", "hessian_trace", "trace_estimate", "DensityResult", "hessian_density", "slq_density",

@@ -1,6 +1,7 @@
 """Relative flatness of the classifier layer (Petzka et al. 2021), exact and scalable."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterable
 
 import torch
@@ -10,6 +11,30 @@ from raystudy.geometry.data import Batch, LossFn, as_batches, eval_mode, n_sampl
 
 # Upper bound on the elements of one chunk of per-sample C x C logit Hessians (float64: 128 MiB).
 _HESSIAN_CHUNK_ELEMENTS = 2**24
+# A feature is constant over the data when its std is at most this many ulps (eps of the dtype the
+# model computed it in) of its root mean square, and at most 1e-3 of it (16-bit dtypes).
+CONSTANT_FEATURE_ULPS = 1024
+
+
+@dataclass(frozen=True)
+class FlatnessResult:
+    """kappa (loss units, see :func:`relative_flatness`); n_features: inputs of the classifier;
+    n_constant: those constant over the data (dead ReLU units among them), whose classifier
+    columns were excluded."""
+
+    kappa: float
+    n_features: int
+    n_constant: int
+
+
+def constant_features(feats: Tensor) -> Tensor:
+    """(m,) bool: which columns of ``feats`` (N, m), as computed by the model, are constant over the
+    N samples: std <= tol x rms with tol = min(CONSTANT_FEATURE_ULPS x eps(feats.dtype), 1e-3).
+    A dead ReLU unit (exact zeros: std = rms = 0) is constant; so is a unit constant in exact
+    arithmetic whose float evaluation jitters by a few ulps (a real feature varies far more)."""
+    tol = min(CONSTANT_FEATURE_ULPS * torch.finfo(feats.dtype).eps, 1e-3)
+    f = feats.double()
+    return f.std(dim=0, correction=0) <= tol * f.pow(2).mean(dim=0).sqrt()
 
 
 def default_classifier(model: nn.Module) -> nn.Linear:
@@ -68,14 +93,33 @@ def relative_flatness(
     classifier: nn.Linear | None = None,
     normalise_features: bool = True,
 ) -> float:
-    """Relative flatness kappa of ``model``'s classifier layer on ``data`` (a float, loss units).
+    """Relative flatness kappa of ``model``'s classifier layer on ``data`` (a float, loss units):
+    ``relative_flatness_result(...).kappa``, see there."""
+    return relative_flatness_result(model, loss_fn, data, classifier, normalise_features).kappa
+
+
+def relative_flatness_result(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Iterable[Batch],
+    classifier: nn.Linear | None = None,
+    normalise_features: bool = True,
+) -> FlatnessResult:
+    """Relative flatness kappa of ``model``'s classifier layer on ``data``, with feature counts.
 
     ``kappa = sum_{i,j} <w_i, w_j> * Tr(H_{j,i})`` with ``w_i`` the rows of the classifier weight
-    ``W`` (C x m) and ``H_{j,i}`` the m x m Hessian block of the sample-weighted mean loss with
-    respect to rows j and i. ``classifier`` defaults to :func:`default_classifier`; its output must
-    be the model's output. With ``normalise_features`` (the protocol), each feature k is divided by
-    its population std ``sigma_k`` over ``data`` and ``W[:, k]`` multiplied by it, which leaves the
-    function unchanged and makes kappa invariant to neuron-wise rescaling of the layer below.
+    ``W`` (C x m) and ``H_{j,i}`` the m x m Hessian block of the sample-weighted mean loss over all
+    of ``data`` with respect to rows j and i: the full-set value (the authors' code sums it over
+    mini-batches, n_batches times this). ``classifier`` defaults to :func:`default_classifier`; its
+    output must be the model's output. With ``normalise_features`` (the protocol), each feature k is
+    divided by its population std ``sigma_k`` over ``data`` and ``W[:, k]`` multiplied by it, which
+    leaves the function unchanged and makes kappa invariant to neuron-wise rescaling of the layer
+    below. Features constant over ``data`` (:func:`constant_features`: dead ReLU units, or units
+    with no input dependence) contribute nothing: their columns of W are excluded, as the authors'
+    code zeroes them, their value being part of the bias. Otherwise a dead unit's outgoing weights,
+    which do not change the function, would change kappa, and a constant's float jitter (sigma
+    ~1e-7 of its value) would blow the normalised feature up; so kappa is invariant to every
+    function-preserving change of the classifier and of the layer below's scale. Both modes.
 
     Exact, no sampling: the loss sees W only through ``z_n = W f_n + b``, so
     ``Tr(H_{j,i}) = sum_n (1/N) * A_n[j,i] * ||f_n||^2`` with ``A_n`` the C x C Hessian of sample
@@ -89,11 +133,11 @@ def relative_flatness(
     with eval_mode(model):
         per_batch = _features_and_logits(model, head, batches)
 
-    feats = torch.cat([f for f, _, _ in per_batch]).double()
+    feats = torch.cat([f for f, _, _ in per_batch])
+    live = ~constant_features(feats)
+    feats = feats[:, live].double()
     if normalise_features:
-        sigma = feats.std(dim=0, correction=0)
-        # A feature with zero spread is constant over the data: nothing to normalise, keep sigma 1.
-        sigma = torch.where(sigma > 0, sigma, torch.ones_like(sigma))
+        sigma = feats.std(dim=0, correction=0)  # > 0 for every live feature
     else:
         sigma = torch.ones(feats.shape[1], dtype=torch.float64, device=feats.device)
     sq_norms = ((feats / sigma) ** 2).sum(dim=1)  # ||f_n / sigma||^2, one per sample
@@ -109,6 +153,6 @@ def relative_flatness(
             trace += torch.einsum("n,nij->ij", weights, hess)
             start += len(z_c)
 
-    w = head.weight.detach().double() * sigma.unsqueeze(0)  # normalised classifier W (C x m)
+    w = head.weight.detach()[:, live].double() * sigma.unsqueeze(0)  # normalised W (C x m_live)
     gram = w @ w.T  # gram[i, j] = <w_i, w_j>
-    return float((gram * trace.T).sum())
+    return FlatnessResult(float((gram * trace.T).sum()), len(live), int((~live).sum()))

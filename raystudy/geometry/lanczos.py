@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from raystudy.geometry.data import Batch, LossFn
 from raystudy.geometry.hvp import HessianOperator, as_operator
+from raystudy.geometry.tall import tall_svd
 
 WHICH = ("largest", "smallest", "both")
 BASIS_MEMORY_BYTES = 2**30  # default cap on the stored Krylov basis (ResNet-18 float32: ~23 vectors)
@@ -60,12 +61,13 @@ def orthogonalise(W: Tensor, V: Tensor) -> Tensor:
 
 def _next_block(W: Tensor, V: Tensor, n_out: int, floor: float, gen: torch.Generator
                 ) -> tuple[Tensor, Tensor]:
-    """Orthonormal rows Q (n_out, dim) spanning W's rows (already orthogonal to V) and R with
-    W ~= R.T @ Q. Directions below ``floor`` are an invariant subspace found: they are replaced by
-    random vectors with zero coupling, so the iteration continues in the rest of the space."""
-    U, S, Zh = torch.linalg.svd(W.T, full_matrices=False)  # rank-revealing, unlike unpivoted QR
+    """Orthonormal rows Q (n_out, dim) spanning W's rows (already orthogonal to V) and R (float64,
+    CPU) with W ~= R.T @ Q. Directions below ``floor`` are an invariant subspace found: they are
+    replaced by random vectors with zero coupling, so the iteration continues in the rest of the
+    space."""
+    Q, S, Zh = tall_svd(W)  # rank-revealing, unlike a bare unpivoted QR; no tall SVD (cuSOLVER)
     r = min(int((S > floor).sum()), n_out)
-    Q, R = U[:, :r].T.contiguous(), S[:r, None] * Zh[:r]
+    Q, R = Q[:r].contiguous(), S[:r, None] * Zh[:r]
     if r < n_out:
         fill = torch.randn(n_out - r, W.shape[1], generator=gen, dtype=W.dtype).to(W.device)
         for _ in range(2):

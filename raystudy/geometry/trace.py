@@ -7,6 +7,11 @@ tr(QᵀHQ) costs s more products. Only the rest, (I-QQᵀ)H(I-QQᵀ), is estimat
 that residual estimate is unbiased and tr(QᵀHQ) + its expectation is exactly tr(H) for every Q, so the
 total variance is the expected residual variance: the residual samples' std / sqrt(n) is an honest
 standard error of the whole Hutch++ estimate (no repetitions needed).
+
+Capturing costs products that Hutchinson would spend on probes, and where the spectrum has no dominant
+part (a network at initialisation) it removes almost nothing: there the classic split is 2-3x worse
+than Hutchinson. So by default each sketch round is first taken as plain probes and captured only when
+its own Gram matrix predicts a gain (``_sketch_pays``); otherwise they are Hutchinson's first samples.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from torch import Tensor, nn
 from raystudy.geometry.data import Batch, LossFn
 from raystudy.geometry.hvp import HessianOperator, as_operator
 from raystudy.geometry.lanczos import BASIS_MEMORY_BYTES, orthogonalise
+from raystudy.geometry.tall import gram, orthonormal_basis
 
 METHODS = ("hutch++", "hutchinson")
 MIN_PROBES = 10  # fewest Hutchinson samples before a standard error is trusted for stopping
@@ -32,7 +38,9 @@ class TraceResult:
     """estimate of tr(H) and its standard error (same units as the loss / parameter²).
 
     n_probes: Hutchinson samples (for hutch++ those of the residual); sketch_rank: columns of Q (0
-    for hutchinson); n_hvp: Hessian-vector products spent; wall_s: seconds.
+    for hutchinson, and for hutch++ when it judged plain probes better: then it *is* Hutchinson,
+    on the same probes as method="hutchinson" with the same seed); n_hvp: Hessian-vector products
+    spent; wall_s: seconds.
     """
 
     estimate: float
@@ -91,18 +99,83 @@ def _hutchinson(op: HessianOperator, budget: int, gen: torch.Generator, Q: Tenso
     return samples
 
 
-def _extend(op: HessianOperator, Q: Tensor | None, Y: Tensor) -> tuple[Tensor, float, float]:
-    """Q extended by orthonormal rows spanning the sketch Y = H S, tr(Q_newᵀ H Q_new) of the new
-    rows, and the smallest |Ritz value| among them (what the next round could still capture).
-    Costs len(Y) Hv (H Q_new, reduced block by block, never stored)."""
-    if Q is not None:
-        orthogonalise(Y, Q)
-    new = torch.linalg.qr(Y.T).Q.T
-    if Q is not None:
-        orthogonalise(new, Q)
-    G = torch.cat([new @ op.apply(blk).T for blk in new.split(op.max_block)], dim=1).double().cpu()
-    theta = torch.linalg.eigvalsh((G + G.T) / 2)
-    return (new if Q is None else torch.cat([Q, new])), float(G.trace()), float(theta.abs().min())
+def _loo_captured(G: Tensor, rtol: float) -> float:
+    """Mean over rows j of ||P_j y_j||², P_j the projector onto the span of the other rows, from
+    the Gram matrix G = Y Yᵀ (float64): for isotropic probes this is an unbiased estimate of
+    ||P H||_F², the Frobenius energy a sketch of len(G) - 1 probes captures."""
+    out = []
+    for j in range(len(G)):
+        rest = [i for i in range(len(G)) if i != j]
+        w, U = torch.linalg.eigh(G[rest][:, rest])
+        keep = w > rtol * max(float(w.max()), 0.0)
+        proj = float(((U[:, keep].T @ G[rest, j]) ** 2 / w[keep]).sum()) if keep.any() else 0.0
+        out.append(min(max(proj, 0.0), float(G[j, j])))
+    return sum(out) / len(out)
+
+
+def _sketch_pays(Y: Tensor, x: Tensor, rank: int, left: int, goal: Goal | None, offset: float,
+                 eps: float) -> bool:
+    """Whether capturing a round's sketch (``rank`` directions, ``rank`` more Hv) gives a smaller
+    error than keeping its probes as plain samples. Y = A Z, x = diag(Zᵀ A Z) for the round's c
+    Rademacher probes Z of the current residual operator A = PHP; ``left`` products remain.
+
+    Plain: per-probe variance v = min(sample var of x, 2 F), F = ||A||_F² ~ mean ||y||² (2F bounds
+    v: Rademacher variance is 2(||A||_F² - Σ A_ii²)). Sketch: residual per-probe variance at most
+    2(F - E), E the energy captured (leave-one-out estimate from the round's Gram matrix), and the
+    c probes are spent on the sketch. Without a goal: sketch iff 2(F - E) / (left - rank) <
+    v / (left + c). With a goal (stderr s): iff it reaches s in fewer products, rank + 2(F - E)/s²
+    against v/s² - c; if neither can within ``left``, as without a goal.
+    """
+    c = len(x)
+    if rank == 0 or c < 2 or left - rank < 2:
+        return False
+    G = gram(Y)
+    energy = float(G.diagonal().mean())
+    v_plain = min(float(x.var()), 2 * energy)
+    v_sketch = 2 * max(energy - _loo_captured(G, 100 * eps), 0.0)
+    if goal is not None:
+        s2 = max(goal(offset + float(x.mean())), 1e-300) ** 2
+        plain_more = max(MIN_PROBES, v_plain / s2) - c
+        sketch_more = rank + max(MIN_PROBES, v_sketch / s2)
+        if min(plain_more, sketch_more) <= left:
+            return sketch_more < plain_more
+    return v_sketch / (left - rank) < v_plain / (left + c)
+
+
+def _capture(op: HessianOperator, Q: Tensor | None, new: Tensor) -> tuple[Tensor, float]:
+    """Q extended by the orthonormal rows ``new`` and tr(new H newᵀ). Costs len(new) Hv (blocks
+    of H newᵀ are reduced to their trace at once, never stored)."""
+    tr = sum(float((blk * op.apply(blk)).sum()) for blk in new.split(op.max_block))
+    return (new if Q is None else torch.cat([Q, new])), tr
+
+
+def _adaptive_sketch(op: HessianOperator, n_hvp: int, gen: torch.Generator, goal: Goal | None,
+                     cap: int, spent: Callable[[], int]
+                     ) -> tuple[Tensor | None, float, Tensor | None]:
+    """Rounds of up to SKETCH_ROUND residual probes: each is judged by ``_sketch_pays`` and either
+    captured (its products H P Z are the sketch) or kept as the first plain samples, which ends the
+    sketch. Returns (Q or None, tr(QᵀHQ), the kept samples or None). Rounds are capped so a
+    capture leaves products for the residual, and Q by ``cap`` rows."""
+    Q, low_rank, eps = None, 0.0, torch.finfo(op.dtype).eps
+    while (c := min(SKETCH_ROUND, (n_hvp - spent()) // 3, cap - (0 if Q is None else len(Q)))) >= 2:
+        Z = rademacher(c, op.dim, gen, op)
+        if Q is not None:
+            Z -= (Z @ Q.T) @ Q
+        Y = op.apply(Z)
+        if not torch.isfinite(Y).all():
+            raise ValueError("a Hessian-vector product is not finite (NaN/inf in the Hessian)")
+        x = (Z * Y).sum(1).double().cpu()
+        floor = math.sqrt(eps) * float(Y.norm())  # below it: rounding noise, nothing to capture
+        if Q is not None:
+            orthogonalise(Y, Q)  # Y = P H P Z: the residual operator applied to the probes
+        new = orthonormal_basis(Y, floor)
+        if Q is not None:
+            orthogonalise(new, Q)
+        if not _sketch_pays(Y, x, len(new), n_hvp - spent(), goal, low_rank, eps):
+            return Q, low_rank, x
+        Q, extra = _capture(op, Q, new)
+        low_rank += extra
+    return Q, low_rank, None
 
 
 def trace_estimate(op: HessianOperator, n_hvp: int = 100, method: str = "hutch++",
@@ -115,13 +188,18 @@ def trace_estimate(op: HessianOperator, n_hvp: int = 100, method: str = "hutch++
     Targets: stop once stderr <= max(target_stderr x |estimate|, target_abs), judged from the 10th
     probe on with the 80% upper confidence bound of the variance (the reported stderr is the plain
     estimate); an absolute target keeps a trace near zero, as at initialisation, from using it all.
-    hutch++ sketch rank: ``sketch`` if given; else with no target the classic split (n_hvp // 3,
-    costing 2 x that); with a target it adapts. SKETCH_ROUND plain probes first estimate how many
-    plain probes the target needs; only if that exceeds 4 x SKETCH_ROUND does a sketch start (their
-    products H S are its first round). A direction of eigenvalue θ adds ~2θ² to a probe's variance
-    and costs 2 Hv to capture, so rounds of SKETCH_ROUND directions continue while the smallest
-    |Ritz value| of the last round exceeds the target standard error (or, when 2 x dim products
-    are fewer than the plain probes needed, until Q spans everything and the trace is exact).
+
+    hutch++ with ``sketch`` = s: the classic estimator, Q = orth(H S) for s probes (2s Hv), the rest
+    Hutchinson on the residual. Without ``sketch`` it adapts, so that it is never expected to do
+    worse than plain Hutchinson with the same products: rounds of up to SKETCH_ROUND Rademacher
+    probes of the residual operator (the first round: of H) give plain samples and, in their products,
+    a sketch. Capturing a direction of eigenvalue θ costs 2 Hv and removes ~2θ² from each probe's
+    variance, so a round is captured only if the leave-one-out energy its sketch captures predicts a
+    smaller error than keeping its probes (``_sketch_pays``: with budget N and k directions, iff the
+    removed share of the variance exceeds ~2k/N, or, with a target, iff fewer products reach it);
+    otherwise its probes become the first samples of the final Hutchinson run. A flat spectrum
+    (a network at initialisation) thus gets plain Hutchinson on the same probes, a few dominant
+    eigenvalues get captured. sketch_rank = 0 in the result: plain Hutchinson was run.
     Rank is capped by ``memory_bytes`` (Q is stored) and by dim.
     """
     start, n0 = time.perf_counter(), op.n_hvp
@@ -137,25 +215,12 @@ def trace_estimate(op: HessianOperator, n_hvp: int = 100, method: str = "hutch++
     spent = lambda: op.n_hvp - n0
     Q, low_rank, samples = None, 0.0, None
     cap = min(max(memory_bytes // (op.dim * op.dtype.itemsize), 1), op.dim, (n_hvp - 2) // 2)
-    if method == "hutch++" and (sketch is not None or goal is None):
-        s = min(sketch if sketch is not None else n_hvp // 3, cap)
-        if s > 0:
-            Q, low_rank, _ = _extend(op, None, op.apply(rademacher(s, op.dim, gen, op)))
+    if method == "hutch++" and sketch is not None:
+        if (s := min(sketch, cap)) > 0:  # any orthonormal Q keeps the estimate unbiased
+            Q = torch.linalg.qr(op.apply(rademacher(s, op.dim, gen, op)).T).Q.T
+            Q, low_rank = _capture(op, None, Q)
     elif method == "hutch++":
-        c = SKETCH_ROUND
-        S = rademacher(min(c, n_hvp), op.dim, gen, op)
-        Y = op.apply(S)
-        samples = (S * Y).sum(1).double().cpu()  # plain Hutchinson samples, and the first sketch
-        scale, need = goal(float(samples.mean())), _need(samples, goal, 0.0)
-        if need > 4 * c and c <= cap:
-            whole = 2 * op.dim <= need  # capturing all of H is cheaper than the probes: exact
-            theta_min, samples = math.inf, None
-            while (whole or theta_min > scale) and (room := cap - (0 if Q is None else len(Q))) \
-                    and spent() + 2 * min(c, room) <= n_hvp:
-                if Q is not None:
-                    Y = op.apply(rademacher(min(c, room), op.dim, gen, op))
-                Q, extra, theta_min = _extend(op, Q, Y)
-                low_rank += extra
+        Q, low_rank, samples = _adaptive_sketch(op, n_hvp, gen, goal, cap, spent)
     if Q is not None and len(Q) == op.dim:  # Q spans everything: the trace is exact
         samples = torch.zeros(0, dtype=torch.float64)
     else:

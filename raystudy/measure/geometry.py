@@ -6,7 +6,7 @@ from typing import Any, Callable
 from torch import nn
 
 from raystudy.geometry import (HessianOperator, fisher_rao_norm, hessian_density, hessian_eigenvalues,
-                               hessian_trace, relative_flatness, sam_sharpness_sweep)
+                               hessian_trace, relative_flatness_result, sam_sharpness_sweep)
 from raystudy.seeding import derive_seed
 from raystudy.spec import Trial
 from raystudy.tasks.base import Task
@@ -27,12 +27,13 @@ def geometry_columns(trial: Trial, task: Task, model: nn.Module, loss_fn, on: On
     if "fisher_rao" in trial.metrics:
         out["fisher_rao"] = fisher_rao_norm(model, data)
     if "relative_flatness" in trial.metrics:
-        out["relative_flatness"] = relative_flatness(model, loss_fn, data)
+        flat = relative_flatness_result(model, loss_fn, data)
+        out.update(relative_flatness=flat.kappa, relative_flatness_n_constant=flat.n_constant)
     if "sam_sharpness" in trial.metrics:
         cfg = trial.sharpness
         sweep = sam_sharpness_sweep(model, loss_fn, data, cfg["rhos"], n_draws=cfg["draws"], seed=seed)
         out.update(sam_sharpness=sweep[0].mean, sam_sharpness_std=sweep[0].std, sam_sharpness_rho=sweep[0].rho,
-                   sharpness_draws=cfg["draws"], sam_sharpness_precision=getattr(sweep[0], "precision", None),
+                   sharpness_draws=cfg["draws"], sam_sharpness_precision=sweep[0].precision,
                    sam_sharpness_by_rho=[{"rho": s.rho, "mean": s.mean, "std": s.std, "median": s.median,
                                           "min": s.min, "max": s.max} for s in sweep])
     if "hessian" in trial.metrics:
@@ -53,6 +54,6 @@ def hessian_columns(cfg: dict[str, Any], model: nn.Module, loss_fn, data, seed: 
     dens = hessian_density(op, n_runs=cfg["density_runs"], n_steps=cfg["density_steps"], seed=seed)
     return {"hessian_lambda_max": eig.lambda_max, "hessian_lambda_min": eig.lambda_min,
             "hessian_topk": eig.eigenvalues[-k:].flip(0).tolist(),
-            "hessian_trace": tr.estimate, "hessian_trace_se": tr.stderr,
+            "hessian_trace": tr.estimate, "hessian_trace_se": tr.stderr, "hessian_trace_sketch_rank": tr.sketch_rank,
             "hessian_density_grid": dens.grid.tolist(), "hessian_density": dens.density.tolist(),
             "hessian_n_hvp": eig.n_hvp + tr.n_hvp + dens.n_hvp}
