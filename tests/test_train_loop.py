@@ -95,6 +95,7 @@ def test_measure_row_is_honest(tmp_path, trials):
     assert row["weight_decay"] == 5e-4 and row["sam_rho"] is None
     assert [r["rho"] for r in row["sam_sharpness_by_rho"]] == [0.01, 0.1]
     assert row["hessian_lambda_max"] is None  # not asked for: null, never 0
+    assert row["sam_sharpness_precision"] in ("float32", "float64") and row["precision"] == "fp32"
     write_row(store, row)
     frow = measure_checkpoint(store, list_checkpoints(store, fn.trial_id)[0].path)
     assert frow["epoch"] == 0 and frow["train_acc"] is None and frow["ece"] is None and frow["fisher_rao"] is None
