@@ -15,6 +15,8 @@ import polars as pl
 F, I, S, B = pl.Float64, pl.Int64, pl.String, pl.Boolean
 RHO_STATS = pl.Struct({"rho": F, "mean": F, "std": F, "median": F, "min": F, "max": F})
 CORRUPTION_ACC = pl.Struct({"corruption": S, "severity": I, "acc": F, "n": I})
+ADAPTIVE = pl.Struct({"kind": S, "norm": S, "rho": F, "adaptive": B, "m": I, "value": F, "std": F,
+                      "n_forward": I, "n_backward": I})
 
 GROUPS = ("identity", "hyperparameter", "performance", "safety", "sharpness", "hessian", "complexity",
           "provenance")
@@ -92,6 +94,12 @@ COLUMNS: tuple[Column, ...] = (
     Column("sam_sharpness_precision", S, "sharpness",
            "float32 | float64: precision the perturbed and unperturbed losses were evaluated in"),
     Column("sharpness_draws", I, "sharpness", "random perturbations per radius"),
+    Column("adaptive_sharpness", F, "sharpness",
+           "adaptive sharpness at adaptive_sharpness_setting (the first of adaptive_sharpness_by), loss units"),
+    Column("adaptive_sharpness_setting", S, "sharpness", "the kind, norm and rho behind adaptive_sharpness"),
+    Column("adaptive_sharpness_by", pl.List(ADAPTIVE), "sharpness",
+           "adaptive worst-/average-case sharpness (Andriushchenko et al. 2023), L(w+delta) - L(w) in loss units, "
+           "per kind x norm x rho: value, its spread over m-batches (worst) or draws (average), passes spent"),
     # Hessian
     Column("hessian_lambda_max", F, "hessian", "largest Hessian eigenvalue (Lanczos)"),
     Column("hessian_lambda_min", F, "hessian", "smallest (most negative) Hessian eigenvalue (Lanczos)"),
@@ -106,6 +114,13 @@ COLUMNS: tuple[Column, ...] = (
     Column("hessian_n", I, "hessian", "samples the Hessian was taken over"),
     # complexity of the learned function / the target
     Column("target_complexity", F, "complexity", "functions: mean ||grad f||^2 of the target over the domain"),
+    Column("input_grad_norm", F, "complexity",
+           "mean over measured inputs of the Frobenius norm of the model's input Jacobian (outputs per input unit)"),
+    Column("input_grad_norm_se", F, "complexity", "standard error of input_grad_norm over the inputs"),
+    Column("linear_region_density", F, "complexity",
+           "ReLU networks: activation-pattern changes per input unit along random lines through measured points"),
+    Column("linear_region_density_se", F, "complexity", "standard error of linear_region_density over lines"),
+    Column("linear_region_length", F, "complexity", "length of each line segment, in input units"),
     Column("target_variance", F, "complexity",
            "functions: variance of the training targets; train_loss / target_variance is the relative fit error"),
     # provenance: how the row was obtained
@@ -140,5 +155,5 @@ def columns(group: str) -> tuple[str, ...]:
 # The metrics the paired tests compare (PROTOCOL.md, "Statistics as reported"), by statistical family.
 PERFORMANCE = ("gen_gap", "test_acc")
 SAFETY = ("ece", "corruption_acc", "disagreement")
-SHARPNESS = ("fisher_rao", "relative_flatness", "sam_sharpness")
+SHARPNESS = ("fisher_rao", "relative_flatness", "sam_sharpness", "adaptive_sharpness")
 HESSIAN = ("hessian_lambda_max", "hessian_trace")

@@ -29,7 +29,7 @@ REGULARISERS = ("aug", "wd", "sam")  # canonical order inside a regime name: "au
 AXES = ("task", "model", "regime", "seed", "lr", "momentum", "batch_size", "weight_decay", "sam_rho",
         "factor", "label_noise")
 CLASSIFICATION_METRICS = ("ece", "fisher_rao", "relative_flatness", "corruption", "consistency")
-METRICS = ("sam_sharpness", "hessian", *CLASSIFICATION_METRICS)
+METRICS = ("sam_sharpness", "hessian", "adaptive_sharpness", "complexity", *CLASSIFICATION_METRICS)
 
 
 class StudyError(Exception):
@@ -81,6 +81,37 @@ class Hessian(_Strict):
     density_runs: int = Field(2, ge=1)
     density_steps: int = Field(30, ge=2)
     max_samples: int | None = Field(None, ge=1)
+
+
+class Adaptive(_Strict):
+    """The ``adaptive_sharpness`` metric (Andriushchenko et al. 2023): every combination of ``rho`` x
+    ``norm`` x ``kind`` is measured; ``adaptive`` scales perturbations by |w| (invariant to layer
+    rescaling); ``m`` is the m-sharpness batch (worst case only; None = all measured data at once)."""
+    rho: list[float] = Field(default_factory=lambda: [0.0005], min_length=1)
+    norm: list[Literal["l2", "linf"]] = Field(default_factory=lambda: ["l2"], min_length=1)
+    kind: list[Literal["worst", "average"]] = Field(default_factory=lambda: ["worst", "average"], min_length=1)
+    adaptive: bool = True
+    m: int | None = Field(None, ge=1)
+    n_iter: int = Field(20, ge=1)
+    n_restarts: int = Field(1, ge=1)
+    n_draws: int = Field(100, ge=1)
+
+    @field_validator("rho")
+    @classmethod
+    def _positive(cls, v: list[float]) -> list[float]:
+        if any(r <= 0 for r in v):
+            raise ValueError("every rho must be > 0")
+        return v
+
+
+class Complexity(_Strict):
+    """The ``complexity`` metric: the mean input-gradient norm of the learned function and, for ReLU
+    networks, the density of linear regions along ``lines`` random lines through measured points, each
+    sampled at ``points`` points over ``length`` input units (None: the RMS distance of the measured
+    inputs from their mean, so the segment spans the data whatever its scale)."""
+    lines: int = Field(50, ge=1)
+    points: int = Field(513, ge=2)
+    length: float | None = Field(None, gt=0)
 
 
 class Corruption(_Strict):
@@ -136,6 +167,8 @@ class Block(_Strict):
     sharpness: Sharpness = Field(default_factory=Sharpness)
     hessian: Hessian = Field(default_factory=Hessian)
     corruption: Corruption = Field(default_factory=Corruption)
+    adaptive: Adaptive = Field(default_factory=Adaptive)
+    complexity: Complexity = Field(default_factory=Complexity)
     measure: Measure = Field(default_factory=Measure)
     resources: Resources = Field(default_factory=Resources)
 
@@ -178,6 +211,9 @@ class Block(_Strict):
         ckpts = self.checkpoints if self.checkpoints is not None else [self.epochs]
         if any(c < 0 or c > self.epochs for c in ckpts) or sorted(set(ckpts)) != list(ckpts) or not ckpts:
             raise _field_error("checkpoints", f"must be a non-empty increasing list of epochs in [0, {self.epochs}]")
+        if self.adaptive.m is not None and "average" in self.adaptive.kind:
+            raise _field_error(("adaptive", "m"), "m-sharpness is defined for the worst case only; "
+                               "measure kind: [worst] with m, or drop m")
         if self.family == "functions":
             bad = [m for m in self.metrics if m in CLASSIFICATION_METRICS]
             if bad:
@@ -270,6 +306,8 @@ class Trial:
     sharpness: dict = field(default_factory=dict)
     hessian: dict = field(default_factory=dict)
     corruption: dict = field(default_factory=dict)
+    adaptive: dict = field(default_factory=dict)
+    complexity: dict = field(default_factory=dict)
     measure: dict = field(default_factory=dict)
     resources: dict = field(default_factory=dict)
     precision: str = "fp32"
@@ -394,7 +432,8 @@ def _expand_block(study: str, block: Block) -> list[Trial]:
             shuffle_seed=block.shuffle_seed if block.shuffle_seed is not None else point["seed"],
             model_args=dict(block.model_args), metrics=tuple(block.metrics),
             sharpness=block.sharpness.model_dump(), hessian=block.hessian.model_dump(),
-            corruption=block.corruption.model_dump(),
+            corruption=block.corruption.model_dump(), adaptive=block.adaptive.model_dump(),
+            complexity=block.complexity.model_dump(),
             measure=block.measure.model_dump(), resources=block.resources.model_dump(),
             precision=block.precision, compile=block.compile,
         )
@@ -420,8 +459,8 @@ def _with_id(trial: Trial, varying: dict[str, Any]) -> Trial:
     """Readable prefix + hash of everything that shapes training (not resources or metrics), so an
     edited setting never resumes from a stale checkpoint while an unchanged file gives the same ids."""
     shaping = {k: v for k, v in trial.to_dict().items()
-               if k not in ("metrics", "sharpness", "hessian", "corruption", "measure", "resources", "trial_id",
-                            "data_root")
+               if k not in ("metrics", "sharpness", "hessian", "corruption", "adaptive", "complexity", "measure",
+                            "resources", "trial_id", "data_root")
                and not (k in _HASHED_WHEN_SET and v == _HASHED_WHEN_SET[k])}
     digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:6]
     extra = "".join(f"-{_ID_TAGS[k]}{v:g}" if isinstance(v, float) else f"-{_ID_TAGS[k]}{v}"

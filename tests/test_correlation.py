@@ -100,7 +100,7 @@ def test_sam_radii_adaptive_sharpness_and_targets_present():
     adaptive = [dict(rho=0.1, kind="worst", norm="l2", value=2.0), dict(rho=0.1, kind="average", norm="linf",
                                                                        value=3.0)]
     records = [dict(seed=s, lr=lr, sam_sharpness=1.0, sam_sharpness_rho=0.005, sam_sharpness_by_rho=by_rho,
-                    adaptive_sharpness=adaptive, gen_gap=float(s), ece=0.1) for s in range(3) for lr in (0.1, 1.0)]
+                    adaptive_sharpness_by=adaptive, gen_gap=float(s), ece=0.1) for s in range(3) for lr in (0.1, 1.0)]
     old = dict(seed=3, lr=0.1, sam_sharpness=7.0, sam_sharpness_rho=0.005, gen_gap=1.0)  # scalar only
     rows, metrics = sharpness_columns(_rows(records + [old]))
     assert metrics == [("SAM-sharpness rho=0.005", "_sam_0.005"), ("SAM-sharpness rho=0.05", "_sam_0.05"),

@@ -115,3 +115,36 @@ def test_corrupt_checkpoint_names_the_file(tmp_path, trials):
         f.truncate(100)
     with pytest.raises(CheckpointError, match=rf"^{ref.path}: corrupt checkpoint"):
         measure_checkpoint(store, ref.path)
+
+
+def test_adaptive_sharpness_and_complexity_columns(tmp_path, write_study):
+    trial = expand(load_study(write_study("""
+        name: more
+        storage: {tmp}/runs
+        blocks:
+          - name: c
+            family: circles
+            task: circles
+            factor: 0.5
+            model: mlp
+            model_args: {hidden: [8]}
+            lr: 0.1
+            batch_size: 10
+            epochs: 2
+            metrics: [adaptive_sharpness, complexity]
+            adaptive: {rho: [0.01, 0.1], norm: [l2, linf], kind: [worst, average], n_iter: 5, n_draws: 10}
+            complexity: {lines: 5, points: 65}
+        """)))[0]
+    store = Store(str(tmp_path / "s"))
+    train_trial(trial, store)
+    row = measure_checkpoint(store, list_checkpoints(store, trial.trial_id)[-1].path)
+    entries = row["adaptive_sharpness_by"]
+    assert len(entries) == 2 * 2 * 2 and {(e["kind"], e["norm"], e["rho"]) for e in entries} == {
+        (k, n, r) for k in ("worst", "average") for n in ("l2", "linf") for r in (0.01, 0.1)}
+    worst = {(e["norm"], e["rho"]): e["value"] for e in entries if e["kind"] == "worst"}
+    assert all(v >= 0 for v in worst.values()) and worst[("l2", 0.1)] >= worst[("l2", 0.01)]
+    assert row["input_grad_norm"] > 0 and row["linear_region_density"] >= 0 and row["linear_region_length"] > 0
+    write_row(store, row)  # the struct list round-trips through the schema
+    df = pl.read_parquet(f"{store.root}/results/**/*.parquet")
+    assert df["adaptive_sharpness_by"].list.len().to_list() == [8]
+    assert row["adaptive_sharpness"] == entries[0]["value"] and row["adaptive_sharpness_setting"].startswith("worst")

@@ -65,7 +65,8 @@ def tau_b(x: np.ndarray, y: np.ndarray) -> float:
 def sharpness_columns(rows: pl.DataFrame) -> tuple[pl.DataFrame, list[tuple[str, str]]]:
     """``rows`` with one column per sharpness metric, and its (label, column) pairs: SAM-sharpness once per radius
     of ``sam_sharpness_by_rho`` (as the verdicts do), the scalar sharpness and Hessian metrics present, and
-    ``adaptive_sharpness`` (a list of {rho, kind, norm, value}) once per (kind, norm, rho) when present."""
+    ``adaptive_sharpness_by`` (a list of {rho, kind, norm, value}) once per (kind, norm, rho) when present
+    (in place of its scalar ``adaptive_sharpness``, the first of them)."""
     rows = _with_rho_columns(rows)
     metrics = _sharpness_metrics(rows)
     if {"sam_sharpness_by_rho", "sam_sharpness_rho", "sam_sharpness"} <= set(rows.columns):
@@ -75,14 +76,15 @@ def sharpness_columns(rows: pl.DataFrame) -> tuple[pl.DataFrame, list[tuple[str,
             near = (pl.col("sam_sharpness_rho") - r).abs() <= 1e-5 * r  # the column name keeps 6 digits of rho
             rows = rows.with_columns(pl.when(alone & near).then("sam_sharpness").otherwise(f"_sam_{r:g}")
                                      .alias(f"_sam_{r:g}"))
-    if "adaptive_sharpness" in present(rows, ("adaptive_sharpness",)):
-        keys = sorted({(e["kind"], e["norm"], e["rho"]) for lst in rows["adaptive_sharpness"].drop_nulls()
+    if "adaptive_sharpness_by" in present(rows, ("adaptive_sharpness_by",)):
+        metrics = [(label, c) for label, c in metrics if c != "adaptive_sharpness"]
+        keys = sorted({(e["kind"], e["norm"], e["rho"]) for lst in rows["adaptive_sharpness_by"].drop_nulls()
                        for e in lst})
         field = pl.element().struct.field
         for kind, norm, rho in keys:
             name = f"_adaptive_{kind}_{norm}_{rho:g}"
             match = (field("kind") == kind) & (field("norm") == norm) & (field("rho") == rho)
-            rows = rows.with_columns(pl.col("adaptive_sharpness").list.eval(
+            rows = rows.with_columns(pl.col("adaptive_sharpness_by").list.eval(
                 pl.element().filter(match).struct.field("value")).list.first().alias(name))
             metrics.append((f"adaptive {kind}-case sharpness ({norm}, rho={rho:g})", name))
     return rows, metrics

@@ -1,12 +1,15 @@
 """The sharpness and curvature columns of a row: which estimators run, on which data, with which seed."""
 from __future__ import annotations
 
+import itertools
 from typing import Any, Callable
 
+import torch
 from torch import nn
 
-from raystudy.geometry import (HessianOperator, fisher_rao_norm, hessian_density, hessian_eigenvalues,
+from raystudy.geometry import (HessianOperator, adaptive_sharpness, fisher_rao_norm, hessian_density, hessian_eigenvalues,
                                hessian_trace, relative_flatness_result, sam_sharpness_sweep)
+from raystudy.safety import input_gradient_norm, linear_region_density
 from raystudy.seeding import derive_seed
 from raystudy.spec import Trial
 from raystudy.tasks.base import Task
@@ -36,9 +39,48 @@ def geometry_columns(trial: Trial, task: Task, model: nn.Module, loss_fn, on: On
                    sharpness_draws=cfg["draws"], sam_sharpness_precision=sweep[0].precision,
                    sam_sharpness_by_rho=[{"rho": s.rho, "mean": s.mean, "std": s.std, "median": s.median,
                                           "min": s.min, "max": s.max} for s in sweep])
+    if "adaptive_sharpness" in trial.metrics:
+        by = adaptive_columns(trial.adaptive, model, loss_fn, data, seed)
+        first = by[0]
+        out.update(adaptive_sharpness=first["value"], adaptive_sharpness_by=by,
+                   adaptive_sharpness_setting=f"{first['kind']} {first['norm']} rho={first['rho']:g}"
+                   + (" adaptive" if first["adaptive"] else "") + (f" m={first['m']}" if first["m"] else ""))
+    if "complexity" in trial.metrics:
+        out.update(complexity_columns(trial.complexity, model, data, seed))
     if "hessian" in trial.metrics:
         m = min(n, trial.hessian["max_samples"] or n)
         out.update(hessian_columns(trial.hessian, model, loss_fn, on(x[:m], y[:m]), seed), hessian_n=m)
+    return out
+
+
+def adaptive_columns(cfg: dict[str, Any], model: nn.Module, loss_fn, data, seed: int) -> list[dict[str, Any]]:
+    """Adaptive sharpness at every kind x norm x rho of the block's ``adaptive`` settings, one struct each.
+    Cost per worst-case entry: n_restarts x n_iter forward and backward passes over the data; per
+    average-case entry: 1 + n_draws forward passes."""
+    out = []
+    for kind, norm, rho in itertools.product(cfg["kind"], cfg["norm"], cfg["rho"]):
+        r = adaptive_sharpness(model, loss_fn, data, rho, kind=kind, norm=norm, adaptive=cfg["adaptive"],
+                               m=cfg["m"] if kind == "worst" else None, n_iter=cfg["n_iter"],
+                               n_restarts=cfg["n_restarts"], n_draws=cfg["n_draws"], seed=seed)
+        out.append({"kind": kind, "norm": norm, "rho": rho, "adaptive": cfg["adaptive"], "m": r.m, "value": r.mean,
+                    "std": r.std, "n_forward": r.n_forward, "n_backward": r.n_backward})
+    return out
+
+
+def complexity_columns(cfg: dict[str, Any], model: nn.Module, data, seed: int) -> dict[str, Any]:
+    """How complex the learned function is around the measured data: the mean input-gradient norm (C
+    backward passes per batch) and, for ReLU networks, the linear-region density along ``lines`` random
+    lines of ``points`` samples (lines x points forward samples); null for networks without ReLU."""
+    grad = input_gradient_norm(model, data)
+    out: dict[str, Any] = {"input_grad_norm": grad.mean, "input_grad_norm_se": grad.stderr}
+    x = torch.cat([a for a, _ in data]).flatten(1).double()
+    length = cfg["length"] or float((x - x.mean(0)).pow(2).sum(1).mean().sqrt()) or 1.0
+    if not any(isinstance(m, nn.ReLU) for m in model.modules()):  # e.g. the ViT (GELU): no linear regions
+        return out
+    regions = linear_region_density(model, data, n_lines=cfg["lines"], n_points=cfg["points"], length=length,
+                                    seed=seed)
+    out.update(linear_region_density=regions.mean, linear_region_density_se=regions.stderr,
+               linear_region_length=length)
     return out
 
 
