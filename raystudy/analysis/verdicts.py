@@ -20,7 +20,7 @@ import polars as pl
 from scipy import stats
 
 from raystudy.analysis.labels import metric_label
-from raystudy.analysis.results import final_rows, ok_rows, present
+from raystudy.analysis.results import REGIME_HYPERPARAMETERS, final_rows, ok_rows, present
 from raystudy.analysis.stats import compare_to_base
 from raystudy.schema import HESSIAN, SAFETY, SHARPNESS
 
@@ -219,14 +219,18 @@ def verdict_images(df: pl.DataFrame) -> Verdict | None:
     table = ahead.join(behind.select(*keys, p_adj_reverse="p_adj"), on=keys, nulls_equal=True).select(
         "regime", *(k for k in keys if k not in ("regime", "metric")), "metric", "group", "n_pairs", "mean_diff",
         "p_adj", "p_adj_reverse")
-    regimes, readings = [], []
+    by_reason: dict[str, list[str]] = {}
+    readings = []
     config = [k for k in keys if k != "metric"]
+    # weight_decay, sam_rho and augment follow from the regime: name them only when they vary within one
+    # (a SAM-radius sweep), so "sam" reads "sam", not "sam, weight_decay=0.0, sam_rho=0.05, augment=False".
+    varies = [k for k in config if k in REGIME_HYPERPARAMETERS
+              and table.group_by("regime").agg(pl.col(k).n_unique()).get_column(k).max() > 1]
     for values, mine in table.group_by(config, maintain_order=True):
         named = dict(zip(config, values))
-        regime = " / ".join(str(named[k]) for k in config if k not in ("regime",) and named[k] is not None
-                            and k in ("block", "task", "model")) + f": {named['regime']}" + "".join(
+        regime = named["block"] + ": " + named["regime"] + "".join(
             f", {k}={named[k]}" for k in config if k not in ("block", "task", "model", "regime")
-            and named[k] is not None)
+            and (k not in REGIME_HYPERPARAMETERS or k in varies) and named[k] is not None)
         parts = []
         for group, word in (("sharpness", "sharper"), ("safety", "safer")):
             g = mine.filter(pl.col("group") == group)
@@ -252,14 +256,15 @@ def verdict_images(df: pl.DataFrame) -> Verdict | None:
         reading = ("supported" if signs == [True, True] else
                    "contradicted" if False in signs and True not in signs else "inconclusive")
         readings.append(reading)
-        regimes.append(f"{regime} vs base: {reading} - " + "; ".join(f"{w} {t}" for w, t, _ in parts))
+        by_reason.setdefault(f"{reading}: " + "; ".join(f"{w} {t}" for w, t, _ in parts), []).append(regime)
     if set(readings) == {"supported"}:
         outcome = "supported"
     elif set(readings) == {"contradicted"}:
         outcome = "contradicted"
     else:
         outcome = "inconclusive"
-    return Verdict("C", claim, outcome, " | ".join(regimes), table)
+    why = " | ".join(f"{', '.join(names)} vs base - {reason}" for reason, names in by_reason.items())
+    return Verdict("C", claim, outcome, why, table)
 
 
 def verdicts(df: pl.DataFrame) -> list[Verdict]:
