@@ -47,10 +47,11 @@ def _long_metric(rows: pl.DataFrame, metric: str, index: list[str]) -> pl.DataFr
 
 
 def _facet_by_rho(chart: alt.Chart, long: pl.DataFrame) -> alt.Chart:
-    """Facet by SAM radius when there are several, each with its own y scale."""
+    """Facet by SAM radius when there are several, each with its own y scale, two panels a row (the page
+    is ~1100 px wide)."""
     if long["rho"].n_unique() > 1:
-        column = alt.Column("rho:O", title="perturbation radius rho")
-        return chart.facet(column=column).resolve_scale(y="independent")
+        facet = alt.Facet("rho:O", title="perturbation radius rho")
+        return chart.facet(facet=facet, columns=2).resolve_scale(y="independent")
     return chart
 
 
