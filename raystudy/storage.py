@@ -44,7 +44,8 @@ def _is_local(location: str) -> bool:
 
 
 class Store:
-    """Paths under one root, on the filesystem the root's URI names. No network access to build one.
+    """Paths under one root, on the filesystem the root's URI names. Building one touches no network,
+    except that pyarrow looks up an S3 bucket's region when none is configured (AWS_REGION, ?region=).
 
     ``Store("./runs/smoke")``, ``Store("s3://bucket/runs/smoke")``, ``Store("gs://bucket/runs/smoke")``.
     ``fs`` is the pyarrow filesystem and ``root`` the root's path on it; every path a method takes or
