@@ -27,16 +27,19 @@ from pyarrow import fs as pafs
 REMOTE_SCHEMES = ("s3", "gs", "gcs")  # what pyarrow.fs reaches without extra native libraries
 # Error words of an object store that mean "who you are may not do this" (AWS SDK and Google's client).
 _DENIED = ("ACCESS_DENIED", "INVALID_ACCESS_KEY", "SIGNATURE_DOES_NOT_MATCH", "HTTP status 403",
-           "PermissionDenied", "Unauthenticated", "credentials")
+           "PERMISSION_DENIED", "UNAUTHENTICATED", "access token", "credentials")
+CHECK_S = 20  # how long the storage check waits for an object store that does not answer, seconds
 
 
 class StorageError(ValueError):
     """A storage location that cannot be used; ``str(err)`` is one line: ``<location>: <problem>``."""
 
 
-def first_line(err: BaseException) -> str:
-    """The first non-empty line of an exception's message (pyarrow's can run to dozens of lines)."""
-    return next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+def first_line(err: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of an exception's message (pyarrow's can run to dozens of lines), at most
+    ``limit`` characters."""
+    line = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+    return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
 def _is_local(location: str) -> bool:
@@ -74,7 +77,7 @@ class Store:
             try:
                 self.fs, self.root = pafs.FileSystem.from_uri(self.uri)
             except (OSError, ArrowException) as err:  # e.g. a bucket's region looked up and not found
-                raise StorageError(f"{location}: {first_line(err)}") from None
+                raise StorageError(f"{location}: cannot open: {first_line(err)}") from None
             self.root = self.root.rstrip("/")
 
     @property
@@ -174,7 +177,11 @@ class Store:
         strictly inside the root: deleting never reaches above the study."""
         if not self.inside(path):
             raise ValueError(f"{path}: refusing to delete a folder outside {self.root}")
-        if self.exists(path):
+        if not self.exists(path):
+            return
+        if self._scheme in ("gs", "gcs"):  # pyarrow's GCS delete_dir fails on a folder without a marker object
+            self.fs.delete_dir_contents(path, missing_dir_ok=True)
+        else:  # S3's delete_dir_contents would leave a marker behind, so the folder would still exist
             self.fs.delete_dir(path)
 
     def copy_dir_to_local(self, path: str, dest: str | Path) -> Path:
@@ -212,11 +219,14 @@ class Store:
         return None
 
     def _bucket_problem(self) -> str | None:
-        bucket = self.root.split("/", 1)[0]
+        bucket, fs = self.root.split("/", 1)[0], self.fs
+        if self._scheme != "s3" and "retry_limit_seconds" not in self._query:
+            # Google's client retries for 15 minutes by default: a missing token would hang the check.
+            fs = pafs.FileSystem.from_uri(f"{self.uri}{'&' if self._query else '?'}retry_limit_seconds={CHECK_S}")[0]
         try:
-            if self.fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+            if fs.get_file_info(bucket).type == pafs.FileType.NotFound:
                 return f"bucket {bucket!r} does not exist"
-            if self.fs.get_file_info(self.root).type == pafs.FileType.File:
+            if fs.get_file_info(self.root).type == pafs.FileType.File:
                 return f"{self.uri_of(self.root)} is an object, not a folder"
         except (OSError, ArrowException) as err:
             why = first_line(err)
