@@ -1,32 +1,47 @@
-"""python -m raystudy.report STUDY_DIR: rebuild STUDY_DIR/report/index.html and one PNG per chart from the
-stored result rows alone (aggregate -> statistics -> charts -> HTML). The page is self-contained (offline)."""
+"""python -m raystudy.report STUDY [--out DIR]: rebuild STUDY/report/index.html and one PNG per chart from the
+stored result rows alone (aggregate -> statistics -> charts -> HTML). STUDY is a study folder or its s3:// /
+gs:// URI (<storage>/<study name>); the page is written into the study's own storage and is self-contained
+(offline). --out DIR also copies the page and its PNGs into a local folder, e.g. to open one from a bucket."""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
+from raystudy.storage import Store, StorageError
 
-def build_report(study_dir: str | Path) -> Path:
-    """Write STUDY_DIR/report/index.html (self-contained, offline) and a PNG per chart; return the page's path.
 
-    Raises raystudy.analysis.results.NotAStudyError when STUDY_DIR has no results/ directory; an empty
+def build_report(study: str | Path) -> Path | str:
+    """Write STUDY/report/index.html (self-contained, offline) and a PNG per chart into the study's storage;
+    return the page's location: a Path for a local study, its URI for one in object storage.
+
+    Raises raystudy.analysis.results.NotAStudyError when STUDY has no results/ directory; an empty
     results/ gives a page that says so. Cost: reads every result file; about 0.1-1 s of rendering per chart.
     """
     from raystudy.analysis.page import write_report  # polars, altair, scipy: seconds to import
 
-    return write_report(study_dir)
+    return write_report(study)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: print the report's path (exit 0), or one line on stderr and exit 2 when STUDY_DIR is no study."""
+    """CLI: print the report's location (exit 0), or one line on stderr and exit 2 when STUDY is no study
+    or its storage cannot be used."""
     parser = argparse.ArgumentParser(prog="python -m raystudy.report", description=__doc__)
-    parser.add_argument("study_dir", help="a study directory (<storage>/<study name>) holding results/")
+    parser.add_argument("study", help="a study folder or URI (<storage>/<study name>) holding results/")
+    parser.add_argument("--out", metavar="DIR", help="also copy the page and its PNGs into this local folder")
     args = parser.parse_args(argv)
-    if not (Path(args.study_dir) / "results").is_dir():  # checked before the slow imports
-        print(f"{args.study_dir}: no results/ directory (not a study directory?)", file=sys.stderr)
+    try:  # checked before the slow imports
+        store = Store(args.study)
+        store.check_usable()
+        if not store.is_dir(store.path("results")):
+            print(f"{args.study}: no results/ directory (not a study directory?)", file=sys.stderr)
+            return 2
+    except StorageError as err:
+        print(err, file=sys.stderr)
         return 2
-    print(build_report(args.study_dir))
+    print(build_report(args.study))
+    if args.out:
+        print(store.copy_dir_to_local(store.path("report"), args.out) / "index.html")
     return 0
 
 

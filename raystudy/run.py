@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from raystudy.checkpoints import CheckpointError, list_checkpoints, load_checkpoint
 from raystudy.preflight import preflight
 from raystudy.spec import Study, StudyError, Trial, expand, load_study
-from raystudy.storage import Store
+from raystudy.storage import Store, StorageError, first_line, study_store
 
 
 @dataclass
@@ -37,12 +37,18 @@ def plan(study_path: str, fresh: bool = False, storage: str | None = None) -> Pl
         study = study.model_copy(update={"storage": storage})
     preflight(study, study_path)
     trials = expand(study)
-    store = Store(os.path.join(study.storage, study.name) if "://" not in study.storage
-                  else f"{study.storage.rstrip('/')}/{study.name}")
-    if fresh:
-        for sub in ("checkpoints", "results", "ray", "report"):
-            store.delete_dir(store.path(sub))
-    store.write_bytes(store.path("study.yaml"), open(study_path, "rb").read())
+    where = "--storage" if storage else f"{study_path}: storage"
+    try:  # before anything starts or is written: a bad location is bad input, not a crash mid-run
+        store = study_store(study.storage, study.name)
+    except StorageError as err:
+        raise StudyError(f"{where}: {err}") from None
+    try:
+        if fresh:  # the study's own subfolders only (delete_dir refuses anything outside its root)
+            for sub in ("checkpoints", "results", "ray", "report"):
+                store.delete_dir(store.path(sub))
+        store.write_bytes(store.path("study.yaml"), open(study_path, "rb").read())
+    except OSError as err:
+        raise StudyError(f"{where}: {study.storage}: cannot write {store.uri}: {first_line(err)}") from None
     done = measured(store)
     to_train, to_measure = [], []
     for t in trials:

@@ -7,10 +7,8 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 import re
 from html import escape
-from pathlib import Path
 
 import altair as alt
 import polars as pl
@@ -60,17 +58,6 @@ def inline_svg(spec: dict, prefix: str) -> str:
 def png_bytes(spec: dict, scale: float = 2.0) -> bytes:
     """PNG image of a Vega-Lite spec at `scale` times its CSS pixel size."""
     return vl_convert.vegalite_to_png(spec, scale=scale)
-
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and os.replace (never half-written)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same folder: os.replace stays atomic
-    try:
-        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def cell(value: object) -> str:

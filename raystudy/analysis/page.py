@@ -9,15 +9,14 @@ import polars as pl
 
 from raystudy.analysis.aggregate import format_summary, summary_table
 from raystudy.analysis.catalogue import report_charts
-from raystudy.analysis.html import (chart_spec, definition_list, figure, inline_svg, page, png_bytes, table,
-                                    write_atomic)
+from raystudy.analysis.consistency import add_consistency
+from raystudy.analysis.html import chart_spec, definition_list, figure, inline_svg, page, png_bytes, table
 from raystudy.analysis.labels import measurement_note
 from raystudy.analysis.results import HYPERPARAMETERS, final_rows, load_results
-from raystudy.analysis.consistency import add_consistency
 from raystudy.analysis.stats import compare_to_base
+from raystudy.analysis.verdicts import MIN_SEEDS, functions_fit_table, verdicts
 from raystudy.measure.safety import read_predictions
 from raystudy.storage import Store
-from raystudy.analysis.verdicts import MIN_SEEDS, functions_fit_table, verdicts
 
 STALE_BN_PP = 5.0  # train accuracy with batch statistics this many points above eval mode: stale running stats
 
@@ -29,7 +28,7 @@ def _distinct(df: pl.DataFrame, column: str) -> str:
     return ", ".join(str(v) for v in sorted(df[column].drop_nulls().unique().to_list()))
 
 
-def overview(df: pl.DataFrame, study_dir: Path) -> str:
+def overview(df: pl.DataFrame, study_dir: str | Path) -> str:
     """Provenance (versions, devices, how geometry was measured) and counts (trials, checkpoints, failures)."""
     status = df.group_by("status").len().sort("status") if "status" in df.columns else pl.DataFrame()
     not_ok = ", ".join(f"{s}: {n}" for s, n in status.iter_rows() if s != "ok") or "none"
@@ -90,12 +89,12 @@ def block_sections(df: pl.DataFrame) -> list[str]:
     return sections
 
 
-def chart_sections(df: pl.DataFrame, out: Path) -> list[str]:
-    """Each chart as inline SVG with its caption; its PNG (scale 2) is written to out/<name>.png."""
+def chart_sections(df: pl.DataFrame, store: Store, out: str) -> list[str]:
+    """Each chart as inline SVG with its caption; its PNG (scale 2) is written to `out`/<name>.png in `store`."""
     sections = ["<h2>Charts</h2>"]
     for i, entry in enumerate(report_charts(df)):
         spec = chart_spec(entry.chart)
-        write_atomic(out / f"{entry.name}.png", png_bytes(spec, scale=2))
+        store.write_bytes(f"{out}/{entry.name}.png", png_bytes(spec, scale=2))
         sections.append(figure(inline_svg(spec, prefix=f"c{i}"), entry.caption, f"{entry.name}.png", spec))
     if len(sections) == 1:
         sections.append("<p>No chart: the rows hold none of the metrics the charts need.</p>")
@@ -142,23 +141,22 @@ def stale_batchnorm(df: pl.DataFrame) -> list[str]:
             f"than the minimum; consider <code>measure: {{bn: recalibrate}}</code>. Largest: {escape(listed)}</p>"]
 
 
-def write_report(study_dir: str | Path) -> Path:
-    """Write STUDY_DIR/report/index.html (self-contained, offline) and a PNG per chart; return the page's path.
+def write_report(study: str | Path) -> Path | str:
+    """Write STUDY/report/index.html (self-contained, offline) and a PNG per chart into the study's storage
+    (a local folder, or an s3:// or gs:// URI); return the page's location: a Path for a local study, else
+    its URI.
 
-    Raises NotAStudyError when STUDY_DIR has no results/ directory. An empty results/ gives a page that says so.
+    Raises NotAStudyError when STUDY has no results/ directory. An empty results/ gives a page that says so.
     Cost: reads every result file; about 0.1-1 s of rendering per chart.
     """
-    df = load_results(study_dir)
-    store = Store(str(study_dir))
-    df = add_consistency(df, lambda relative: read_predictions(store, relative))
-    study_dir = Path(study_dir)
-    out = study_dir / "report"
-    out.mkdir(exist_ok=True)
+    store = Store(study)
+    df = add_consistency(load_results(store), lambda relative: read_predictions(store, relative))
+    out = store.path("report")
     name = df["study"].drop_nulls().first() if "study" in df.columns else None
-    body = [overview(df, study_dir)]
+    body = [overview(df, store.uri)]
     if df.is_empty():
         body.append("<p>No results yet: results/ holds no readable result rows.</p>")
     else:
-        body = verdict_section(df) + stale_batchnorm(df) + body + block_sections(df) + chart_sections(df, out)
-    write_atomic(out / "index.html", page(f"raystudy report: {name or study_dir.name}", body))
-    return out / "index.html"
+        body = verdict_section(df) + stale_batchnorm(df) + body + block_sections(df) + chart_sections(df, store, out)
+    store.write_text(f"{out}/index.html", page(f"raystudy report: {name or store.name}", body))
+    return Path(f"{out}/index.html") if store.local else store.uri_of(f"{out}/index.html")

@@ -1,8 +1,9 @@
-"""Read a study's result rows (one per trial x checkpoint) from its Parquet dataset.
+"""Read a study's result rows (one per trial x checkpoint) from its Parquet dataset, on a local disk or
+in object storage (s3://, gs://).
 
-The measuring stage writes `STUDY_DIR/results/**/*.parquet`; files written by older versions may lack
-columns that newer ones have, so files are read one by one and stacked diagonally (a missing column
-becomes null, never 0).
+The measuring stage writes `STUDY/results/**/*.parquet`; files written by older versions may lack
+columns that newer ones have, so the files are read as one dataset under the union of their schemas
+(a missing column becomes null, never 0).
 """
 from __future__ import annotations
 
@@ -10,8 +11,12 @@ import warnings
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from raystudy.schema import HESSIAN, PERFORMANCE, SAFETY, SCHEMA, SHARPNESS, columns
+from raystudy.storage import Store
 
 IDENTITY = columns("identity")
 HYPERPARAMETERS = tuple(c for c in columns("hyperparameter") if c != "schedule")
@@ -24,40 +29,75 @@ SCALAR_METRICS = tuple(c for g in ("performance", "safety", "sharpness", "hessia
 
 
 class NotAStudyError(FileNotFoundError):
-    """Raised when a directory has no `results/` folder."""
+    """Raised when a study location has no `results/` folder."""
 
 
-def result_files(study_dir: str | Path) -> list[Path]:
-    """Parquet files under STUDY_DIR/results, oldest first (by modification time, then path).
+def _store(study: str | Path | Store) -> Store:
+    return study if isinstance(study, Store) else Store(study)
 
-    Names starting with "." or "_" are skipped: that is how atomic writers name files in flight.
-    Raises NotAStudyError when there is no results/ directory.
+
+def result_files(study: str | Path | Store) -> list[str]:
+    """Paths (on the study Store's filesystem) of the Parquet files under STUDY/results, oldest first (by
+    modification time, then path). Names starting with "." or "_" are skipped: that is how atomic writers
+    name files in flight. Raises NotAStudyError when there is no results/ folder. Cost: one listing."""
+    return _result_files(_store(study), study.uri if isinstance(study, Store) else str(study))
+
+
+def _result_files(store: Store, label: str) -> list[str]:
+    root = store.path("results")
+    if not store.is_dir(root):
+        raise NotAStudyError(f"{label}: no results/ directory (not a study directory?)")
+    found = sorted(store.files(root, ".parquet", recursive=True), key=lambda i: (i.mtime_ns, i.path))
+    return [i.path for i in found]
+
+
+def _read_rows(store: Store, paths: list[str]) -> pa.Table:
+    """The files as one table, rows in file order, under the union of their schemas (a column a file lacks
+    is null; differing types are widened, as polars' diagonal_relaxed concat would).
+
+    pyarrow's dataset rather than polars' scan_parquet: it reads through the Store's own filesystem (one
+    set of credentials, endpoint and URI options for every stage; polars would need them again as storage
+    options), unifies the schemas of all files (scan_parquet takes the first file's), and fetches the files
+    concurrently. Dataset.to_table keeps fragment order, which "the row written last wins" relies on.
     """
-    root = Path(study_dir) / "results"
-    if not root.is_dir():
-        raise NotAStudyError(f"{study_dir}: no results/ directory (not a study directory?)")
-    files = [p for p in root.rglob("*.parquet")
-             if p.is_file() and not any(part.startswith((".", "_")) for part in p.relative_to(root).parts)]
-    return sorted(files, key=lambda p: (p.stat().st_mtime_ns, str(p)))
+    factory = ds.FileSystemDatasetFactory(store.fs, paths, ds.ParquetFileFormat())
+    schema = factory.inspect(promote_options="permissive", fragments=None)
+    return factory.finish(schema).to_table()
 
 
-def load_results(study_dir: str | Path) -> pl.DataFrame:
-    """All result rows of a study as one frame (empty frame, no columns, when nothing is written yet).
+def _readable(store: Store, paths: list[str]) -> list[str]:
+    """The files that read whole; each one that does not is skipped with a warning naming it."""
+    good = []
+    for path in paths:
+        try:
+            pq.read_table(path, filesystem=store.fs)
+            good.append(path)
+        except Exception as err:  # a damaged file must not hide every other result
+            warnings.warn(f"{store.uri_of(path)}: unreadable Parquet file skipped ({err})", stacklevel=3)
+    return good
+
+
+def load_results(study: str | Path | Store) -> pl.DataFrame:
+    """All result rows of a study (a local folder, an s3:// or gs:// URI, or its Store) as one frame
+    (empty frame, no columns, when nothing is written yet).
 
     Files are stacked with missing columns as null; when a (trial_id, step) pair appears more than once
     (a re-measured checkpoint) the row written last wins. NaN in float metrics is turned into null so
-    means and tests skip it. An unreadable file is skipped with a warning naming it. Cost: reads every file.
+    means and tests skip it. An unreadable file is skipped with a warning naming it. Cost: reads every
+    file once (twice when one is unreadable: the second pass finds which).
     """
-    frames = []
-    for path in result_files(study_dir):
-        try:
-            frames.append(pl.read_parquet(path, hive_partitioning=False))
-        except Exception as err:  # a damaged file must not hide every other result
-            warnings.warn(f"{path}: unreadable Parquet file skipped ({err})", stacklevel=2)
-    frames = [f for f in frames if f.width > 0]
-    if not frames:
+    store = _store(study)
+    paths = _result_files(store, store.uri if isinstance(study, Store) else str(study))
+    if not paths:
         return pl.DataFrame()
-    df = pl.concat(frames, how="diagonal_relaxed")
+    try:
+        table = _read_rows(store, paths)
+    except (OSError, pa.ArrowException):
+        paths = _readable(store, paths)
+        table = _read_rows(store, paths) if paths else pa.table({})
+    df = pl.from_arrow(table)
+    if df.width == 0:
+        return pl.DataFrame()
     if "task" not in df.columns and "dataset" in df.columns:
         df = df.with_columns(task=pl.col("dataset"))
     if {"trial_id", "step"} <= set(df.columns):

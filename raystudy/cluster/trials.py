@@ -58,9 +58,9 @@ def _train_worker(config: dict[str, Any]) -> None:
     train_trial(trial, store, report=report, device=device)
 
 
-def run_trial(config: dict[str, Any], trials: dict[str, dict], store_uri: str, train_storage: str) -> None:
+def run_trial(config: dict[str, Any], trials: dict[str, dict], store_uri: str) -> None:
     """Tune function trainable: one grid point, trained by a ``TorchTrainer``."""
-    trial = trials[config["trial_id"]]
+    trial, store = trials[config["trial_id"]], Store(store_uri)
     res = trial["resources"]
     if res["workers"] == 0:
         scaling = train.ScalingConfig(num_workers=0)
@@ -73,8 +73,10 @@ def run_trial(config: dict[str, Any], trials: dict[str, dict], store_uri: str, t
         _train_worker,
         train_loop_config={"trial": trial, "store": store_uri},
         scaling_config=scaling,
-        # Same name + storage on a rerun: Train picks the run up where it stopped.
-        run_config=train.RunConfig(name=trial["trial_id"], storage_path=train_storage, callbacks=callbacks),
+        # Same name + storage on a rerun: Train picks the run up where it stopped. Train's state goes
+        # through the study's own filesystem (local or object store), like everything else.
+        run_config=train.RunConfig(name=trial["trial_id"], storage_path=store.path("ray", "train"),
+                                   storage_filesystem=store.fs, callbacks=callbacks),
     )
     trainer.fit()
 
@@ -141,8 +143,7 @@ def run_trials(trials: list[Trial], store: Store, pool: MeasurePool, say,
     if local and verbose:
         print(f"{local} of {len(trials)} trials train in Ray Train's local mode (workers: 0): inside their Tune "
               "trial's process, no worker start-up", flush=True)
-    trainable = tune.with_parameters(run_trial, trials=by_id, store_uri=store.uri,
-                                     train_storage=store.path("ray", "train"))
+    trainable = tune.with_parameters(run_trial, trials=by_id, store_uri=store.uri)
     trainable = tune.with_resources(trainable, lambda config: trial_resources(by_id[config["trial_id"]]))
     feed = FeedPool(pool, say)
     tuner = tune.Tuner(
@@ -154,8 +155,9 @@ def run_trials(trials: list[Trial], store: Store, pool: MeasurePool, say,
             trial_dirname_creator=lambda t: t.config["trial_id"],
             reuse_actors=True,
         ),
-        run_config=tune.RunConfig(name="tune", storage_path=store.path("ray"), verbose=verbose,
-                                  callbacks=[feed]),
+        # A path on the Store's filesystem (not a URI): pyarrow gives Ray the same endpoint and options.
+        run_config=tune.RunConfig(name="tune", storage_path=store.path("ray"), storage_filesystem=store.fs,
+                                  verbose=verbose, callbacks=[feed]),
     )
     grid = tuner.fit()
     failed = {}

@@ -1,0 +1,138 @@
+"""The test study end to end in a bucket (moto's S3 API on 127.0.0.1): Tune trials, Train, the analysis actor
+pool, Parquet rows, Tune/Train state and the report all in object storage, nothing on the local disk; then
+Ctrl-C and a rerun that resumes from the bucket without redoing anything."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import ray
+
+from raystudy.analysis.results import load_results
+from raystudy.report import build_report
+from raystudy.run import execute, plan
+from raystudy.spec import expand, load_study
+from raystudy.storage import Store
+from s3_server import s3_bucket
+
+pytestmark = pytest.mark.slow
+TINY = Path(__file__).parent / "studies" / "tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """One bucket and one Ray session for the module. AWS_* is set before ray.init, so the actor pool and
+    the Tune trial processes inherit the endpoint and keys."""
+    with s3_bucket() as bucket:
+        ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
+        try:
+            yield bucket, ray.get_runtime_context().gcs_address
+        finally:
+            ray.shutdown()
+
+
+# A trial trained by a real Train worker: only then does Ray Train keep a run (state, a validation marker)
+# in storage; local mode (workers: 0) runs inside the Tune trial and writes nothing of its own. The worker
+# needs a whole CPU beside the trial driver's token one, so the analysis actor must hold less than one.
+WORKERS = """
+  - name: workers
+    family: circles
+    task: circles
+    factor: 0.5
+    model: mlp
+    model_args: {hidden: [8]}
+    lr: 0.01
+    batch_size: 10
+    epochs: 2
+    checkpoints: [0, 2]
+    sharpness: {rhos: [0.005], draws: 5}
+    resources: {cpus: 1, workers: 1}
+"""
+
+
+def _study(tmp_path: Path, name: str, bucket: str, blocks: tuple[str, ...], extra: str = "") -> Path:
+    """The test study (tiny.yaml) named ``name``, stored in ``bucket``, with only the named blocks (+ extra)."""
+    text = TINY.read_text().replace("name: tiny", f"name: {name}").replace("./runs", f"{bucket}/runs")
+    if extra:
+        text = text.replace("analysis: {actors: 1, cpus: 1}", "analysis: {actors: 1, cpus: 0.5}")
+        assert "cpus: 0.5" in text, "tiny.yaml's analysis line changed: a worker would wait forever"
+    head, *rest = text.split("\n  - name: ")
+    text = head + "".join(f"\n  - name: {b}" for b in rest if b.split("\n", 1)[0] in blocks) + extra
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+def _expected(path: Path) -> set[tuple[str, int]]:
+    return {(t.trial_id, e) for t in expand(load_study(path)) for e in t.checkpoints}
+
+
+def test_study_in_a_bucket(tmp_path, cluster, monkeypatch):
+    bucket, _ = cluster
+    monkeypatch.chdir(tmp_path)  # anything written locally by mistake would land here
+    path = _study(tmp_path, "s3e2e", bucket, blocks=("functions",), extra=WORKERS)
+    p = plan(str(path))
+    assert p.store.uri == f"{bucket}/runs/s3e2e" and not p.store.local
+    out = execute(p, verbose=0)
+    assert not out.failed and not out.measure_errors and not out.interrupted
+
+    df = load_results(p.store.uri)
+    assert set(zip(df["trial_id"], df["epoch"])) == _expected(path) and df.height == len(_expected(path))
+    assert (df["status"] == "ok").all()
+    store = p.store
+    assert store.read_bytes(store.path("study.yaml")) == path.read_bytes()
+    assert store.list_dirs(store.path("checkpoints")) == sorted(t.trial_id for t in p.trials)
+    # Tune's experiment state and the Train run of the trial with a real worker live in the bucket too.
+    tune_state = [f.rsplit("/", 1)[1] for f in store.list(store.path("ray", "tune"))]
+    assert any(f.startswith("experiment_state") for f in tune_state), tune_state
+    assert store.list_dirs(store.path("ray", "train")) == [t.trial_id for t in p.trials if t.block == "workers"]
+
+    index = build_report(p.store.uri)
+    assert index == f"{bucket}/runs/s3e2e/report/index.html"
+    pngs = store.list(store.path("report"), ".png")
+    html = store.read_bytes(store.path("report", "index.html")).decode()
+    assert len(pngs) >= 2 and html.count("<svg") == len(pngs) and 'src="http' not in html
+    assert sorted(os.listdir(tmp_path)) == [path.name]  # nothing on the local disk
+
+
+def _run(path: Path, address: str) -> subprocess.Popen:
+    env = {**os.environ, "RAY_ADDRESS": address, "PYTHONUNBUFFERED": "1"}  # AWS_* included
+    return subprocess.Popen([sys.executable, "-m", "raystudy.run", str(path), "--no-report"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def test_interrupt_then_rerun_resumes_from_the_bucket(tmp_path, cluster):
+    bucket, address = cluster
+    path = _study(tmp_path, "s3resume", bucket, blocks=("digits",))
+    store = Store(f"{bucket}/runs/s3resume")
+    ckpts = store.path("checkpoints")
+
+    def stored() -> dict[str, int]:
+        return {i.path: i.mtime_ns for i in store.files(ckpts, ".pt", recursive=True)}
+
+    proc = _run(path, address)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(stored()) < 4:
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)  # Ctrl-C mid-study
+    log = proc.communicate(timeout=240)[0]
+    assert proc.returncode == 130, log
+    before = stored()
+    assert 0 < len(before) < len(_expected(path)), "the interrupt should land mid-study"
+
+    rerun = _run(path, address)
+    log = rerun.communicate(timeout=300)[0]
+    assert rerun.returncode == 0, log
+    after = stored()
+    assert all(after[f] == t for f, t in before.items()), "a finished checkpoint was retrained"
+    df = load_results(store)
+    assert df.height == len(_expected(path)) and set(zip(df["trial_id"], df["epoch"])) == _expected(path)
+
+    again = _run(path, address)  # a third run finds nothing to do
+    log = again.communicate(timeout=120)[0]
+    assert again.returncode == 0 and "0 to train, 0 checkpoints to measure" in log, log
