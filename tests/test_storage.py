@@ -132,7 +132,7 @@ def test_report_cli_writes_into_the_bucket(tmp_path, bucket):
     pngs = store.list(store.path("report"), ".png")
     assert len(pngs) >= 4 and all(store.read_bytes(p)[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
     html = store.read_bytes(store.path("report", "index.html")).decode()
-    assert "raystudy report: toy" in html and html.count("<svg") == len(pngs)
+    assert "raystudy report: toy" in html and html.count("<figure>") == len(pngs)
     copy = tmp_path / "copy"
     assert (copy / "index.html").read_text() == html and len(list(copy.glob("*.png"))) == len(pngs)
 
