@@ -12,78 +12,39 @@ import sys
 import time
 from dataclasses import dataclass
 
-from raystudy.checkpoints import CheckpointError, list_checkpoints, load_checkpoint
+from raystudy.lock import StudyLock, StudyLocked
+from raystudy.plan import Plan, plan, still_unmeasured
 from raystudy.preflight import preflight
-from raystudy.spec import Study, StudyError, Trial, expand, load_study
-from raystudy.storage import Store, StorageError, first_line, study_store
+from raystudy.spec import StudyError, expand, load_study
 
 
-@dataclass
-class Plan:
-    study: Study
-    trials: list[Trial]
-    store: Store
-    to_train: list[Trial]  # not every checkpoint exists yet
-    to_measure: list[str]  # checkpoints on storage without a result row
-
-
-def plan(study_path: str, fresh: bool = False, storage: str | None = None) -> Plan:
-    """Read the study and storage; decide what is left to do. Raises StudyError on bad input,
-    including a corrupt checkpoint a resumed trial or the pool would have to read."""
-    from raystudy.measure import measured
-
-    study = load_study(study_path)
-    if storage:
-        study = study.model_copy(update={"storage": storage})
-    preflight(study, study_path)
-    trials = expand(study)
-    where = "--storage" if storage else f"{study_path}: storage"
-    try:  # before anything starts or is written: a bad location is bad input, not a crash mid-run
-        store = study_store(study.storage, study.name)
-    except StorageError as err:
-        raise StudyError(f"{where}: {err}") from None
-    try:
-        if fresh:  # the study's own subfolders only (delete_dir refuses anything outside its root)
-            for sub in ("checkpoints", "results", "ray", "report"):
-                store.delete_dir(store.path(sub))
-        store.write_bytes(store.path("study.yaml"), open(study_path, "rb").read())
-    except OSError as err:
-        raise StudyError(f"{where}: {study.storage}: cannot write {store.uri}: {first_line(err)}") from None
-    done = measured(store)
-    to_train, to_measure = [], []
-    for t in trials:
-        on_disk = list_checkpoints(store, t.trial_id)
-        epochs = {r.epoch for r in on_disk}
-        unmeasured = _unmeasured(on_disk, done)
-        # Read what will be read anyway, up front: a corrupt file is bad input, reported before
-        # anything starts rather than as a failure deep inside a trial.
-        check = set(unmeasured) | ({on_disk[-1].path} if on_disk and not set(t.checkpoints) <= epochs else set())
-        for path in sorted(check):
-            try:
-                load_checkpoint(store, path)
-            except CheckpointError as err:
-                raise StudyError(f"{err}; delete it to redo that checkpoint") from None
-        to_measure += unmeasured
-        if not set(t.checkpoints) <= epochs:
-            to_train.append(t)
-    return Plan(study, trials, store, to_train, to_measure)
-
-
-def connect(address: str | None, num_cpus: int | None) -> None:
-    """Join a running cluster (``--address``, ``RAY_ADDRESS`` or a local ``ray start``), else start
-    a local Ray instance."""
+def connect(address: str | None, num_cpus: int | None) -> str:
+    """Join the cluster asked for (``--address``, ``RAY_ADDRESS``) or one started with ``ray start`` on
+    this machine; otherwise start a new local Ray instance of our own, even when another program (another
+    study) runs one here: joining it would share its CPUs and die with it. Returns what it did, in words."""
     import ray
+    from ray._private.services import find_bootstrap_address, find_gcs_addresses
 
     if ray.is_initialized():
-        return
+        return "using the Ray instance this process already holds"
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
-        return
-    try:
-        ray.init(address="auto", log_to_driver=True)
-    except ConnectionError:
-        ray.init(num_cpus=num_cpus, log_to_driver=True)
+        return f"joined the Ray cluster at {address}"
+    started = find_bootstrap_address(None)  # written by `ray start` only, not by another program's ray.init
+    if started and started in find_gcs_addresses():
+        ray.init(address=started, log_to_driver=True)
+        return f"joined the cluster `ray start` runs at {started}"
+    ray.init(address="local", num_cpus=num_cpus, log_to_driver=True)
+    return f"started a local Ray instance ({int(ray.cluster_resources().get('CPU', 0))} CPUs)"
+
+
+def check_cluster(p: Plan, study_path: str) -> list[str]:
+    """Resources the cluster can never provide are bad input (StudyError naming the field); on an
+    autoscaling cluster they are warnings naming the node type that would provide them."""
+    from raystudy.cluster.resources import check_resources, cluster_shape
+    nodes, types = cluster_shape()
+    return check_resources(p.study, study_path, nodes, types)
 
 
 def say_measured(out: dict) -> None:
@@ -100,16 +61,23 @@ class Outcome:
     interrupted: list[str]  # trial ids a Ctrl-C stopped; a rerun resumes them
 
 
-def execute(p: Plan, address: str | None = None, num_cpus: int | None = None, verbose: int = 1) -> Outcome:
-    """Train what is left and measure every checkpoint, through Ray."""
+def execute(p: Plan, address: str | None = None, num_cpus: int | None = None, verbose: int = 1,
+            study_path: str = "study") -> Outcome:
+    """Train what is left and measure every checkpoint, through Ray. Raises StudyError, before any trial
+    or measuring actor starts, when the cluster can never provide what the study asks for."""
     from raystudy.cluster import metrics
     from raystudy.cluster.pool import MeasurePool
     from raystudy.cluster.trials import run_trials
 
-    connect(address, num_cpus)
+    joined = connect(address, num_cpus)
+    if verbose:
+        print(f"ray: {joined}", flush=True)
+    for warning in check_cluster(p, study_path):
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     metrics.set_study(p.study.name)
     a = p.study.analysis
-    pool = MeasurePool(p.store.uri, size=a.actors, cpus=a.cpus, gpus=a.gpus)
+    pool = MeasurePool(p.store.uri, trials={t.trial_id: t.to_dict() for t in p.trials}, size=a.actors,
+                       cpus=a.cpus, gpus=a.gpus)
     failed, interrupted = {}, []
     try:
         for path in p.to_measure:
@@ -120,23 +88,12 @@ def execute(p: Plan, address: str | None = None, num_cpus: int | None = None, ve
         if not interrupted:  # after a Ctrl-C stop now: unmeasured checkpoints wait for the rerun
             pool.drain(say_measured)
             # A checkpoint saved just before a trial died never reached Tune: sweep storage once more.
-            for path in plan_unmeasured(p):
+            for path in still_unmeasured(p):
                 pool.submit(path)
             pool.drain(say_measured)
     finally:
         pool.shutdown()
     return Outcome(failed, list(pool.errors), interrupted)
-
-
-def _unmeasured(refs: list, done: set[tuple[str, int]]) -> list[str]:
-    """Paths of the checkpoints in ``refs`` that have no result row yet."""
-    return [r.path for r in refs if (r.trial_id, r.epoch) not in done]
-
-
-def plan_unmeasured(p: Plan) -> list[str]:
-    from raystudy.measure import measured
-    done = measured(p.store)
-    return [path for t in p.trials for path in _unmeasured(list_checkpoints(p.store, t.trial_id), done)]
 
 
 def dry_run(study_path: str) -> int:
@@ -163,7 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("study", help="study YAML file")
     parser.add_argument("--storage", help="store results here instead of the study file's storage")
     parser.add_argument("--fresh", action="store_true", help="delete this study's results and start over")
-    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, a running local cluster, or a new one)")
+    parser.add_argument("--remeasure", action="store_true",
+                        help="measure every checkpoint again (changed measurement settings re-measure by themselves)")
+    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, a cluster `ray start` runs "
+                                          "here, or a new local instance)")
     parser.add_argument("--num-cpus", type=int, help="CPUs for a newly started local Ray instance")
     parser.add_argument("--no-report", action="store_true", help="skip building the report")
     parser.add_argument("--dry-run", action="store_true",
@@ -172,15 +132,33 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     if args.dry_run:
         return dry_run(args.study)
+    lock = []
+
+    def take_lock(store) -> None:  # after the checks, before anything is written or deleted
+        lock.append(StudyLock(store).acquire())
+
     try:
-        p = plan(args.study, fresh=args.fresh, storage=args.storage)
+        try:
+            p = plan(args.study, fresh=args.fresh, storage=args.storage, remeasure=args.remeasure,
+                     before_writing=take_lock)
+        except StudyLocked as err:
+            raise StudyError(f"{args.study}: {err}") from None
+        return _run(p, args, t0)
     except StudyError as err:
         print(err, file=sys.stderr)
         return 2
+    finally:
+        for held in lock:
+            held.release()
+
+
+def _run(p: Plan, args: argparse.Namespace, t0: float) -> int:
     print(f"study {p.study.name}: {len(p.trials)} trials, {len(p.to_train)} to train, "
           f"{len(p.to_measure)} checkpoints to measure first -> {p.store.uri}", flush=True)
+    for line in p.damaged:
+        print(f"damaged result: {line}", file=sys.stderr, flush=True)
     try:
-        out = execute(p, args.address, args.num_cpus)
+        out = execute(p, args.address, args.num_cpus, study_path=args.study)
     except KeyboardInterrupt:
         out = Outcome({}, [], ["(driver)"])
     if out.interrupted:

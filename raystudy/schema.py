@@ -135,6 +135,8 @@ COLUMNS: tuple[Column, ...] = (
            "training split before measuring (eval mode either way)"),
     Column("augmented", B, "provenance", "whether measured data were augmented (always false)"),
     Column("estimator_seed", I, "provenance", "seed of every stochastic estimator (shared by regimes of a seed)"),
+    Column("measure_hash", S, "provenance",
+           "hash of the measurement settings the row was measured under (changed settings re-measure)"),
     Column("raystudy_version", S, "provenance", "raystudy version that measured the row"),
     Column("torch_version", S, "provenance", "torch version"),
     Column("ray_version", S, "provenance", "ray version (null when measured without Ray)"),

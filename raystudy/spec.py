@@ -25,6 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from raystudy import models, tasks
 from raystudy.seeding import derive_seed
 
+# The Trial fields that say what to measure, not how to train: they never enter the trial id, and
+# their hash names each result row (a changed setting re-measures, nothing is retrained).
+MEASUREMENT_FIELDS = ("metrics", "sharpness", "hessian", "corruption", "adaptive", "complexity", "measure")
 REGULARISERS = ("aug", "wd", "sam")  # canonical order inside a regime name: "aug+wd+sam"
 AXES = ("task", "model", "regime", "seed", "lr", "momentum", "batch_size", "weight_decay", "sam_rho",
         "factor", "label_noise")
@@ -333,6 +336,13 @@ class Trial:
         task = "*" if self.family == "functions" else self.task
         return derive_seed("init", self.family, task, self.model, self.model_args, self.seed)
 
+    @property
+    def measure_hash(self) -> str:
+        """8 hex digits of every setting that shapes a row but not training (metrics and their settings,
+        the measured data): a row measured under other settings is stale and gets re-measured."""
+        settings = {k: getattr(self, k) for k in MEASUREMENT_FIELDS}
+        return hashlib.sha256(json.dumps(settings, sort_keys=True, default=list).encode()).hexdigest()[:8]
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -459,8 +469,7 @@ def _with_id(trial: Trial, varying: dict[str, Any]) -> Trial:
     """Readable prefix + hash of everything that shapes training (not resources or metrics), so an
     edited setting never resumes from a stale checkpoint while an unchanged file gives the same ids."""
     shaping = {k: v for k, v in trial.to_dict().items()
-               if k not in ("metrics", "sharpness", "hessian", "corruption", "adaptive", "complexity", "measure",
-                            "resources", "trial_id", "data_root")
+               if k not in (*MEASUREMENT_FIELDS, "resources", "trial_id", "data_root")
                and not (k in _HASHED_WHEN_SET and v == _HASHED_WHEN_SET[k])}
     digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:6]
     extra = "".join(f"-{_ID_TAGS[k]}{v:g}" if isinstance(v, float) else f"-{_ID_TAGS[k]}{v}"

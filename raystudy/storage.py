@@ -184,6 +184,28 @@ class Store:
         else:  # S3's delete_dir_contents would leave a marker behind, so the folder would still exist
             self.fs.delete_dir(path)
 
+    def delete_file(self, path: str) -> None:
+        """Delete one file strictly inside the root (ValueError otherwise); a missing file is not an error."""
+        if not self.inside(path):
+            raise ValueError(f"{path}: refusing to delete a file outside {self.root}")
+        try:
+            self.fs.delete_file(path)
+        except FileNotFoundError:
+            pass
+
+    def move(self, src: str, dst: str) -> None:
+        """Rename a file inside the root (an object store copies, then deletes)."""
+        if not (self.inside(src) and self.inside(dst)):
+            raise ValueError(f"{src} -> {dst}: refusing to move a file across the root {self.root}")
+        self.fs.move(src, dst)
+
+    def tail(self, path: str, n: int) -> bytes:
+        """The last ``n`` bytes of a file (fewer if it is shorter): one ranged read, however large the file."""
+        with self.fs.open_input_file(path) as f:
+            size = f.size()
+            f.seek(max(size - n, 0))
+            return f.read()
+
     def copy_dir_to_local(self, path: str, dest: str | Path) -> Path:
         """Copy the files directly under ``path`` into the local folder ``dest`` (created); returns it."""
         dest = Path(dest).expanduser().resolve()

@@ -28,10 +28,12 @@ class Measurer:
         self.store = Store(store_uri)
         self.device = "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
 
-    def measure(self, path: str) -> dict[str, Any]:
+    def measure(self, path: str, trial: dict[str, Any] | None = None) -> dict[str, Any]:
         from raystudy.measure import measure_checkpoint, write_row
+        from raystudy.spec import Trial
         try:
-            row = measure_checkpoint(self.store, path, device=self.device)
+            row = measure_checkpoint(self.store, path, device=self.device,
+                                     trial=Trial.from_dict(trial) if trial else None)
         except CheckpointError as err:
             return {"path": path, "error": str(err), "corrupt": True}
         write_row(self.store, row)
@@ -48,7 +50,10 @@ class _Job:
 
 @dataclass
 class MeasurePool:
+    """``trials``: trial id -> the trial as the study file says now (``Trial.to_dict``), so a checkpoint is
+    measured under the current measurement settings, not those it was trained with."""
     store_uri: str
+    trials: dict[str, dict[str, Any]] = field(default_factory=dict)
     size: int = 1
     cpus: float = 1.0
     gpus: float = 0.0
@@ -79,7 +84,9 @@ class MeasurePool:
         """Start queued work on idle actors and return results finished since the last call."""
         while self.queue and self._idle:
             actor, job = self._idle.pop(), self.queue.pop(0)
-            self._running[actor.measure.remote(job.path)] = (actor, job, time.perf_counter())
+            trial_id = job.path.rstrip("/").rsplit("/", 2)[-2]  # checkpoints/<trial_id>/epoch_N.pt
+            ref = actor.measure.remote(job.path, self.trials.get(trial_id))
+            self._running[ref] = (actor, job, time.perf_counter())
         finished: list[dict[str, Any]] = []
         if self._running:
             ready, _ = ray.wait(list(self._running), num_returns=len(self._running), timeout=0)

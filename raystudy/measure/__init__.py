@@ -35,8 +35,13 @@ from raystudy.train.loop import build_model, loss_fn_for
 __all__ = ["SCHEMA", "measure_checkpoint", "measured", "result_path", "row_frame", "write_row"]
 
 
-def measure_checkpoint(store: Store, path: str, device: str | torch.device = "cpu") -> dict[str, Any]:
+def measure_checkpoint(store: Store, path: str, device: str | torch.device = "cpu",
+                       trial: Trial | None = None) -> dict[str, Any]:
     """Load the checkpoint at ``path`` and return its result row (keys = ``SCHEMA``).
+
+    ``trial``: the trial as the study file says now (its measurement settings and data root); default
+    the trial stored in the checkpoint, as trained. Training settings are the same either way: they
+    name the trial.
 
     Raises ``CheckpointError`` (one line naming the file) if it cannot be read. With the ``consistency``
     metric it also writes the test-set predictions beside the row (``measure.safety``). Cost: one eval pass
@@ -48,14 +53,14 @@ def measure_checkpoint(store: Store, path: str, device: str | torch.device = "cp
     t0 = time.perf_counter()
     device = torch.device(device)
     state = load_checkpoint(store, path, map_location=device)
-    trial = Trial.from_dict(state["trial"])
+    trial = trial or Trial.from_dict(state["trial"])
     task = _task(trial)
     model = build_model(trial, task).to(device)
     model.load_state_dict(state["model"])
     model.eval()
     loss_fn = loss_fn_for(task)
     row: dict[str, Any] = {k: None for k in SCHEMA}
-    row.update(_identity(trial, state))
+    row.update(_identity(trial, state), measure_hash=trial.measure_hash)
 
     def on(x: torch.Tensor, y: torch.Tensor, size: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Un-augmented, normalised, fixed-order batches on the measuring device."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
@@ -11,7 +12,8 @@ import polars as pl
 from raystudy.schema import SCHEMA
 from raystudy.storage import Store
 
-_RESULT = re.compile(r"(?P<trial>[^/]+)/epoch_(?P<epoch>\d+)\.parquet")  # result_path's layout
+# result_path's layout; rows written before measurement hashes existed have no "-m<hash>" part.
+_RESULT = re.compile(r"(?P<trial>[^/]+)/epoch_(?P<epoch>\d+)(?:-m(?P<hash>[0-9a-f]+))?\.parquet")
 
 
 def row_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
@@ -19,26 +21,49 @@ def row_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=SCHEMA)
 
 
-def result_path(store: Store, trial_id: str, epoch: int) -> str:
-    return store.path("results", trial_id, f"epoch_{epoch:06d}.parquet")
+def result_path(store: Store, trial_id: str, epoch: int, measure_hash: str) -> str:
+    """``results/<trial_id>/epoch_NNNNNN-m<hash>.parquet``: the hash of the measurement settings names the
+    file, so one listing tells which rows are current without opening any."""
+    return store.path("results", trial_id, f"epoch_{epoch:06d}-m{measure_hash}.parquet")
+
+
+@dataclass(frozen=True)
+class RowFile:
+    trial_id: str
+    epoch: int
+    measure_hash: str  # "" for rows written before hashes existed
+    path: str
+    size: int
 
 
 def write_row(store: Store, row: dict[str, Any]) -> str:
-    """Atomically write one row as its own Parquet file; returns its path."""
+    """Atomically write one row as its own Parquet file, then delete the rows of the same checkpoint
+    measured under other settings (write first: a crash between the two loses nothing). Returns its path."""
     buf = io.BytesIO()
     row_frame([row]).write_parquet(buf)
-    path = result_path(store, row["trial_id"], row["epoch"])
+    path = result_path(store, row["trial_id"], row["epoch"], row["measure_hash"])
     store.write_bytes(path, buf.getvalue())
+    for old in row_files(store, row["trial_id"]):
+        if old.epoch == row["epoch"] and old.path != path:
+            store.delete_file(old.path)
     return path
 
 
-def measured(store: Store) -> set[tuple[str, int]]:
-    """``(trial_id, epoch)`` pairs that already have a result file. Cost: one recursive listing of
-    results/ (on an object store one request per 1,000 files, not one per trial)."""
+def row_files(store: Store, trial_id: str | None = None) -> list[RowFile]:
+    """Every result file (of one trial, or of the study), parsed from one listing; on an object store one
+    request per 1,000 files, not one per trial."""
     results = store.path("results")
-    done = set()
-    for path in store.list(results, suffix=".parquet", recursive=True):
-        m = _RESULT.fullmatch(path[len(results) + 1:])
+    where = store.path("results", trial_id) if trial_id else results
+    out = []
+    for info in store.files(where, suffix=".parquet", recursive=trial_id is None):
+        m = _RESULT.fullmatch(info.path[len(results) + 1:])
         if m:
-            done.add((m["trial"], int(m["epoch"])))
-    return done
+            out.append(RowFile(m["trial"], int(m["epoch"]), m["hash"] or "", info.path, info.size))
+    return out
+
+
+def measured(store: Store, current: dict[str, str] | None = None) -> set[tuple[str, int]]:
+    """``(trial_id, epoch)`` pairs that have a result file; with ``current`` (trial id -> measurement hash)
+    only rows measured under the current settings count. Cost: one recursive listing of results/."""
+    return {(f.trial_id, f.epoch) for f in row_files(store)
+            if current is None or current.get(f.trial_id) == f.measure_hash}

@@ -34,7 +34,8 @@ def corruption_columns(task: Task, model: nn.Module, loss_fn, on: OnDevice, max_
 
 
 def predictions_path(trial_id: str, epoch: int) -> str:
-    """Where a checkpoint's predictions live, relative to the study root (what the row records)."""
+    """Where a checkpoint's predictions live, relative to the study root (what the row records); a
+    re-measure overwrites them."""
     return f"results/{trial_id}/epoch_{epoch:06d}.predictions.npz"
 
 

@@ -1,0 +1,201 @@
+"""Faults done to a running study, through real Ray: nothing finished is redone, nothing is lost, and what
+cannot go on says so in one line (issue 8, part 3: b, c, e, f, g; the training-side a and d are in
+tests/test_faults_training.py)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+import ray
+
+from raystudy.plan import plan
+from raystudy.run import execute
+from raystudy.spec import StudyError, expand, load_study
+
+pytestmark = pytest.mark.slow
+STUDY = """
+name: {name}
+storage: {tmp}/runs
+analysis: {{actors: 1, cpus: 0.5}}
+blocks:
+  - name: c
+    family: circles
+    task: circles
+    factor: [0.4, 0.8]
+    model: mlp
+    model_args: {{hidden: [8]}}
+    seed: [0, 1]
+    shuffle_seed: 0
+    lr: 0.05
+    batch_size: 10
+    epochs: {epochs}
+    checkpoints: {checkpoints}
+    metrics: {metrics}
+    sharpness: {{rhos: [0.01], draws: 5}}
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)  # the State API lists actors
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def _study(tmp_path: Path, name: str, epochs: int = 6, checkpoints=(2, 4, 6), metrics=("sam_sharpness",)) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(STUDY.format(name=name, tmp=tmp_path, epochs=epochs, checkpoints=list(checkpoints),
+                                 metrics=list(metrics)))
+    return path
+
+
+def _rows(tmp_path: Path, name: str) -> pl.DataFrame:
+    return pl.read_parquet(f"{tmp_path}/runs/{name}/results/**/*.parquet")
+
+
+def _expected(path: Path) -> set[tuple[str, int]]:
+    return {(t.trial_id, e) for t in expand(load_study(path)) for e in t.checkpoints}
+
+
+def _mtimes(tmp_path: Path, name: str, pattern: str) -> dict[Path, int]:
+    return {f: f.stat().st_mtime_ns for f in (tmp_path / "runs" / name).glob(pattern)}
+
+
+def _cli(path: Path, address: str | None, *args: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    if address:
+        env["RAY_ADDRESS"] = address
+    return subprocess.Popen([sys.executable, "-m", "raystudy.run", str(path), "--no-report", *args],
+                            env={**env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _wait_for(predicate, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def test_killed_driver_rerun_redoes_nothing(tmp_path, cluster):
+    """(b) kill -9 the driver mid-study: the rerun takes over its lock and retrains or re-measures nothing done."""
+    path = _study(tmp_path, "driver", epochs=30, checkpoints=(5, 10, 15, 20, 25, 30))
+    proc = _cli(path, cluster)
+    runs = tmp_path / "runs" / "driver"
+    _wait_for(lambda: len(list(runs.glob("results/*/*.parquet"))) >= 3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert (runs / "lock.json").exists()  # left behind by the dead driver
+    ckpts, rows = _mtimes(tmp_path, "driver", "checkpoints/*/*.pt"), _mtimes(tmp_path, "driver", "results/*/*.parquet")
+    rerun = _cli(path, cluster)
+    log = rerun.communicate(timeout=400)[0]
+    assert rerun.returncode == 0, log
+    assert all(f.stat().st_mtime_ns == t for f, t in ckpts.items()), "a finished checkpoint was retrained"
+    assert all(f.stat().st_mtime_ns == t for f, t in rows.items()), "a measured checkpoint was measured again"
+    df = _rows(tmp_path, "driver")
+    assert df.height == len(_expected(path)) and set(zip(df["trial_id"], df["epoch"])) == _expected(path)
+    assert not (runs / "lock.json").exists()
+
+
+def test_killed_measuring_actor_is_replaced(tmp_path, cluster):
+    """(c) kill -9 the measuring actor: a new one measures its checkpoint, once; no error."""
+    path = _study(tmp_path, "actor", epochs=8, checkpoints=(2, 4, 6, 8), metrics=("sam_sharpness", "hessian"))
+    killed = []
+
+    def kill_one() -> None:
+        from ray.util.state import list_actors
+        deadline = time.time() + 240
+        while time.time() < deadline and not killed:
+            alive = list_actors(filters=[("class_name", "=", "Measurer"), ("state", "=", "ALIVE")])
+            if alive and list((tmp_path / "runs" / "actor").glob("results/*/*.parquet")):
+                os.kill(int(alive[0].pid), signal.SIGKILL)
+                killed.append(alive[0].pid)
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_one, daemon=True)
+    killer.start()
+    out = execute(plan(str(path)), verbose=0)
+    killer.join(timeout=5)
+    assert killed, "the measuring actor was never seen alive"
+    assert not out.failed and not out.measure_errors and not out.interrupted
+    df = _rows(tmp_path, "actor")
+    assert df.height == len(_expected(path)) and set(zip(df["trial_id"], df["epoch"])) == _expected(path)
+
+
+def test_truncated_files_are_named_and_repaired(tmp_path, cluster):
+    """(e) a truncated result file is named and measured again in the next run; a truncated checkpoint is
+    named, set aside (exit 2), and the rerun retrains it; everything else stays as it was."""
+    path = _study(tmp_path, "trunc")
+    assert not execute(plan(str(path)), verbose=0).failed
+    runs = tmp_path / "runs" / "trunc"
+    result = sorted(runs.glob("results/*/*.parquet"))[0]
+    result.write_bytes(result.read_bytes()[:50])
+    p = plan(str(path))
+    assert len(p.damaged) == 1 and p.damaged[0].startswith(str(result)) and not p.to_train
+    assert len(p.to_measure) == 1
+    assert not execute(p, verbose=0).measure_errors
+    assert pl.read_parquet(result).height == 1  # repaired in place
+
+    ckpt = sorted(runs.glob("checkpoints/*/epoch_000006.pt"))[0]
+    trial_id = ckpt.parent.name
+    for f in runs.glob(f"results/{trial_id}/epoch_000006*"):
+        f.unlink()
+    ckpt.write_bytes(ckpt.read_bytes()[:100])
+    with pytest.raises(StudyError) as err:
+        plan(str(path))
+    assert str(err.value).startswith(f"{ckpt}: corrupt checkpoint") and "set aside" in str(err.value)
+    assert (ckpt.parent / "epoch_000006.pt.corrupt").exists() and not ckpt.exists()
+    p = plan(str(path))
+    assert [t.trial_id for t in p.to_train] == [trial_id]
+    assert not execute(p, verbose=0).failed
+    df = _rows(tmp_path, "trunc")
+    assert df.height == len(_expected(path)) and set(zip(df["trial_id"], df["epoch"])) == _expected(path)
+
+
+def test_one_run_per_study_and_no_silent_joining(tmp_path, cluster):
+    """(f) the same study started twice: the second refuses in one line (the lock in the store). A study
+    started without an address never joins another program's local Ray: it starts its own."""
+    path = _study(tmp_path, "twice", epochs=40, checkpoints=(20, 40))
+    first = _cli(path, cluster)
+    _wait_for(lambda: (tmp_path / "runs" / "twice" / "lock.json").exists())
+    second = _cli(path, cluster)
+    out = second.communicate(timeout=120)[0]
+    assert second.returncode == 2 and "storage: the study is being run by pid" in out, out
+    first.send_signal(signal.SIGINT)
+    first.communicate(timeout=240)
+
+    other = _study(tmp_path, "other", epochs=2, checkpoints=(2,))
+    alone = _cli(other, None, "--num-cpus", "2")  # another program's local Ray (this module's) is running
+    log = alone.communicate(timeout=300)[0]
+    assert alone.returncode == 0 and "ray: started a local Ray instance (2 CPUs)" in log, log
+
+
+def test_deleted_results_and_changed_metrics_remeasure_without_training(tmp_path, cluster):
+    """(g) the results folder deleted: the rerun measures every checkpoint again, trains nothing. Changed
+    metrics: the stale rows are measured again under the new settings and replaced, nothing retrained."""
+    path = _study(tmp_path, "again")
+    assert not execute(plan(str(path)), verbose=0).failed
+    ckpts = _mtimes(tmp_path, "again", "checkpoints/*/*.pt")
+    import shutil
+    shutil.rmtree(tmp_path / "runs" / "again" / "results")
+    p = plan(str(path))
+    assert not p.to_train and len(p.to_measure) == len(_expected(path))
+    assert not execute(p, verbose=0).measure_errors
+    assert _rows(tmp_path, "again").height == len(_expected(path))
+
+    path.write_text(path.read_text().replace("metrics: ['sam_sharpness']", "metrics: [sam_sharpness, fisher_rao]"))
+    p = plan(str(path))
+    assert not p.to_train and len(p.to_measure) == len(_expected(path))
+    assert not execute(p, verbose=0).measure_errors
+    df = _rows(tmp_path, "again")
+    assert df.height == len(_expected(path)) and df["fisher_rao"].null_count() == 0
+    assert df["measure_hash"].n_unique() == 1
+    assert all(f.stat().st_mtime_ns == t for f, t in ckpts.items()), "a checkpoint was retrained"
+    assert not plan(str(path)).to_measure and len(plan(str(path), remeasure=True).to_measure) == df.height
