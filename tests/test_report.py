@@ -13,9 +13,11 @@ from fake_results import write_study
 from raystudy.report import build_report
 
 REPO = Path(__file__).resolve().parents[1]
-CHARTS = {"functions_sam_sharpness_vs_step", "functions_sam_sharpness_vs_complexity", "circles_vs_factor",
-          "circles_vs_label_noise", "images_sharpness_vs_gap", "images_curvature_vs_gap",
-          "hessian_spectral_density"}
+CHARTS = {"functions_sam_sharpness_vs_step", "circles_vs_label_noise", "images_sharpness_vs_gap", "images_curvature_vs_gap",
+          "hessian_spectral_density",
+          # beside the verdicts, and the correlation analysis
+          "verdict_a_sharpness_vs_complexity", "verdict_b_sharpness_vs_factor", "verdict_c_paired_differences",
+          "correlation_tau", "sharpness_vs_complexity"}
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +43,15 @@ def test_page_is_offline_and_complete(report):
     assert "raystudy report: toy" in html
     assert "eval mode (BN stats stored), train set, un-augmented, n=500" in html  # what was measured
     assert "0.1.0 / 2.15.0 / 2.60.0" in html and "nonfinite: 1" in html
-    for block in ("circles", "circles_noise", "digits", "functions"):
-        assert f"<h3>Block {block}</h3>" in html
+    for block in ("circles", "circles_noise", "digits", "functions"):  # collapsed, one each
+        assert f"<details><summary>Block {block}</summary>" in html
     assert html.count("<caption>mean (SEM) over seeds</caption>") == 4
     assert html.count("each regime vs base, paired by seed") == 1  # only digits has base + other regimes
     assert "93 (1.3)" in html  # digits base test accuracy, mean (SEM)
     # The page opens with the verdicts: the fake study has 2 seeds of functions, so A cannot be decided.
     assert html.index("<h2>Verdicts</h2>") < html.index("<h2>Provenance</h2>")
+    assert html.index("verdict_a_sharpness_vs_complexity.png") < html.index("<h2>Provenance</h2>")
+    assert "<h2>Does sharpness track generalisation and safety?</h2>" in html
     assert "Family A: <span class=\"verdict inconclusive\">inconclusive</span>" in html
     assert "bootstrap interval over seeds needs at least 3" in html
     assert outside.count("<svg") == len(CHARTS) == html.count("<figcaption>") == html.count('class="vl-spec"')

@@ -22,22 +22,19 @@ class ReportChart:
 
 
 def report_charts(df: pl.DataFrame) -> list[ReportChart]:
-    """Every chart the rows support, in report order (charts whose data is absent are left out)."""
+    """Every chart the rows support beyond those beside the verdicts (family A's SAM-sharpness against
+    complexity, family B's factor sweep), in report order; charts whose data is absent are left out."""
     entries: list[tuple[str, alt.TopLevelMixin | None, str]] = []
     for metric in present(family_rows(df, "functions", final=False), GEOMETRY):
         label = metric_label(metric)
-        entries += [
-            (f"functions_{metric}_vs_step", functions_sharpness_vs_step(df, metric),
-             f"Family A: {label} of each target function's fit during training, mean over seeds "
-             "(log step axis, step 0 not shown)."),
-            (f"functions_{metric}_vs_complexity", functions_complexity_vs_sharpness(df, metric),
-             f"Family A: final {label} against the measured complexity of the target, one point per "
-             "function x seed - does sharpness follow the function being learned?"),
-        ]
+        entries.append((f"functions_{metric}_vs_step", functions_sharpness_vs_step(df, metric),
+                        f"Family A: {label} of each target function's fit during training, mean over seeds "
+                        "(log step axis, step 0 not shown)."))
+        if metric != "sam_sharpness":  # SAM-sharpness is the verdict's own chart
+            entries.append((f"functions_{metric}_vs_complexity", functions_complexity_vs_sharpness(df, metric),
+                            f"Family A: final {label} against the measured complexity of the target, one point "
+                            "per function x seed - does sharpness follow the function being learned?"))
     entries += [
-        ("circles_vs_factor", circles_sweep(df, "factor"),
-         "Family B: sharpness and test accuracy against the circles' radius ratio (tighter boundary to the "
-         "right), mean +- SEM over seeds."),
         ("circles_vs_label_noise", circles_sweep(df, "label_noise"),
          "Family B, random labels: sharpness and test accuracy against the fraction of training labels "
          "replaced at random, mean +- SEM over seeds."),
