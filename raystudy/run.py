@@ -35,6 +35,12 @@ def connect(address: str | None, num_cpus: int | None) -> str:
     if started and started in find_gcs_addresses():
         ray.init(address=started, log_to_driver=True)
         return f"joined the cluster `ray start` runs at {started}"
+    # A one-machine instance on the loopback address: its GCS, raylet and metrics endpoint (the study's own
+    # metrics among them, served without a token) listen on 127.0.0.1 only, not on every interface. Ray
+    # maps an explicit 127.0.0.1 node address to the machine's IP, and takes loopback only in this mode.
+    from ray._private import ray_constants
+    os.environ.setdefault(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, "0")  # for the processes Ray starts
+    ray_constants.ENABLE_RAY_CLUSTER = os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] != "0"  # read at import
     ray.init(address="local", num_cpus=num_cpus, log_to_driver=True)
     return f"started a local Ray instance ({int(ray.cluster_resources().get('CPU', 0))} CPUs)"
 

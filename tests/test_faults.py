@@ -199,3 +199,34 @@ def test_deleted_results_and_changed_metrics_remeasure_without_training(tmp_path
     assert df["measure_hash"].n_unique() == 1
     assert all(f.stat().st_mtime_ns == t for f, t in ckpts.items()), "a checkpoint was retrained"
     assert not plan(str(path)).to_measure and len(plan(str(path), remeasure=True).to_measure) == df.height
+
+
+def test_a_local_instance_serves_metrics_on_loopback_only(tmp_path):
+    """The local Ray instance raystudy starts answers /metrics (no token) on 127.0.0.1, not on the machine's
+    other addresses."""
+    script = """
+import socket, urllib.request
+import ray
+from raystudy.run import connect
+print(connect(None, 1))
+node = ray.nodes()[0]
+port = node["MetricsExportPort"]
+urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+import psutil
+others = {a.address for addrs in psutil.net_if_addrs().values() for a in addrs
+          if a.family == socket.AF_INET and not a.address.startswith("127.")}
+reachable = []
+for ip in others:
+    try:
+        socket.create_connection((ip, port), timeout=2).close()
+        reachable.append(ip)
+    except OSError:
+        pass
+print("node", node["NodeManagerAddress"], "reachable elsewhere", reachable, "checked", sorted(others))
+ray.shutdown()
+"""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "started a local Ray instance" in out.stdout
+    assert "node 127.0.0.1 reachable elsewhere []" in out.stdout, out.stdout
