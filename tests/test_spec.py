@@ -433,3 +433,13 @@ def test_full_study_runs_every_family_c_block_of_the_dataset_studies():
     assert set(by_name) == {"functions", "circles", "circles_random_labels"}
     tasks = {t.task for t in expand(load_study(studies / "full.yaml")) if t.family == "images"}
     assert tasks == {"cifar10", "cifar100", "tinyimagenet"}
+
+
+def test_readme_lists_every_result_column_and_metric():
+    """One definition of the columns (raystudy/schema.py), which the README follows."""
+    from raystudy.schema import COLUMNS
+    from raystudy.spec import METRICS
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    missing = [c.name for c in COLUMNS if f"{c.name}" not in readme]
+    assert not missing, f"README lacks columns {missing}"
+    assert all(m in readme for m in METRICS)
