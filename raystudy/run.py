@@ -102,6 +102,20 @@ def execute(p: Plan, address: str | None = None, num_cpus: int | None = None, ve
     return Outcome(failed, list(pool.errors), interrupted)
 
 
+def summarise(p: Plan) -> None:
+    """The closing summary: rows on storage, and each claim's verdict in one line."""
+    from raystudy.analysis.results import final_rows, load_results
+    from raystudy.analysis.verdicts import verdicts
+    df = load_results(p.store)
+    if df.is_empty():
+        return
+    not_ok = df.filter(df["status"] != "ok").height if "status" in df.columns else 0
+    print(f"summary: {final_rows(df)['trial_id'].n_unique()} of {len(p.trials)} trials finished, {df.height} "
+          f"checkpoints measured ({not_ok} not ok)", flush=True)
+    for v in verdicts(df):
+        print(f"verdict {v.family}: {v.outcome} - {v.claim}", flush=True)
+
+
 def dry_run(study_path: str) -> int:
     """Validate the study (file and preflight), print its grid and the training cost measured on this
     machine's device; write nothing, start nothing. Exit 0, or 2 on bad input."""
@@ -174,6 +188,7 @@ def _run(p: Plan, args: argparse.Namespace, t0: float) -> int:
     if not args.no_report:
         from raystudy.report import build_report
         print(f"report: {build_report(p.store.uri)}")
+        summarise(p)
     print(f"done in {time.perf_counter() - t0:.0f}s", flush=True)
     for tid, err in out.failed.items():
         print(f"failed: {tid}: {err}", file=sys.stderr)
