@@ -17,10 +17,11 @@ import json
 import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 from raystudy import models, tasks
 from raystudy.seeding import derive_seed
@@ -65,16 +66,18 @@ class Analysis(_Strict):
     gpus: float = Field(0.0, ge=0)
 
 
-class Sharpness(_Strict):
-    rhos: list[float] = Field(default_factory=lambda: [0.005], min_length=1)
-    draws: int = Field(100, ge=1)
+def _all_positive(v: list[float]) -> list[float]:
+    if any(r <= 0 for r in v):
+        raise ValueError("every rho must be > 0")
+    return v
 
-    @field_validator("rhos")
-    @classmethod
-    def _positive(cls, v: list[float]) -> list[float]:
-        if any(r <= 0 for r in v):
-            raise ValueError("every rho must be > 0")
-        return v
+
+Radii = Annotated[list[float], Field(min_length=1), AfterValidator(_all_positive)]  # perturbation radii
+
+
+class Sharpness(_Strict):
+    rhos: Radii = Field(default_factory=lambda: [0.005])
+    draws: int = Field(100, ge=1)
 
 
 class Hessian(_Strict):
@@ -90,7 +93,7 @@ class Adaptive(_Strict):
     """The ``adaptive_sharpness`` metric (Andriushchenko et al. 2023): every combination of ``rho`` x
     ``norm`` x ``kind`` is measured; ``adaptive`` scales perturbations by |w| (invariant to layer
     rescaling); ``m`` is the m-sharpness batch (worst case only; None = all measured data at once)."""
-    rho: list[float] = Field(default_factory=lambda: [0.0005], min_length=1)
+    rho: Radii = Field(default_factory=lambda: [0.0005])
     norm: list[Literal["l2", "linf"]] = Field(default_factory=lambda: ["l2"], min_length=1)
     kind: list[Literal["worst", "average"]] = Field(default_factory=lambda: ["worst", "average"], min_length=1)
     adaptive: bool = True
@@ -98,13 +101,6 @@ class Adaptive(_Strict):
     n_iter: int = Field(20, ge=1)
     n_restarts: int = Field(1, ge=1)
     n_draws: int = Field(100, ge=1)
-
-    @field_validator("rho")
-    @classmethod
-    def _positive(cls, v: list[float]) -> list[float]:
-        if any(r <= 0 for r in v):
-            raise ValueError("every rho must be > 0")
-        return v
 
 
 class Complexity(_Strict):

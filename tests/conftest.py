@@ -2,6 +2,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 
 @pytest.fixture
@@ -14,3 +15,13 @@ def write_study(tmp_path):
         return path
 
     return _write
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models on a shared 2-core machine: two OpenMP threads stall each other (up to x10 slower).
+    Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -9,9 +9,11 @@ from torch import nn
 
 from raystudy.geometry.hvp import HessianOperator
 from raystudy.geometry.lanczos import hessian_eigenvalues, lanczos_eigenvalues
-from test_hessian_cases import (cnn, mlp, one_thread,  # noqa: F401  (fixtures)
+from test_hessian_cases import (cnn, mlp,  # noqa: F401  (fixtures)
                                 SPECTRUM, assert_untouched, cnn_case, dense_hessian, mlp_case,
                                 quadratic_case, snapshot)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

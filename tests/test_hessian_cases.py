@@ -15,13 +15,7 @@ from torch import Tensor, nn
 SIZES = (10, 8, 5)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core machine: two OpenMP threads stall each other (x10 slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
   # unequal batches: an unweighted batch average would be biased

@@ -9,9 +9,11 @@ import torch
 from raystudy.geometry.density import hessian_density, slq_density
 from raystudy.geometry.hvp import HessianOperator
 from raystudy.geometry.trace import hessian_trace, trace_estimate
-from test_hessian_cases import (cnn, mlp, one_thread,  # noqa: F401  (fixtures)
+from test_hessian_cases import (cnn, mlp,  # noqa: F401  (fixtures)
                                 SPECTRUM, assert_untouched, cnn_case, matrix_case, mlp_case,
                                 quadratic_case, snapshot)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("method", ["hutchinson", "hutch++"])

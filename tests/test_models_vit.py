@@ -15,12 +15,7 @@ from raystudy.models import create_model
 TINY = {"dim": 16, "depth": 2, "heads": 2, "dim_head": 8, "mlp_dim": 12}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def vit(in_shape=(3, 8, 8), out_dim=5, seed=0, **kw):
