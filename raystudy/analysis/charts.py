@@ -9,7 +9,7 @@ from raystudy.analysis.labels import axis_title, chart_title, metric_label
 from raystudy.analysis.results import GEOMETRY, final_rows, ok_rows, present
 
 WIDTH, HEIGHT = 260, 180
-CLASSIFIER_SHARPNESS = ("fisher_rao", "relative_flatness", "sam_sharpness")
+CLASSIFIER_SHARPNESS = ("fisher_rao", "relative_flatness", "sam_sharpness", "adaptive_sharpness")
 
 
 def family_rows(df: pl.DataFrame, family: str, final: bool = True) -> pl.DataFrame:

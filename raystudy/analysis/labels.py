@@ -9,7 +9,9 @@ METRIC_LABELS = {
     "test_acc": "test accuracy", "gen_gap": "generalisation gap", "ece": "ECE (15 bins, L1)",
     "corruption_acc": "corruption accuracy", "disagreement": "disagreement between seeds",
     "fisher_rao": "Fisher-Rao norm", "relative_flatness": "relative flatness",
-    "sam_sharpness": "SAM-sharpness", "hessian_lambda_max": "Hessian lambda_max",
+    "sam_sharpness": "SAM-sharpness", "adaptive_sharpness": "adaptive sharpness",
+    "input_grad_norm": "input-gradient norm", "linear_region_density": "linear-region density",
+    "jsd": "Jensen-Shannon divergence between seeds", "hessian_lambda_max": "Hessian lambda_max",
     "hessian_lambda_min": "Hessian lambda_min", "hessian_trace": "Hessian trace",
     "target_complexity": "target complexity",
 }
