@@ -113,8 +113,9 @@ class _AllReduceSum(torch.autograd.Function):
         return grad, None
 
 
-class HostSyncBatchNorm(nn.SyncBatchNorm):
-    """``nn.SyncBatchNorm`` for CPU tensors (gloo), which torch's refuses: in training mode with more
+class HostSyncBatchNorm(_BatchNorm):
+    """``nn.SyncBatchNorm`` for CPU tensors (gloo), which torch refuses (both SyncBatchNorm itself and
+    DDP around it, so this is a plain ``_BatchNorm`` subclass of any dimension): in training mode with more
     than one process, the batch mean and (biased) variance are the whole batch's across the group,
     the running statistics are updated with its unbiased variance, and gradients flow through the
     statistics to every rank, so N workers on shards of a batch compute what one process computes on
@@ -122,6 +123,15 @@ class HostSyncBatchNorm(nn.SyncBatchNorm):
     (eval mode, one process) it is plain BatchNorm. Same parameters, buffers and state-dict keys as
     ``BatchNorm*d``. Cost per forward: two all-reduces of ``C + 1`` and ``C`` float64 values (two more
     in backward), one host sync."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, process_group=None) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats)
+        self.process_group = process_group
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
 
     def forward(self, input: Tensor) -> Tensor:
         group = self.process_group or dist.group.WORLD
@@ -163,7 +173,7 @@ def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 def _convert(module: nn.Module) -> nn.Module:
-    if isinstance(module, _BatchNorm) and not isinstance(module, nn.SyncBatchNorm):
+    if isinstance(module, _BatchNorm) and not isinstance(module, (nn.SyncBatchNorm, HostSyncBatchNorm)):
         out = HostSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
                                 module.track_running_stats)
         if module.affine:

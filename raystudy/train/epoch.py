@@ -156,7 +156,7 @@ class TrainStep:
 
     With ``parallel`` (data-parallel training, see ``ddp.py``) it is called with the whole batch on
     every worker, trains on this worker's shard through the DDP-wrapped forward, and returns this
-    worker's part of the batch's mean loss (the parts sum to it over workers).
+    worker's weighted loss (their mean over workers is the batch's mean loss).
 
     Set up once per trial, in place on ``model`` (which must already be on its device): conv nets on
     CUDA switch to channels_last (parameters keep their identity, so an optimiser built over them
@@ -251,5 +251,5 @@ def train_epoch(step: TrainStep, batches: Iterable[tuple[Tensor, Tensor]]) -> fl
     if total is None:
         raise ValueError("an epoch with no batches")
     if step.parallel is not None:
-        total = step.parallel.sum(total)
+        total = step.parallel.sum(total) / step.parallel.world
     return total.item() / seen
