@@ -49,8 +49,8 @@ def _train_worker(config: dict[str, Any]) -> None:
     res = trial.resources
     torch.set_num_threads(max(1, int(res["cpus"])))  # oversubscribing cores slows every trial
     local = res["workers"] == 0
-    ctx = train.get_context()
-    world = 1 if local else ctx.get_world_size()
+    ctx = None if local else train.get_context()  # inside a Tune trial (local mode) Ray forbids the call
+    world = ctx.get_world_size() if ctx else 1
     device = torch.device("cpu")
     if res["gpus"] > 0 and torch.cuda.is_available():
         # A worker's own GPU: Train lets the workers of a node see all of its GPUs (for NCCL).
