@@ -127,7 +127,8 @@ class PlainBatchNorm(DataParallel):
 
 def _bn_case(seed: int, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=g, dtype=torch.float64) * 3 + 1, torch.randn(*shape, generator=g, dtype=torch.float64)
+    x = torch.randn(*shape, generator=g, dtype=torch.float64) * 3 + 1
+    return x, torch.randn(*shape, generator=g, dtype=torch.float64)
 
 
 def _bn_full(x: torch.Tensor, r: torch.Tensor) -> dict:
