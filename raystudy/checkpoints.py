@@ -1,19 +1,26 @@
-"""Checkpoint files: one self-describing file per (trial, epoch).
+"""Checkpoint files: one self-describing file per (trial, epoch), and one resume point per trial.
 
 ``<study>/checkpoints/<trial_id>/epoch_000015.pt`` holds the model and optimiser state, the trial
 it belongs to, and the training-side numbers (running loss, wall time). It is written by training
 and read by measurement and by a resumed trial; nothing else is needed to re-measure it later.
+
+``<study>/checkpoints/<trial_id>/resume.pt`` holds exactly the same fields at some later epoch: a
+resume point, written every ``resume_every`` epochs or minutes and replaced as training goes, so a
+killed trial loses minutes rather than everything since its last measured checkpoint. It is never
+measured (``list_checkpoints`` does not return it) and is deleted when the trial's last checkpoint is
+written; one older than the latest measured checkpoint is simply ignored (``resume_state``).
 """
 from __future__ import annotations
 
 import io
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from raystudy.storage import Store
+from raystudy.storage import Store, first_line
 
 FORMAT = 1
 
@@ -33,12 +40,16 @@ def checkpoint_path(store: Store, trial_id: str, epoch: int) -> str:
     return store.path("checkpoints", trial_id, f"epoch_{epoch:06d}.pt")
 
 
-def save_checkpoint(store: Store, trial_id: str, epoch: int, state: dict[str, Any]) -> CheckpointRef:
-    """Atomically write ``state`` (tensors and plain data) for ``(trial_id, epoch)``."""
+def _write(store: Store, path: str, trial_id: str, epoch: int, state: dict[str, Any]) -> None:
     buf = io.BytesIO()
     torch.save({"format": FORMAT, "trial_id": trial_id, "epoch": epoch, **state}, buf)
-    path = checkpoint_path(store, trial_id, epoch)
     store.write_bytes(path, buf.getvalue())
+
+
+def save_checkpoint(store: Store, trial_id: str, epoch: int, state: dict[str, Any]) -> CheckpointRef:
+    """Atomically write ``state`` (tensors and plain data) for ``(trial_id, epoch)``."""
+    path = checkpoint_path(store, trial_id, epoch)
+    _write(store, path, trial_id, epoch, state)
     return CheckpointRef(trial_id, epoch, path)
 
 
@@ -66,3 +77,38 @@ def list_checkpoints(store: Store, trial_id: str) -> list[CheckpointRef]:
         if m:
             refs.append(CheckpointRef(trial_id, int(m.group(1)), path))
     return sorted(refs, key=lambda r: r.epoch)
+
+
+def resume_path(store: Store, trial_id: str) -> str:
+    return store.path("checkpoints", trial_id, "resume.pt")
+
+
+def save_resume_point(store: Store, trial_id: str, epoch: int, state: dict[str, Any]) -> str:
+    """Atomically write (or replace) the trial's resume point; ``state`` holds what a checkpoint holds."""
+    path = resume_path(store, trial_id)
+    _write(store, path, trial_id, epoch, state)
+    return path
+
+
+def delete_resume_point(store: Store, trial_id: str) -> None:
+    """Remove the trial's resume point, if any (its last checkpoint has superseded it)."""
+    path = resume_path(store, trial_id)
+    if store.exists(path):
+        store.fs.delete_file(path)
+
+
+def resume_state(store: Store, trial_id: str, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
+    """The state a trial resumes from: the latest of its last measured checkpoint and its resume point
+    (by epoch; the measured one on a tie), or None when it has neither. Raises :class:`CheckpointError` for
+    a corrupt measured checkpoint; a corrupt resume point is only a lost shortcut: a warning, then ignored.
+    Cost: reads the resume point, and the last measured checkpoint when the resume point is not newer."""
+    refs = list_checkpoints(store, trial_id)
+    resume = None
+    if store.exists(resume_path(store, trial_id)):
+        try:
+            resume = load_checkpoint(store, resume_path(store, trial_id), map_location)
+        except CheckpointError as err:
+            warnings.warn(f"ignoring the resume point: {first_line(err)}", RuntimeWarning, stacklevel=2)
+    if resume is not None and (not refs or resume["epoch"] > refs[-1].epoch):
+        return resume
+    return load_checkpoint(store, refs[-1].path, map_location) if refs else None

@@ -90,7 +90,7 @@ def execute(p: Plan, address: str | None = None, num_cpus: int | None = None, ve
             pool.submit(path)
         if p.to_train:
             failed, interrupted = run_trials(p.to_train, p.store, pool, say_measured, verbose=verbose,
-                                             cap=p.study.max_concurrent_trials)
+                                             cap=p.study.max_concurrent_trials, max_failures=p.study.max_failures)
         if not interrupted:  # after a Ctrl-C stop now: unmeasured checkpoints wait for the rerun
             pool.drain(say_measured)
             # A checkpoint saved just before a trial died never reached Tune: sweep storage once more.

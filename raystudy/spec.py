@@ -59,6 +59,14 @@ class Resources(_Strict):
     workers: int = Field(0, ge=0)
 
 
+class ResumeEvery(_Strict):
+    """How often training saves a resume point (``checkpoints/<trial_id>/resume.pt``, not measured, replaced
+    as it goes): every ``epochs`` epochs and/or every ``minutes`` minutes of training, whichever comes first;
+    both null: never (a killed trial restarts from its last measured checkpoint)."""
+    epochs: int | None = Field(None, ge=1)
+    minutes: float | None = Field(10.0, gt=0)
+
+
 class Analysis(_Strict):
     """The measuring actor pool, separate from training trials."""
     actors: int = Field(1, ge=1)
@@ -170,6 +178,7 @@ class Block(_Strict):
     complexity: Complexity = Field(default_factory=Complexity)
     measure: Measure = Field(default_factory=Measure)
     resources: Resources = Field(default_factory=Resources)
+    resume_every: ResumeEvery = Field(default_factory=ResumeEvery)
 
     @field_validator(*AXES, mode="after")
     @classmethod
@@ -260,6 +269,9 @@ class Study(_Strict):
     # Trials at once; default: as many as fit on the cluster as it is now. Set it on an autoscaling
     # cluster, which starts smaller than it grows.
     max_concurrent_trials: int | None = Field(None, ge=1)
+    # Retries of a trial whose process dies (or whose training raises), each from its last resume point,
+    # within the same run: Tune's FailureConfig, and Train's where the trial has real workers.
+    max_failures: int = Field(2, ge=0)
     analysis: Analysis = Field(default_factory=Analysis)
     blocks: list[Block] = Field(min_length=1)
 
@@ -309,6 +321,7 @@ class Trial:
     complexity: dict = field(default_factory=dict)
     measure: dict = field(default_factory=dict)
     resources: dict = field(default_factory=dict)
+    resume_every: dict = field(default_factory=lambda: ResumeEvery().model_dump())
     precision: str = "fp32"
     compile: bool = False
     trial_id: str = ""
@@ -441,6 +454,7 @@ def _expand_block(study: str, block: Block) -> list[Trial]:
             corruption=block.corruption.model_dump(), adaptive=block.adaptive.model_dump(),
             complexity=block.complexity.model_dump(),
             measure=block.measure.model_dump(), resources=block.resources.model_dump(),
+            resume_every=block.resume_every.model_dump(),
             precision=block.precision, compile=block.compile,
         )
         # An axis the regime does not use (sam_rho without sam, weight_decay without wd) neither names
@@ -462,10 +476,11 @@ _ID_TAGS = {"lr": "lr", "momentum": "m", "batch_size": "bs", "weight_decay": "wd
 
 
 def _with_id(trial: Trial, varying: dict[str, Any]) -> Trial:
-    """Readable prefix + hash of everything that shapes training (not resources or metrics), so an
-    edited setting never resumes from a stale checkpoint while an unchanged file gives the same ids."""
+    """Readable prefix + hash of everything that shapes training (not resources, resume points or
+    metrics), so an edited setting never resumes from a stale checkpoint while an unchanged file gives
+    the same ids."""
     shaping = {k: v for k, v in trial.to_dict().items()
-               if k not in (*MEASUREMENT_FIELDS, "resources", "trial_id", "data_root")
+               if k not in (*MEASUREMENT_FIELDS, "resources", "resume_every", "trial_id", "data_root")
                and not (k in _HASHED_WHEN_SET and v == _HASHED_WHEN_SET[k])}
     digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:6]
     extra = "".join(f"-{_ID_TAGS[k]}{v:g}" if isinstance(v, float) else f"-{_ID_TAGS[k]}{v}"

@@ -143,10 +143,29 @@ def test_sam_rho_and_weight_decay_only_touch_trials_that_use_them(tmp_path):
     lambda b: b.update(sharpness={"rhos": [0.01], "draws": 7}),
     lambda b: b.update(measure={"split": "test", "max_samples": 100}),
     lambda b: b.update(hessian={"top_k": 3}),
-], ids=["metrics", "resources", "sharpness", "measure", "hessian"])
+    lambda b: b.update(resume_every={"epochs": 2, "minutes": None}),
+], ids=["metrics", "resources", "sharpness", "measure", "hessian", "resume_every"])
 def test_ids_ignore_measurement_and_resources(tmp_path, edit):
     before, after = changed_ids(tmp_path, edit)
     assert before == after
+
+
+def test_resume_every_and_max_failures_are_carried_with_their_defaults(tmp_path):
+    study = base_study(tmp_path)
+    study["blocks"][1]["resume_every"] = {"epochs": 5}
+    loaded = load_study(write(tmp_path, study))
+    assert loaded.max_failures == 2  # a trial whose process dies is retried twice by default
+    by_block = {t.block: t.resume_every for t in expand(loaded)}
+    assert by_block == {"circ": {"epochs": None, "minutes": 10.0}, "dig": {"epochs": 5, "minutes": 10.0}}
+    study.update(max_failures=0)
+    study["blocks"][1]["resume_every"] = {"epochs": None, "minutes": None}  # never
+    loaded = load_study(write(tmp_path, study))
+    assert loaded.max_failures == 0 and expand(loaded)[-1].resume_every == {"epochs": None, "minutes": None}
+    t = expand(loaded)[-1]
+    assert Trial.from_dict(t.to_dict()) == t
+    old = t.to_dict()
+    del old["resume_every"]  # a checkpoint written before the field existed
+    assert Trial.from_dict(old).resume_every == {"epochs": None, "minutes": 10.0}
 
 
 def test_regimes_canonicalise(tmp_path):
@@ -277,6 +296,13 @@ BAD = [
     ("n_train on images", block(1, n_train=100), "blocks[1].n_train", "images blocks do not use n_train"),
     ("block names differing in case", block(1, name="CIRC"), "blocks[1].name", "ignoring case"),
     ("metric listed twice", block(1, metrics=["ece", "ece"]), "blocks[1].metrics", "'ece' is listed twice"),
+    ("resume every 0 epochs", block(1, resume_every={"epochs": 0}), "blocks[1].resume_every.epochs",
+     "greater than or equal to 1"),
+    ("resume every negative minutes", block(1, resume_every={"minutes": -1.0}), "blocks[1].resume_every.minutes",
+     "greater than 0"),
+    ("resume_every unknown key", block(1, resume_every={"steps": 100}), "blocks[1].resume_every.steps",
+     "unknown key"),
+    ("negative max_failures", lambda s: s.update(max_failures=-1), "max_failures", "greater than or equal to 0"),
 ]
 
 

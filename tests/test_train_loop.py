@@ -1,6 +1,7 @@
 """The training loop and the measurement stage, without Ray."""
 import math
 import os
+from dataclasses import replace
 
 import polars as pl
 import pytest
@@ -79,6 +80,65 @@ def test_resumed_trial_matches_uninterrupted(tmp_path, trials):
     a = load_checkpoint(full, list_checkpoints(full, trial.trial_id)[-1].path)["model"]
     b = load_checkpoint(cut, list_checkpoints(cut, trial.trial_id)[-1].path)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+class Killed(Exception):
+    """Stands in for the process dying mid-epoch."""
+
+
+def test_resume_point_resumes_bit_identically(tmp_path, trials, monkeypatch):
+    """A trial killed mid-epoch resumes from the later of its last measured checkpoint and its resume
+    point, and ends with the uninterrupted run's weights, bit for bit."""
+    import raystudy.train.loop as loop
+    from raystudy.checkpoints import resume_path
+
+    # Adam's moments and the epoch count are the state here; a resume point holds what a checkpoint
+    # holds (one function writes both), and the test above covers SAM, augmentation and BatchNorm.
+    fn = next(t for t in trials if t.block == "fn")
+    trial = replace(fn, epochs=5, checkpoints=(0, 3, 5))
+    full = Store(str(tmp_path / "full"))
+    train_trial(replace(trial, resume_every={"epochs": None, "minutes": None}), full)
+    want = load_checkpoint(full, list_checkpoints(full, trial.trial_id)[-1].path)
+    real_epoch = loop.train_epoch
+    # (resume_every, the epoch the kill lands in, where training must pick up again)
+    cases = [({"epochs": 2, "minutes": None}, 5, 4),  # resume point (4) newer than the checkpoint (3)
+             ({"epochs": 2, "minutes": None}, 4, 3),  # stale resume point (2): the checkpoint (3) wins
+             ({"epochs": None, "minutes": 1e-9}, 3, 2)]  # by the clock: a resume point after every epoch
+    for i, (every, crash_in, resumed_from) in enumerate(cases):
+        store, t = Store(str(tmp_path / f"cut{i}")), replace(trial, resume_every=every)
+        calls = []
+
+        def dies_in_epoch(step, batches):
+            calls.append(1)
+            if len(calls) == crash_in:
+                raise Killed
+            return real_epoch(step, batches)
+
+        monkeypatch.setattr(loop, "train_epoch", dies_in_epoch)
+        with pytest.raises(Killed):
+            train_trial(t, store)
+        monkeypatch.setattr(loop, "train_epoch", real_epoch)
+        assert os.path.exists(resume_path(store, t.trial_id))
+        assert [r.epoch for r in list_checkpoints(store, t.trial_id)] == [c for c in (0, 3) if c < crash_in]
+        summary = train_trial(t, store)
+        assert summary.resumed_from == resumed_from, every
+        got = load_checkpoint(store, list_checkpoints(store, t.trial_id)[-1].path)
+        assert got["resumed_from"] == resumed_from and got["train_loss_running"] == want["train_loss_running"]
+        assert all(torch.equal(want["model"][k], got["model"][k]) for k in want["model"])
+        assert not os.path.exists(resume_path(store, t.trial_id))  # superseded by the last checkpoint
+
+
+def test_corrupt_resume_point_is_ignored_with_a_warning(tmp_path, trials):
+    from raystudy.checkpoints import resume_path, resume_state
+
+    store, trial = Store(str(tmp_path / "s")), next(t for t in trials if t.block == "fn")
+    train_trial(trial, store)
+    os.makedirs(os.path.dirname(resume_path(store, trial.trial_id)), exist_ok=True)
+    with open(resume_path(store, trial.trial_id), "wb") as f:
+        f.write(b"not a checkpoint")
+    with pytest.warns(RuntimeWarning, match="ignoring the resume point: .*resume.pt: corrupt checkpoint"):
+        state = resume_state(store, trial.trial_id)
+    assert state["epoch"] == trial.epochs
 
 
 def test_measure_row_is_honest(tmp_path, trials):

@@ -3,9 +3,12 @@
 Each Tune trial is a *function trainable* that builds a ``TorchTrainer`` and calls ``fit()``.
 With ``workers: 0`` Train runs in the trial's own process (local mode), so the trial holds the real
 CPUs/GPU; with ``workers: N`` the trial driver holds a token CPU and Train's workers hold the real
-resources. Every checkpoint is written to the study's storage by the training loop itself (one
-layout for local and distributed mode) and its path reported to Train and on to Tune, where a
-callback hands it to the analysis pool without blocking.
+resources; with N > 1 they train data-parallel (``raystudy.train.ddp``: each worker a shard of every
+batch, gradients averaged, the single-process result up to reduction order). Every checkpoint is
+written to the study's storage by the training loop itself (rank 0 alone; one layout for local and
+distributed mode) and its path reported to Train and on to Tune, where a callback hands it to the
+analysis pool without blocking. A trial whose process dies is retried (Tune's ``FailureConfig``, and
+Train's for real workers) and its loop resumes from the trial's resume point on storage.
 """
 from __future__ import annotations
 
@@ -39,36 +42,47 @@ logging.getLogger("ray.train.v2.api.config").addFilter(_OncePerStudy())
 
 def _train_worker(config: dict[str, Any]) -> None:
     import torch
+    from raystudy.train.ddp import DataParallel
     from raystudy.train.loop import train_trial
 
     trial, store = Trial.from_dict(config["trial"]), Store(config["store"])
     res = trial.resources
     torch.set_num_threads(max(1, int(res["cpus"])))  # oversubscribing cores slows every trial
-    device = "cpu"
-    if res["gpus"] > 0 and torch.cuda.is_available():
-        device = "cuda"
-        if res["gpus"] < 1:  # Ray's GPU shares are logical: cap the real memory ourselves
-            torch.cuda.set_per_process_memory_fraction(res["gpus"])
     local = res["workers"] == 0
+    ctx = None if local else train.get_context()  # inside a Tune trial (local mode) Ray forbids the call
+    world = ctx.get_world_size() if ctx else 1
+    device = torch.device("cpu")
+    if res["gpus"] > 0 and torch.cuda.is_available():
+        # A worker's own GPU: Train lets the workers of a node see all of its GPUs (for NCCL).
+        device = torch.device("cuda") if local else ray.train.torch.get_device()
+        if res["gpus"] < 1:  # Ray's GPU shares are logical: cap the real memory ourselves
+            torch.cuda.set_per_process_memory_fraction(res["gpus"], device)
+    parallel = None
+    if world > 1:  # data-parallel: each worker trains its shard of every batch; rank 0 writes the files
+        from ray.train.torch import prepare_model
+        parallel = DataParallel(ctx.get_world_rank(), world, wrap=lambda m: prepare_model(m, move_to_device=device))
 
     # Local mode runs inside the Tune trial itself, where Ray forbids ray.train.report: there the
-    # result goes straight to Tune. Real workers report to Train; TuneReportCallback forwards rank 0's.
+    # result goes straight to Tune. Real workers report to Train (every rank, the same number of
+    # times: a report is a barrier); TuneReportCallback forwards rank 0's.
     report = tune.report if local else train.report
 
-    train_trial(trial, store, report=report, device=device)
+    train_trial(trial, store, report=report, device=device, parallel=parallel)
 
 
-def run_trial(config: dict[str, Any], trials: dict[str, dict], store_uri: str) -> None:
-    """Tune function trainable: one grid point, trained by a ``TorchTrainer``."""
+def run_trial(config: dict[str, Any], trials: dict[str, dict], store_uri: str, max_failures: int = 2) -> None:
+    """Tune function trainable: one grid point, trained by a ``TorchTrainer``. With real workers, Train
+    restarts a worker group that lost a worker up to ``max_failures`` times; the loop picks up from the
+    trial's resume point either way (Tune retries a trial whose own process died, see ``run_trials``)."""
     trial, store = trials[config["trial_id"]], Store(store_uri)
     res = trial["resources"]
     if res["workers"] == 0:
         scaling = train.ScalingConfig(num_workers=0)
-        callbacks = []
+        callbacks, failure = [], None  # local mode has no workers to restart: Tune retries the trial
     else:
         scaling = train.ScalingConfig(num_workers=res["workers"], use_gpu=res["gpus"] > 0,
                                       resources_per_worker={"CPU": res["cpus"], "GPU": res["gpus"]})
-        callbacks = [TuneReportCallback()]
+        callbacks, failure = [TuneReportCallback()], train.FailureConfig(max_failures=max_failures)
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={"trial": trial, "store": store_uri},
@@ -76,12 +90,14 @@ def run_trial(config: dict[str, Any], trials: dict[str, dict], store_uri: str) -
         # Same name + storage on a rerun: Train picks the run up where it stopped. Train's state goes
         # through the study's own filesystem (local or object store), like everything else.
         run_config=train.RunConfig(name=trial["trial_id"], storage_path=store.path("ray", "train"),
-                                   storage_filesystem=store.fs, callbacks=callbacks),
+                                   storage_filesystem=store.fs, callbacks=callbacks, failure_config=failure),
     )
     trainer.fit()
 
 
 def trial_resources(trial: dict) -> tune.PlacementGroupFactory:
+    """What a Tune trial itself holds: the real CPUs/GPU in local mode; a token CPU for the driver of
+    real workers, which Train places itself (holding theirs here too would deadlock nested Train)."""
     res = trial["resources"]
     if res["workers"] == 0:
         return tune.PlacementGroupFactory([{"CPU": res["cpus"], "GPU": res["gpus"]}])
@@ -134,16 +150,18 @@ class FeedPool(tune.Callback):
         metrics.trial_finished(failed=True)
 
 
-def run_trials(trials: list[Trial], store: Store, pool: MeasurePool, say,
-               verbose: int = 1, cap: int | None = None) -> tuple[dict[str, str], list[str]]:
-    """Train ``trials`` with Ray Tune, feeding checkpoints to ``pool``. Returns ``({trial_id: error}``
-    for the trials that failed, ``[trial_id]`` of those a Ctrl-C stopped before they ended)."""
+def run_trials(trials: list[Trial], store: Store, pool: MeasurePool, say, verbose: int = 1,
+               cap: int | None = None, max_failures: int = 2) -> tuple[dict[str, str], list[str]]:
+    """Train ``trials`` with Ray Tune, feeding checkpoints to ``pool``; a trial whose process dies (or
+    whose training raises) is retried up to ``max_failures`` times (the study's ``max_failures``), each
+    time from its last resume point. Returns ``({trial_id: error}`` for the trials that failed after
+    their retries, ``[trial_id]`` of those a Ctrl-C stopped before they ended)."""
     by_id = {t.trial_id: t.to_dict() for t in trials}
     local = sum(t.resources["workers"] == 0 for t in trials)
     if local and verbose:
         print(f"{local} of {len(trials)} trials train in Ray Train's local mode (workers: 0): inside their Tune "
               "trial's process, no worker start-up", flush=True)
-    trainable = tune.with_parameters(run_trial, trials=by_id, store_uri=store.uri)
+    trainable = tune.with_parameters(run_trial, trials=by_id, store_uri=store.uri, max_failures=max_failures)
     trainable = tune.with_resources(trainable, lambda config: trial_resources(by_id[config["trial_id"]]))
     feed = FeedPool(pool, say)
     tuner = tune.Tuner(
@@ -157,7 +175,8 @@ def run_trials(trials: list[Trial], store: Store, pool: MeasurePool, say,
         ),
         # A path on the Store's filesystem (not a URI): pyarrow gives Ray the same endpoint and options.
         run_config=tune.RunConfig(name="tune", storage_path=store.path("ray"), storage_filesystem=store.fs,
-                                  verbose=verbose, callbacks=[feed]),
+                                  verbose=verbose, callbacks=[feed],
+                                  failure_config=tune.FailureConfig(max_failures=max_failures)),
     )
     grid = tuner.fit()
     failed = {}

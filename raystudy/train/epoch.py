@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from raystudy.seeding import derive_seed
 from raystudy.tasks.base import Task
 from raystudy.train.augment import augment
+from raystudy.train.ddp import DataParallel
 from raystudy.train.sam import SAM, bn_stats_frozen
 
 PRECISIONS = ("fp32", "bf16")
@@ -153,6 +154,10 @@ class TrainStep:
     backward, update; a SAM step (two passes) when ``sam`` wraps ``optimizer``. Calling it returns
     the detached mean loss at the weights before the update, as a device tensor (never read here).
 
+    With ``parallel`` (data-parallel training, see ``ddp.py``) it is called with the whole batch on
+    every worker, trains on this worker's shard through the DDP-wrapped forward, and returns this
+    worker's weighted loss (their mean over workers is the batch's mean loss).
+
     Set up once per trial, in place on ``model`` (which must already be on its device): conv nets on
     CUDA switch to channels_last (parameters keep their identity, so an optimiser built over them
     stays valid); ``compile=True`` wraps the forward in ``torch.compile``. ``model`` stays the
@@ -161,58 +166,72 @@ class TrainStep:
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable[[Tensor, Tensor], Tensor],
-                 sam: SAM | None = None, precision: str = "fp32", compile: bool = False) -> None:
+                 sam: SAM | None = None, precision: str = "fp32", compile: bool = False,
+                 parallel: DataParallel | None = None) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.model, self.optimizer, self.loss_fn, self.sam, self.precision = model, optimizer, loss_fn, sam, precision
+        self.parallel = parallel
         self.device = next(model.parameters()).device
         self.channels_last = self.device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules())
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
-        self._forward: Callable[[Tensor], Tensor] = torch.compile(model) if compile else model
+        self.net = parallel.wrap(model) if parallel else model  # the module whose forward trains (DDP or model)
+        self._eager: Callable[[Tensor], Tensor] = self.net
+        self._forward: Callable[[Tensor], Tensor] = torch.compile(self.net) if compile else self.net
         self._probed: set[tuple[int, ...]] = set()
 
     @property
     def compiled(self) -> bool:
-        return self._forward is not self.model
+        return self._forward is not self._eager
 
-    def loss(self, x: Tensor, y: Tensor) -> Tensor:
-        """The mean loss of the batch at the current weights, under the step's precision."""
+    def loss(self, x: Tensor, y: Tensor, weight: float = 1.0) -> Tensor:
+        """The mean loss of the batch at the current weights, under the step's precision, times
+        ``weight``; an empty batch (a worker's shard of a batch smaller than the world) gives a zero
+        that still runs forward and backward, so the worker takes part in every collective."""
         bf16 = self.precision == "bf16"
         with torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
-            return self.loss_fn(self._forward(x), y)
+            out = self._forward(x)
+            if len(x) == 0:
+                return out.sum() * 0.0
+            loss = self.loss_fn(out, y)
+            return loss * weight if weight != 1.0 else loss
 
     def __call__(self, x: Tensor, y: Tensor) -> Tensor:
+        weight, shape = 1.0, tuple(x.shape)  # the whole batch's shape: every worker probes at the same step
+        if self.parallel is not None:
+            weight = self.parallel.shard.weight(len(x))
+            x, y = self.parallel.shard.take(x, y)
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        if self.compiled and tuple(x.shape) not in self._probed:
-            self._probe(x, y)
+        if self.compiled and shape not in self._probed:
+            self._probe(x, y, shape, weight)
         if self.sam is not None:
-            return self.sam.step(lambda: self.loss(x, y))
+            return self.sam.step(lambda: self.loss(x, y, weight))
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.loss(x, y)
+        loss = self.loss(x, y, weight)
         loss.backward()
         self.optimizer.step()
         return loss.detach()
 
-    def _probe(self, x: Tensor, y: Tensor) -> None:
+    def _probe(self, x: Tensor, y: Tensor, shape: tuple[int, ...], weight: float) -> None:
         """Compile for this batch shape on a throwaway forward and backward that leave no trace
         (BatchNorm statistics restored, gradients dropped, RNG state restored), so a compiler
         failure falls back to eager before any step has used the compiled model. Costs one extra
         forward and backward per new batch shape (usually two per trial)."""
         from torch._dynamo.exc import TorchDynamoException
 
-        self._probed.add(tuple(x.shape))
+        self._probed.add(shape)
         devices = [self.device] if self.device.type == "cuda" else []
         try:
             with torch.random.fork_rng(devices=devices), bn_stats_frozen(self.model):
-                self.loss(x, y).backward()
+                self.loss(x, y, weight).backward()
         except TorchDynamoException as err:
             cause = getattr(err, "inner_exception", None) or err  # a backend's own error, if it raised one
             first = (str(cause).strip().splitlines() or [""])[0]
             warnings.warn(f"torch.compile failed, training eagerly instead ({type(cause).__name__}: {first})",
                           RuntimeWarning, stacklevel=3)
-            self._forward = self.model
+            self._forward = self._eager
         finally:
             self.model.zero_grad(set_to_none=True)
 
@@ -221,8 +240,8 @@ def train_epoch(step: TrainStep, batches: Iterable[tuple[Tensor, Tensor]]) -> fl
     """Run ``step`` over ``batches`` with the model in train mode. Returns the epoch's running loss:
     the sample-weighted mean of the per-batch losses, in the loss's units. The sum stays on the
     device in float64 (which reproduces a Python-float sum exactly) and is read once, at the end:
-    the epoch's only host synchronisation."""
-    step.model.train()
+    the epoch's only host synchronisation (with data-parallel workers, after one all-reduce of it)."""
+    step.net.train()
     total: Tensor | None = None
     seen = 0
     for x, y in batches:
@@ -231,4 +250,6 @@ def train_epoch(step: TrainStep, batches: Iterable[tuple[Tensor, Tensor]]) -> fl
         seen += len(x)
     if total is None:
         raise ValueError("an epoch with no batches")
+    if step.parallel is not None:
+        total = step.parallel.sum(total) / step.parallel.world
     return total.item() / seen

@@ -7,6 +7,7 @@ an uninterrupted one would. The epoch itself (data placement, steps, precision) 
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -15,10 +16,12 @@ import torch
 from torch import nn
 
 from raystudy import models, tasks
-from raystudy.checkpoints import list_checkpoints, load_checkpoint, save_checkpoint
+from raystudy.checkpoints import (checkpoint_path, delete_resume_point, resume_state, save_checkpoint,
+                                  save_resume_point)
 from raystudy.spec import Trial
 from raystudy.storage import Store
 from raystudy.tasks.base import Task
+from raystudy.train.ddp import DataParallel
 from raystudy.train.epoch import BatchSchedule, TrainingData, TrainStep, train_epoch
 from raystudy.train.sam import SAM
 
@@ -76,57 +79,111 @@ def memory_share(trial: Trial) -> float:
 
 
 def train_trial(trial: Trial, store: Store, report: Report | None = None,
-                device: str | torch.device = "cpu") -> TrainSummary:
+                device: str | torch.device = "cpu", parallel: DataParallel | None = None) -> TrainSummary:
     """Train ``trial``, saving a checkpoint at each epoch in ``trial.checkpoints`` and calling
     ``report(info)`` after each save with ``trial_id, epoch, step, checkpoint, train_loss_running,
-    final``. Resumes from the trial's latest checkpoint on ``store`` if there is one.
+    final``. Between checkpoints it saves a resume point every ``trial.resume_every`` epochs or
+    minutes (``checkpoints.save_resume_point``; deleted once the last checkpoint is written), and it
+    resumes from the later of the trial's last checkpoint and its resume point on ``store``.
+    A trial whose weights turn non-finite stops training: its remaining checkpoints are written from
+    those weights (non-finite weights stay non-finite, so they would measure the same) and record
+    ``diverged_at``, the first epoch that ended with non-finite weights.
+
+    With ``parallel`` (one of several data-parallel workers, see ``ddp.py``) every worker trains its
+    shard of each batch and calls ``report``; rank 0 alone writes files.
     Cost: ``epochs * ceil(n_train / batch_size)`` optimiser steps (SAM doubles the passes); one host
-    sync per epoch. The checkpoint also records ``precision``, ``compiled``, ``channels_last`` and
-    ``data_on_device``."""
+    sync per epoch; a clock read per epoch. The checkpoint also records ``precision``, ``compiled``,
+    ``channels_last``, ``data_on_device``, ``resumed_from`` (the epoch this run started from, None
+    for a fresh start) and ``world_size``."""
     t0 = time.perf_counter()
     device = torch.device(device)
     task = load_trial_task(trial)
     model = build_model(trial, task).to(device)
+    if parallel is not None:
+        model = parallel.prepare(model, device)
     base = _optimizer(trial, model)
     sam = SAM(model, base, rho=trial.sam_rho) if trial.sam_rho is not None else None
     sched = _schedule(trial, base)
-    step = TrainStep(model, base, loss_fn_for(task), sam=sam, precision=trial.precision, compile=trial.compile)
+    step = TrainStep(model, base, loss_fn_for(task), sam=sam, precision=trial.precision, compile=trial.compile,
+                     parallel=parallel)
     data = TrainingData(task, device, memory_share=memory_share(trial))
     schedule = batch_schedule(trial, task)
     steps_per_epoch = schedule.steps(len(data))
-    start_epoch, prior_wall, resumed = 0, 0.0, None
+    writes = parallel is None or parallel.writes
+    start_epoch, prior_wall, resumed, diverged = 0, 0.0, None, None
 
-    existing = list_checkpoints(store, trial.trial_id)
-    if existing:
-        state = load_checkpoint(store, existing[-1].path, map_location=device)
+    state = resume_state(store, trial.trial_id, map_location=device)
+    if parallel is not None:
+        parallel.barrier()  # every worker has read storage before rank 0 writes anything to it
+    if state is not None:
         model.load_state_dict(state["model"])
         base.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start_epoch = resumed = state["epoch"]
         prior_wall = state["train_wall_s"]
+        diverged = state.get("diverged_at")
 
-    def checkpoint(epoch: int, running_loss: float | None) -> None:
-        wall = prior_wall + time.perf_counter() - t0
-        ref = save_checkpoint(store, trial.trial_id, epoch, {
+    def contents(epoch: int, running_loss: float | None) -> dict[str, Any]:
+        return {
             "trial": trial.to_dict(), "step": epoch * steps_per_epoch, "model": model.state_dict(),
             "optimizer": base.state_dict(), "scheduler": sched.state_dict(),
-            "train_loss_running": running_loss, "train_wall_s": wall,
+            "train_loss_running": running_loss, "train_wall_s": prior_wall + time.perf_counter() - t0,
             # How it was computed, for the result row: precision, compiled (false after a fallback),
             # channels_last, and whether the training split lived on the training device.
             "precision": step.precision, "compiled": step.compiled, "channels_last": step.channels_last,
-            "data_on_device": data.resident,
-        })
+            "data_on_device": data.resident, "world_size": parallel.world if parallel else 1,
+            "resumed_from": resumed, "diverged_at": diverged,
+        }
+
+    def checkpoint(epoch: int, running_loss: float | None) -> None:
+        path = checkpoint_path(store, trial.trial_id, epoch)
+        if writes:
+            save_checkpoint(store, trial.trial_id, epoch, contents(epoch, running_loss))
         if report is not None:
             report({"trial_id": trial.trial_id, "epoch": epoch, "step": epoch * steps_per_epoch,
-                    "checkpoint": ref.path, "train_loss_running": running_loss,
-                    "final": epoch == trial.epochs})
+                    "checkpoint": path, "train_loss_running": running_loss, "final": epoch == trial.epochs})
 
-    if start_epoch == 0 and 0 in trial.checkpoints and not existing:
+    due = _resume_clock(trial.resume_every)
+    if start_epoch == 0 and 0 in trial.checkpoints and state is None:
         checkpoint(0, None)
     for epoch in range(start_epoch + 1, trial.epochs + 1):
         running_loss = train_epoch(step, data.batches(schedule, epoch))
         sched.step()
+        if diverged is None and not math.isfinite(running_loss) and not _finite(model):
+            diverged = epoch
         if epoch in trial.checkpoints:
             checkpoint(epoch, running_loss)
+            due(epoch, saved=True)
+        elif due(epoch) and writes:
+            save_resume_point(store, trial.trial_id, epoch, contents(epoch, running_loss))
+        if diverged is not None:  # nothing left to learn: the remaining checkpoints hold these weights
+            for later in (c for c in trial.checkpoints if c > epoch):
+                checkpoint(later, running_loss)
+            break
+    if writes:
+        delete_resume_point(store, trial.trial_id)
     return TrainSummary(trial.trial_id, trial.epochs - start_epoch, resumed,
                         prior_wall + time.perf_counter() - t0)
+
+
+def _finite(model: nn.Module) -> bool:
+    """Whether every parameter is finite (one host sync; called only after a non-finite epoch loss)."""
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def _resume_clock(every: dict[str, Any]) -> Callable[..., bool]:
+    """``due(epoch, saved=False)``: whether a resume point is due after ``epoch`` (every
+    ``every["epochs"]`` epochs, or ``every["minutes"]`` since the last save), restarting the clock
+    when it says yes or when told a checkpoint was just ``saved``. Reads the host clock only: no
+    device sync, so it may run after every one of family A's 100,000 one-step epochs."""
+    epochs, minutes = every.get("epochs"), every.get("minutes")
+    last = [time.perf_counter()]
+
+    def due(epoch: int, saved: bool = False) -> bool:
+        now = time.perf_counter()
+        yes = saved or bool(epochs and epoch % epochs == 0) or (minutes is not None and now - last[0] >= 60 * minutes)
+        if yes:
+            last[0] = now
+        return yes and not saved
+
+    return due

@@ -1,0 +1,129 @@
+"""Faults during training, through real Ray and the real driver (``raystudy.run.plan``/``execute``):
+a trial whose process is killed resumes from its resume point within the same run; a trial that
+diverges is a result (status ``nonfinite``), not a failure."""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+import ray
+
+from raystudy.checkpoints import CheckpointError, list_checkpoints, load_checkpoint, resume_path
+from raystudy.run import execute, plan
+from raystudy.spec import expand, load_study
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)  # the State API finds the trial's process
+    yield ray.get_runtime_context().gcs_address  # named explicitly: other Ray instances may run on this machine
+    ray.shutdown()
+
+
+def _study(tmp_path: Path, name: str, blocks: str) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"name: {name}\nstorage: {tmp_path}/runs\nanalysis: {{actors: 1, cpus: 0.5}}\nblocks:\n{blocks}")
+    return path
+
+
+def _rows(p) -> pl.DataFrame:
+    return pl.scan_parquet(f"{p.store.root}/results/**/*.parquet").collect()
+
+
+def _trial_pid(address: str, deadline: float) -> int:
+    """The pid of the (one) running Tune trial: in local mode (workers: 0) the process that trains it."""
+    from ray.util.state import list_actors
+    while time.time() < deadline:
+        alive = list_actors(address=address, filters=[("class_name", "=", "ImplicitFunc"), ("state", "=", "ALIVE")],
+                            detail=True)
+        if alive:
+            return alive[0].pid
+        time.sleep(0.2)
+    raise TimeoutError("no trial process appeared")
+
+
+def test_killed_trial_resumes_from_its_resume_point(tmp_path, cluster):
+    path = _study(tmp_path, "kill", """
+  - name: c
+    family: circles
+    task: circles
+    factor: 0.5
+    model: mlp
+    model_args: {hidden: [8]}
+    lr: 0.01
+    batch_size: 10
+    epochs: 3000
+    checkpoints: [0]
+    resume_every: {epochs: 50, minutes: null}
+    sharpness: {rhos: [0.005], draws: 5}
+""")
+    p = plan(str(path))
+    (trial,) = p.trials
+    resume = Path(resume_path(p.store, trial.trial_id))
+    seen: dict[str, int] = {}
+
+    def kill_once_a_resume_point_exists() -> None:
+        deadline = time.time() + 300
+        pid = _trial_pid(cluster, deadline)
+        while time.time() < deadline:
+            if resume.exists():
+                try:
+                    seen["epoch"] = load_checkpoint(p.store, str(resume))["epoch"]
+                except CheckpointError:  # replaced between the check and the read (rename): look again
+                    continue
+                os.kill(pid, signal.SIGKILL)
+                seen["pid"] = pid
+                return
+            time.sleep(0.01)
+
+    killer = threading.Thread(target=kill_once_a_resume_point_exists, daemon=True)
+    killer.start()
+    out = execute(p, verbose=0)
+    killer.join(timeout=5)
+    assert seen.get("pid") and seen["epoch"] > 0, "the kill should land after a resume point, mid-training"
+    assert not out.failed and not out.measure_errors and not out.interrupted  # exit 0
+    final = load_checkpoint(p.store, list_checkpoints(p.store, trial.trial_id)[-1].path)
+    assert final["epoch"] == 3000 and final["resumed_from"] >= seen["epoch"] > 0  # not restarted from epoch 0
+    assert not resume.exists()  # superseded by the last checkpoint
+    df = _rows(p)
+    assert sorted(zip(df["trial_id"], df["epoch"])) == [(trial.trial_id, 0), (trial.trial_id, 3000)]
+    assert (df["status"] == "ok").all()
+
+
+def test_diverging_trial_is_a_result_not_a_failure(tmp_path, cluster):
+    path = _study(tmp_path, "diverge", """
+  - name: f
+    family: functions
+    task: sphere
+    model: mlp
+    model_args: {hidden: [8]}
+    optimizer: sgd
+    lr: [1.0e+6, 0.01]
+    epochs: 20
+    checkpoints: [5]
+    n_train: 64
+    n_test: 64
+    metrics: [sam_sharpness, hessian]
+    sharpness: {rhos: [0.005], draws: 5}
+    hessian: {top_k: 1, trace_hvp: 3, density_runs: 1, density_steps: 4}
+""")
+    p = plan(str(path))
+    out = execute(p, verbose=0)
+    assert not out.failed and not out.measure_errors and not out.interrupted  # exit 0
+    df = _rows(p)
+    assert sorted(zip(df["lr"], df["epoch"])) == [(0.01, 5), (0.01, 20), (1e6, 5), (1e6, 20)]
+    bad, good = df.filter(pl.col("lr") == 1e6), df.filter(pl.col("lr") == 0.01)
+    assert (bad["status"] == "nonfinite").all() and bad["sam_sharpness"].null_count() == bad.height
+    assert bad["hessian_lambda_max"].null_count() == bad.height  # not measured on non-finite weights
+    assert (good["status"] == "ok").all() and good["sam_sharpness"].null_count() == 0
+    assert good["hessian_lambda_max"].null_count() == 0
+    diverged = next(t for t in expand(load_study(path)) if t.lr == 1e6)
+    final = load_checkpoint(p.store, list_checkpoints(p.store, diverged.trial_id)[-1].path)
+    assert 1 <= final["diverged_at"] <= 5  # training stopped there; the later checkpoint holds those weights
