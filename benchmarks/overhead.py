@@ -32,7 +32,7 @@ def in_process(study_path: str, storage: str) -> tuple[float, int, int]:
     n = 0
     for trial in p.trials:
         paths: list[str] = []
-        train_trial(trial, p.store, report=lambda info: paths.append(info["checkpoint"]))
+        train_trial(trial, p.store, report=lambda info: "checkpoint" in info and paths.append(info["checkpoint"]))
         for path in paths:
             write_row(p.store, measure_checkpoint(p.store, path))
             n += 1

@@ -15,6 +15,7 @@ import polars as pl
 F, I, S, B = pl.Float64, pl.Int64, pl.String, pl.Boolean
 RHO_STATS = pl.Struct({"rho": F, "mean": F, "std": F, "median": F, "min": F, "max": F})
 CORRUPTION_ACC = pl.Struct({"corruption": S, "severity": I, "acc": F, "n": I})
+CURVE_POINT = pl.Struct({"epoch": I, "loss": F})
 ADAPTIVE = pl.Struct({"kind": S, "norm": S, "rho": F, "adaptive": B, "m": I, "value": F, "std": F,
                       "n_forward": I, "n_backward": I})
 
@@ -124,7 +125,14 @@ COLUMNS: tuple[Column, ...] = (
     Column("target_variance", F, "complexity",
            "functions: variance of the training targets; train_loss / target_variance is the relative fit error"),
     # provenance: how the row was obtained
-    Column("train_loss_running", F, "provenance", "mean training loss over the last epoch's batches (train mode)"),
+    Column("train_loss_running", F, "provenance",
+           "mean training loss over the last epoch's batches (train mode); null if it was not finite"),
+    Column("train_loss_curve", pl.List(CURVE_POINT), "provenance",
+           "the learning curve up to this checkpoint: running training loss of every epoch up to 100, then ~1,000 "
+           "evenly spaced epochs"),
+    Column("resumed_from", I, "provenance", "epoch the run that wrote this checkpoint resumed from (null: a fresh start)"),
+    Column("world_size", I, "provenance", "data-parallel workers that trained the trial (1: one process)"),
+    Column("diverged_at", I, "provenance", "first epoch that ended with non-finite weights (null: never)"),
     Column("train_wall_s", F, "provenance", "seconds of training up to this checkpoint"),
     Column("precision", S, "provenance", "fp32 | bf16: the precision the trial trained in (autocast)"),
     Column("compiled", B, "provenance", "whether training ran through torch.compile (false after a fallback)"),

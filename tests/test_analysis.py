@@ -227,3 +227,17 @@ def test_by_correction_families_are_one_regime_and_one_group():
     # wd's fisher_rao has no difference (not tested): its sharpness family holds sam_sharpness alone.
     wd_sharp = _one(out, regime="wd", metric="sam_sharpness")
     assert wd_sharp["p_adj"] == pytest.approx(wd_sharp["p"])
+
+
+def test_learning_curves_average_seeds_per_epoch():
+    rows = [dict(block="b", family="circles", task="circles", model="mlp", regime=r, seed=s, trial_id=f"{r}{s}",
+                 final=True, status="ok", train_loss_curve=[dict(epoch=e, loss=(s + 1.0) / e + (r == "sam"))
+                                                            for e in (1, 2, 4)])
+            for r in ("base", "sam") for s in (0, 1)]
+    chart = charts.learning_curves(pl.DataFrame(rows))
+    data = pl.DataFrame(chart.to_dict()["data"]["values"]).sort("regime", "epoch")
+    # mean over seeds 0 and 1 of (s + 1) / e, plus 1 under sam
+    assert data["loss"].to_list() == pytest.approx([1.5, 0.75, 0.375, 2.5, 1.75, 1.375])
+    assert set(data["n_seeds"]) == {2}
+    assert vl_convert.vegalite_to_svg(chart_spec(chart)).startswith("<svg")
+    assert charts.learning_curves(pl.DataFrame(rows).drop("train_loss_curve")) is None

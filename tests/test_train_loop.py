@@ -71,12 +71,17 @@ def test_resumed_trial_matches_uninterrupted(tmp_path, trials):
     full, cut = Store(str(tmp_path / "full")), Store(str(tmp_path / "cut"))
     reports = []
     train_trial(trial, full, report=reports.append)
-    assert [r["epoch"] for r in reports] == [0, 1, 3] and reports[-1]["final"]
+    saved = [r for r in reports if "checkpoint" in r]  # the others are per-epoch progress reports
+    assert [r["epoch"] for r in saved] == [0, 1, 3] and saved[-1]["final"]
+    assert reports[0]["epoch"] == 0 and any("checkpoint" not in r for r in reports)
     train_trial(trial, cut)
     os.remove(list_checkpoints(cut, trial.trial_id)[-1].path)  # the crash lost the last epochs
     resumed = []
     summary = train_trial(trial, cut, report=resumed.append)
-    assert summary.resumed_from == 1 and [r["epoch"] for r in resumed] == [3]
+    assert summary.resumed_from == 1 and [r["epoch"] for r in resumed if "checkpoint" in r] == [3]
+    full_curve = load_checkpoint(full, list_checkpoints(full, trial.trial_id)[-1].path)["train_loss_curve"]
+    cut_curve = load_checkpoint(cut, list_checkpoints(cut, trial.trial_id)[-1].path)["train_loss_curve"]
+    assert [e for e, _ in full_curve] == [1, 2, 3] and cut_curve == full_curve  # the curve survives a resume
     a = load_checkpoint(full, list_checkpoints(full, trial.trial_id)[-1].path)["model"]
     b = load_checkpoint(cut, list_checkpoints(cut, trial.trial_id)[-1].path)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import altair as alt
 import polars as pl
 
-from raystudy.analysis.charts import (circles_sweep, family_rows, functions_complexity_vs_sharpness,
+from raystudy.analysis.charts import (circles_sweep, learning_curves, family_rows, functions_complexity_vs_sharpness,
                                       functions_sharpness_vs_step, images_vs_gap)
 from raystudy.analysis.charts_hessian import curvature_vs_gap, spectral_density
 from raystudy.analysis.labels import metric_label
@@ -35,6 +35,9 @@ def report_charts(df: pl.DataFrame) -> list[ReportChart]:
                             f"Family A: final {label} against the measured complexity of the target, one point "
                             "per function x seed - does sharpness follow the function being learned?"))
     entries += [
+        ("learning_curves", learning_curves(df),
+         "Learning curves: each block's running training loss per epoch, mean over seeds, one line per regime "
+         "(every epoch up to 100, then about 1,000 evenly spaced)."),
         ("circles_vs_label_noise", circles_sweep(df, "label_noise"),
          "Family B, random labels: sharpness and test accuracy against the fraction of training labels "
          "replaced at random, mean +- SEM over seeds."),

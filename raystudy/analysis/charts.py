@@ -181,3 +181,29 @@ def images_vs_gap(df: pl.DataFrame, metrics: tuple[str, ...] = CLASSIFIER_SHARPN
 def _n_column(metric: str) -> str:
     """Curvature may be measured on fewer samples than the other geometry metrics."""
     return "hessian_n" if metric.startswith("hessian") else "measure_n"
+
+
+def learning_curves(df: pl.DataFrame) -> alt.Chart | None:
+    """Running training loss per epoch (the curve each trial's final checkpoint stores), mean over seeds,
+    one line per regime (and varying setting), one panel per block with its own axes; log axes where the
+    values allow. None when no row carries a curve."""
+    rows = ok_rows(final_rows(df))
+    if "train_loss_curve" not in present(rows, ("train_loss_curve",)):
+        return None
+    rows = rows.drop_nulls("train_loss_curve").with_columns(regime=series(rows, ("factor", "lr", "task")))
+    points = (rows.select("block", "regime", "seed", "train_loss_curve").explode("train_loss_curve")
+              .unnest("train_loss_curve").drop_nulls("loss"))
+    if points.is_empty():
+        return None
+    mean = (points.group_by("block", "regime", "epoch").agg(loss=pl.col("loss").mean(), n_seeds=pl.len())
+            .sort("block", "regime", "epoch"))
+    log_x = mean["epoch"].max() > 100 and mean["epoch"].min() >= 1
+    chart = alt.Chart(mean).mark_line().encode(
+        x=alt.X("epoch:Q", scale=alt.Scale(type="log") if log_x else alt.Scale(zero=False), title="epoch"),
+        y=alt.Y("loss:Q", scale=scale_for(mean["loss"]), title="training loss (running, train mode)"),
+        color=alt.Color("regime:N"),
+        tooltip=["block", "regime", "epoch", alt.Tooltip("loss:Q", format=".4g"), "n_seeds"],
+    ).properties(width=WIDTH, height=HEIGHT).interactive()
+    return chart.facet(facet=alt.Facet("block:N", title=None), columns=2).resolve_scale(
+        x="independent", y="independent", color="independent").properties(
+        title=alt.Title("Learning curves: running training loss per epoch, mean over seeds", anchor="start"))

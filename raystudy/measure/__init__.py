@@ -102,11 +102,18 @@ def _identity(trial: Trial, state: dict[str, Any]) -> dict[str, Any]:
             "epochs")
     row = {k: getattr(trial, k) for k in keys}
     row.update(step=int(state["step"]), epoch=int(state["epoch"]), final=state["epoch"] == trial.epochs,
-               train_loss_running=state.get("train_loss_running"), train_wall_s=state.get("train_wall_s"),
+               train_loss_running=_finite_or_none(state.get("train_loss_running")),
+               train_loss_curve=[{"epoch": int(e), "loss": _finite_or_none(v)} for e, v in state.get("train_loss_curve", [])],
+               resumed_from=state.get("resumed_from"), world_size=state.get("world_size", 1),
+               diverged_at=state.get("diverged_at"), train_wall_s=state.get("train_wall_s"),
                precision=state.get("precision", "fp32"), compiled=state.get("compiled", False),
                augmented=False, raystudy_version=raystudy.__version__, torch_version=torch.__version__,
                ray_version=_ray_version(), device=_device_name(state))
     return row
+
+
+def _finite_or_none(x: float | None) -> float | None:
+    return float(x) if x is not None and math.isfinite(x) else None
 
 
 def _device_name(state: dict[str, Any]) -> str:

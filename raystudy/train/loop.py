@@ -94,7 +94,9 @@ def train_trial(trial: Trial, store: Store, report: Report | None = None,
     Cost: ``epochs * ceil(n_train / batch_size)`` optimiser steps (SAM doubles the passes); one host
     sync per epoch; a clock read per epoch. The checkpoint also records ``precision``, ``compiled``,
     ``channels_last``, ``data_on_device``, ``resumed_from`` (the epoch this run started from, None
-    for a fresh start) and ``world_size``."""
+    for a fresh start), ``world_size`` and ``train_loss_curve`` ([epoch, running loss] of every epoch up to
+    100, then about CURVE_POINTS in all). Between checkpoints, ``report`` also gets the running loss
+    (no ``checkpoint`` key) at most once a second."""
     t0 = time.perf_counter()
     device = torch.device(device)
     task = load_trial_task(trial)
@@ -110,7 +112,7 @@ def train_trial(trial: Trial, store: Store, report: Report | None = None,
     schedule = batch_schedule(trial, task)
     steps_per_epoch = schedule.steps(len(data))
     writes = parallel is None or parallel.writes
-    start_epoch, prior_wall, resumed, diverged = 0, 0.0, None, None
+    start_epoch, prior_wall, resumed, diverged, curve = 0, 0.0, None, None, []
 
     state = resume_state(store, trial.trial_id, map_location=device)
     if parallel is not None:
@@ -122,6 +124,7 @@ def train_trial(trial: Trial, store: Store, report: Report | None = None,
         start_epoch = resumed = state["epoch"]
         prior_wall = state["train_wall_s"]
         diverged = state.get("diverged_at")
+        curve = [list(point) for point in state.get("train_loss_curve", [])]
 
     def contents(epoch: int, running_loss: float | None) -> dict[str, Any]:
         return {
@@ -132,7 +135,7 @@ def train_trial(trial: Trial, store: Store, report: Report | None = None,
             # channels_last, and whether the training split lived on the training device.
             "precision": step.precision, "compiled": step.compiled, "channels_last": step.channels_last,
             "data_on_device": data.resident, "world_size": parallel.world if parallel else 1,
-            "resumed_from": resumed, "diverged_at": diverged,
+            "resumed_from": resumed, "diverged_at": diverged, "train_loss_curve": list(curve),
         }
 
     def checkpoint(epoch: int, running_loss: float | None) -> None:
@@ -144,11 +147,16 @@ def train_trial(trial: Trial, store: Store, report: Report | None = None,
                     "checkpoint": path, "train_loss_running": running_loss, "final": epoch == trial.epochs})
 
     due = _resume_clock(trial.resume_every)
+    progress = _progress(report, trial.trial_id, steps_per_epoch)
+    stride = max(1, trial.epochs // CURVE_POINTS)
     if start_epoch == 0 and 0 in trial.checkpoints and state is None:
         checkpoint(0, None)
     for epoch in range(start_epoch + 1, trial.epochs + 1):
         running_loss = train_epoch(step, data.batches(schedule, epoch))
         sched.step()
+        if epoch <= CURVE_POINTS // 10 or epoch % stride == 0 or epoch in trial.checkpoints:
+            curve.append([epoch, running_loss])
+        progress(epoch, running_loss)
         if diverged is None and not math.isfinite(running_loss) and not _finite(model):
             diverged = epoch
         if epoch in trial.checkpoints:
@@ -164,6 +172,26 @@ def train_trial(trial: Trial, store: Store, report: Report | None = None,
         delete_resume_point(store, trial.trial_id)
     return TrainSummary(trial.trial_id, trial.epochs - start_epoch, resumed,
                         prior_wall + time.perf_counter() - t0)
+
+
+CURVE_POINTS = 1000  # the learning curve keeps every epoch up to 100, then about this many in all
+PROGRESS_S = 1.0  # at most one per-epoch progress report a second (family A trains 100,000 one-step epochs)
+
+
+def _progress(report: Report | None, trial_id: str, steps_per_epoch: int) -> Callable[[int, float], None]:
+    """``progress(epoch, loss)``: the running loss of each epoch to ``report`` (Ray Tune, whose loggers -
+    TensorBoard, and MLflow or W&B when the study asks - then draw learning curves), at most one report
+    per PROGRESS_S; checkpoint reports carry ``checkpoint`` and progress reports do not."""
+    last = [-math.inf]
+
+    def progress(epoch: int, loss: float) -> None:
+        now = time.perf_counter()
+        if report is not None and now - last[0] >= PROGRESS_S:
+            last[0] = now
+            report({"trial_id": trial_id, "epoch": epoch, "step": epoch * steps_per_epoch,
+                    "train_loss_running": loss})
+
+    return progress
 
 
 def _finite(model: nn.Module) -> bool:
