@@ -235,7 +235,8 @@ def test_learning_curves_average_seeds_per_epoch():
                                                             for e in (1, 2, 4)])
             for r in ("base", "sam") for s in (0, 1)]
     chart = charts.learning_curves(pl.DataFrame(rows))
-    data = pl.DataFrame(chart.to_dict()["data"]["values"]).sort("regime", "epoch")
+    spec = chart.to_dict()
+    data = pl.DataFrame(next(iter(spec["datasets"].values()))).sort("regime", "epoch")
     # mean over seeds 0 and 1 of (s + 1) / e, plus 1 under sam
     assert data["loss"].to_list() == pytest.approx([1.5, 0.75, 0.375, 2.5, 1.75, 1.375])
     assert set(data["n_seeds"]) == {2}
