@@ -37,14 +37,17 @@ def open_store(study: Study, study_path: str, storage: str | None = None) -> Sto
 
 
 def plan(study_path: str, fresh: bool = False, storage: str | None = None, remeasure: bool = False,
-         before_writing=None) -> Plan:
+         before_writing=None, loggers: list[str] | tuple[str, ...] = ()) -> Plan:
     """Read the study and its storage and decide what is left. ``fresh`` deletes the study's own results
-    first; ``remeasure`` measures every checkpoint again; ``before_writing(store)`` runs after the checks
+    first; ``remeasure`` measures every checkpoint again; ``loggers`` adds Tune loggers to the study's own;
+    ``before_writing(store)`` runs after the checks
     and before anything is written or deleted (the CLI takes the study's lock there). Raises StudyError on
     bad input, including a corrupt checkpoint that a resumed trial or the pool would have to read."""
     study = load_study(study_path)
     if storage:
         study = study.model_copy(update={"storage": storage})
+    if loggers:
+        study = study.model_copy(update={"loggers": list(dict.fromkeys([*study.loggers, *loggers]))})
     preflight(study, study_path)
     trials = expand(study)
     store = open_store(study, study_path, storage)

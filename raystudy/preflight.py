@@ -10,14 +10,22 @@ timm; a few file ``stat`` calls per dataset.
 """
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 from raystudy import models, tasks
 from raystudy.spec import Study, StudyError
 
 
+LOGGER_PACKAGES = {"tensorboard": "tensorboardX", "mlflow": "mlflow", "wandb": "wandb"}
+
+
 def preflight(study: Study, path: str | Path) -> None:
     """Raise ``StudyError`` ("file: blocks[i].field: problem") on the first block that cannot run."""
+    for name in study.loggers:
+        if importlib.util.find_spec(LOGGER_PACKAGES[name]) is None:
+            raise StudyError(f"{path}: loggers: {name} needs the {LOGGER_PACKAGES[name]} package, which is not "
+                             f"installed (uv add {LOGGER_PACKAGES[name]})")
     checked: dict[tuple, int] = {}
     for i, block in enumerate(study.blocks):
         where = f"{path}: blocks[{i}]"

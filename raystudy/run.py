@@ -90,7 +90,8 @@ def execute(p: Plan, address: str | None = None, num_cpus: int | None = None, ve
             pool.submit(path)
         if p.to_train:
             failed, interrupted = run_trials(p.to_train, p.store, pool, say_measured, verbose=verbose,
-                                             cap=p.study.max_concurrent_trials, max_failures=p.study.max_failures)
+                                             cap=p.study.max_concurrent_trials, max_failures=p.study.max_failures,
+                                             logger_names=tuple(p.study.loggers))
         if not interrupted:  # after a Ctrl-C stop now: unmeasured checkpoints wait for the rerun
             pool.drain(say_measured)
             # A checkpoint saved just before a trial died never reached Tune: sweep storage once more.
@@ -146,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
                                           "here, or a new local instance)")
     parser.add_argument("--num-cpus", type=int, help="CPUs for a newly started local Ray instance")
     parser.add_argument("--no-report", action="store_true", help="skip building the report")
+    parser.add_argument("--logger", action="append", default=[], choices=["tensorboard", "mlflow", "wandb"],
+                        help="also send Tune's per-epoch results here (repeatable; adds to the study's loggers)")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the grid and an estimate of training device-hours; start nothing")
     args = parser.parse_args(argv)
@@ -160,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         try:
             p = plan(args.study, fresh=args.fresh, storage=args.storage, remeasure=args.remeasure,
-                     before_writing=take_lock)
+                     before_writing=take_lock, loggers=args.logger)
         except StudyLocked as err:
             raise StudyError(f"{args.study}: {err}") from None
         return _run(p, args, t0)

@@ -272,6 +272,10 @@ class Study(_Strict):
     # Retries of a trial whose process dies (or whose training raises), each from its last resume point,
     # within the same run: Tune's FailureConfig, and Train's where the trial has real workers.
     max_failures: int = Field(2, ge=0)
+    # Where Tune's per-epoch results (learning curves) go besides its CSV/JSON files: TensorBoard event
+    # files in the study's ray/tune folder (tensorboardX), an MLflow experiment or a W&B project named
+    # after the study (their usual environment variables say where: MLFLOW_TRACKING_URI, WANDB_API_KEY).
+    loggers: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(default_factory=list)
     analysis: Analysis = Field(default_factory=Analysis)
     blocks: list[Block] = Field(min_length=1)
 

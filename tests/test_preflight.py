@@ -57,3 +57,16 @@ def test_a_study_that_fits_passes_preflight(write_study, tmp_path):
     extra = f"    data_root: {tmp_path}/data\n    metrics: [corruption, consistency, hessian]\n"
     path = _study(write_study, task="cifar10", model="resnet18_cifar", extra=extra)
     preflight(load_study(path), path)
+
+
+def test_a_logger_whose_package_is_missing_is_refused(write_study, tmp_path, capsys):
+    import importlib.util
+    path = write_study(BASE.format(tmp="{tmp}", family="images", task="digits", model="mlp")
+                       + "loggers: [tensorboard]\n")
+    from raystudy.preflight import preflight
+    from raystudy.spec import load_study
+    preflight(load_study(path), path)  # tensorboardX is installed with Ray Tune
+    if importlib.util.find_spec("mlflow") is None:
+        assert main([str(path), "--logger", "mlflow"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"{path}: loggers: mlflow needs the mlflow package, which is not installed (uv add mlflow)"

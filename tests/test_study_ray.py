@@ -51,6 +51,9 @@ def test_study_end_to_end(tmp_path, cluster):
     assert img.filter(regime="base")["sam_rho"].null_count() == img.filter(regime="base").height
     assert set(df["ray_version"]) == {ray.__version__}
 
+    # Tune's loggers see every result, the per-epoch progress too: TensorBoard event files per trial.
+    assert list(Path(p.store.root, "ray", "tune").glob("*/events.out.tfevents*"))
+
     from raystudy.report import build_report
     index = Path(build_report(p.store.uri))
     html = index.read_text()

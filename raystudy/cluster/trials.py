@@ -150,8 +150,22 @@ class FeedPool(tune.Callback):
         metrics.trial_finished(failed=True)
 
 
+def loggers(names: list[str], study: str) -> list[tune.Callback]:
+    """Tune callbacks for the study's opt-in loggers. TensorBoard needs none: Tune writes its event files by
+    itself whenever tensorboardX is installed (the preflight checks that it is when the study asks)."""
+    out: list[tune.Callback] = []
+    if "mlflow" in names:
+        from ray.air.integrations.mlflow import MLflowLoggerCallback
+        out.append(MLflowLoggerCallback(experiment_name=study, save_artifact=False))
+    if "wandb" in names:
+        from ray.air.integrations.wandb import WandbLoggerCallback
+        out.append(WandbLoggerCallback(project=study))
+    return out
+
+
 def run_trials(trials: list[Trial], store: Store, pool: MeasurePool, say, verbose: int = 1,
-               cap: int | None = None, max_failures: int = 2) -> tuple[dict[str, str], list[str]]:
+               cap: int | None = None, max_failures: int = 2, logger_names: tuple[str, ...] = ()
+               ) -> tuple[dict[str, str], list[str]]:
     """Train ``trials`` with Ray Tune, feeding checkpoints to ``pool``; a trial whose process dies (or
     whose training raises) is retried up to ``max_failures`` times (the study's ``max_failures``), each
     time from its last resume point. Returns ``({trial_id: error}`` for the trials that failed after
@@ -175,7 +189,7 @@ def run_trials(trials: list[Trial], store: Store, pool: MeasurePool, say, verbos
         ),
         # A path on the Store's filesystem (not a URI): pyarrow gives Ray the same endpoint and options.
         run_config=tune.RunConfig(name="tune", storage_path=store.path("ray"), storage_filesystem=store.fs,
-                                  verbose=verbose, callbacks=[feed],
+                                  verbose=verbose, callbacks=[feed, *loggers(list(logger_names), trials[0].study)],
                                   failure_config=tune.FailureConfig(max_failures=max_failures)),
     )
     grid = tuner.fit()
