@@ -162,3 +162,12 @@ def test_random_resized_crop_in_recipes():
     const = torch.full((8, 1, 16, 16), 0.25, dtype=torch.float64)
     assert torch.allclose(augment(const, "rrc16", gen(0)), const)
     assert math.isclose(augment(x, "rrc64", gen(5)).float().mean().item(), x.float().mean().item(), rel_tol=0.05)
+
+
+def test_one_channel_batches_come_back_with_standard_strides():
+    """A one-channel batch once came back with channels-last strides, which sends CPU BatchNorm down another
+    kernel; every recipe returns a standard-contiguous (N, C, H, W) batch."""
+    x = torch.rand(4, 1, 8, 8)
+    for recipe in ("shift1", "crop2+flip", "rrc8+flip"):
+        out = augment(x, recipe, torch.Generator().manual_seed(0))
+        assert out.stride() == torch.empty(out.shape).stride(), recipe

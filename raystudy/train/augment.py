@@ -80,7 +80,9 @@ def random_shift(x: Tensor, pad: int, generator: torch.Generator, fill: float = 
     idx = torch.arange(n, device=x.device)[:, None, None]
     # Channels-last so the advanced indices are adjacent: result (N, H, W, C).
     out = padded.permute(0, 2, 3, 1)[idx, rows[:, :, None], cols[:, None, :]]
-    return out.permute(0, 3, 1, 2).contiguous()
+    # clone, not contiguous(): with one channel the permuted view already counts as contiguous but keeps
+    # channels-last strides, which send CPU BatchNorm down another kernel (ties broken differently).
+    return out.permute(0, 3, 1, 2).clone(memory_format=torch.contiguous_format)
 
 
 def random_flip(x: Tensor, generator: torch.Generator) -> Tensor:
