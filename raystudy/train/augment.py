@@ -156,7 +156,7 @@ def resized_crop(x: Tensor, top: Tensor, left: Tensor, h: Tensor, w: Tensor, siz
     wy, wx = wy[:, :, None, None], wx[:, None, :, None]
     top_row = at(y0, x0) * (1 - wx) + at(y0, x1) * wx
     bottom_row = at(y1, x0) * (1 - wx) + at(y1, x1) * wx
-    out = (top_row * (1 - wy) + bottom_row * wy).permute(0, 3, 1, 2).contiguous()
+    out = (top_row * (1 - wy) + bottom_row * wy).permute(0, 3, 1, 2).clone(memory_format=torch.contiguous_format)
     if not x.dtype.is_floating_point:
         info = torch.iinfo(x.dtype)
         out = out.round().clamp(info.min, info.max)
