@@ -21,9 +21,11 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)  # the State API finds the trial's process
-    yield ray.get_runtime_context().gcs_address  # named explicitly: other Ray instances may run on this machine
+def cluster() -> int:
+    """A private Ray instance; yields its raylet's pid (trial processes are the raylet's children)."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    node = ray._private.worker._global_node
+    yield node.all_processes["raylet"][0].process.pid
     ray.shutdown()
 
 
@@ -37,15 +39,30 @@ def _rows(p) -> pl.DataFrame:
     return pl.scan_parquet(f"{p.store.root}/results/**/*.parquet").collect()
 
 
-def _trial_pid(address: str, deadline: float) -> int:
-    """The pid of the (one) running Tune trial: in local mode (workers: 0) the process that trains it."""
-    from ray.util.state import list_actors
+def _parent(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def _trial_pid(raylet: int, deadline: float) -> int:
+    """The pid of the (one) running Tune trial, read from /proc: the raylet's descendant (workers with
+    a runtime env start through a setup process) whose title Ray sets to ``ray::ImplicitFunc...``
+    (in local mode, workers: 0, the process that trains). /proc rather than Ray's State API: that
+    waits on the dashboard, which a loaded machine starts late."""
     while time.time() < deadline:
-        alive = list_actors(address=address, filters=[("class_name", "=", "ImplicitFunc"), ("state", "=", "ALIVE")],
-                            detail=True)
-        if alive:
-            return alive[0].pid
-        time.sleep(0.2)
+        for entry in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if not f.read().startswith(b"ray::ImplicitFunc"):
+                        continue
+                pid = int(entry)
+                while pid > 1 and pid != raylet:
+                    pid = _parent(pid)
+            except (OSError, IndexError, ValueError):  # the process ended while we looked
+                continue
+            if pid == raylet:
+                return int(entry)
+        time.sleep(0.05)
     raise TimeoutError("no trial process appeared")
 
 
