@@ -15,6 +15,7 @@ import polars as pl
 import pytest
 import ray
 
+from ray_procs import find_worker, raylet_pid
 from raystudy.plan import plan
 from raystudy.run import execute
 from raystudy.spec import StudyError, expand, load_study
@@ -44,7 +45,7 @@ blocks:
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)  # the State API lists actors
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
@@ -110,14 +111,13 @@ def test_killed_measuring_actor_is_replaced(tmp_path, cluster):
     killed = []
 
     def kill_one() -> None:
-        from ray.util.state import list_actors
         deadline = time.time() + 240
         while time.time() < deadline and not killed:
-            alive = list_actors(filters=[("class_name", "=", "Measurer"), ("state", "=", "ALIVE")])
-            if alive and list((tmp_path / "runs" / "actor").glob("results/*/*.parquet")):
-                os.kill(int(alive[0].pid), signal.SIGKILL)
-                killed.append(alive[0].pid)
-            time.sleep(0.2)
+            if list((tmp_path / "runs" / "actor").glob("results/*/*.parquet")):  # it has measured one
+                pid = find_worker(b"ray::Measurer", raylet_pid(), deadline)
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            time.sleep(0.05)
 
     killer = threading.Thread(target=kill_one, daemon=True)
     killer.start()

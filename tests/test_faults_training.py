@@ -13,6 +13,7 @@ import polars as pl
 import pytest
 import ray
 
+from ray_procs import find_worker, raylet_pid
 from raystudy.checkpoints import CheckpointError, list_checkpoints, load_checkpoint, resume_path
 from raystudy.run import execute, plan
 from raystudy.spec import expand, load_study
@@ -24,8 +25,7 @@ pytestmark = pytest.mark.slow
 def cluster() -> int:
     """A private Ray instance; yields its raylet's pid (trial processes are the raylet's children)."""
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    node = ray._private.worker._global_node
-    yield node.all_processes["raylet"][0].process.pid
+    yield raylet_pid()
     ray.shutdown()
 
 
@@ -37,33 +37,6 @@ def _study(tmp_path: Path, name: str, blocks: str) -> Path:
 
 def _rows(p) -> pl.DataFrame:
     return pl.scan_parquet(f"{p.store.root}/results/**/*.parquet").collect()
-
-
-def _parent(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[1])
-
-
-def _trial_pid(raylet: int, deadline: float) -> int:
-    """The pid of the (one) running Tune trial, read from /proc: the raylet's descendant (workers with
-    a runtime env start through a setup process) whose title Ray sets to ``ray::ImplicitFunc...``
-    (in local mode, workers: 0, the process that trains). /proc rather than Ray's State API: that
-    waits on the dashboard, which a loaded machine starts late."""
-    while time.time() < deadline:
-        for entry in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    if not f.read().startswith(b"ray::ImplicitFunc"):
-                        continue
-                pid = int(entry)
-                while pid > 1 and pid != raylet:
-                    pid = _parent(pid)
-            except (OSError, IndexError, ValueError):  # the process ended while we looked
-                continue
-            if pid == raylet:
-                return int(entry)
-        time.sleep(0.05)
-    raise TimeoutError("no trial process appeared")
 
 
 def test_killed_trial_resumes_from_its_resume_point(tmp_path, cluster):
@@ -88,7 +61,7 @@ def test_killed_trial_resumes_from_its_resume_point(tmp_path, cluster):
 
     def kill_once_a_resume_point_exists() -> None:
         deadline = time.time() + 300
-        pid = _trial_pid(cluster, deadline)
+        pid = find_worker(b"ray::ImplicitFunc", cluster, deadline)  # in local mode (workers: 0) it trains
         while time.time() < deadline:
             if resume.exists():
                 try:
