@@ -168,6 +168,9 @@ def _workers(rank: int, world: int, root: str, trials: list) -> None:
         for t in trials:
             train_trial(t, Store(f"{root}/ddp"), parallel=DataParallel(rank, world))
         train_trial(trials[-1], Store(f"{root}/plain"), parallel=PlainBatchNorm(rank, world))
+        # Both ranks tear down together: a rank that destroys the group (and exits) while its peer still
+        # talks to the file store made gloo's peer abort (std::terminate, ~1 run in 8 on a loaded machine).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
@@ -226,7 +229,8 @@ def test_torch_trainer_with_two_cpu_workers_matches_one_process(tmp_path):
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    trials = list(_trials(tmp_path).values())  # circles MLP and digits CNN, each base and SAM; digits MLP aug+sam
+    # SAM on the circles MLP (an empty shard) and on the BatchNorm CNN: the hardest two of the gloo test's five
+    trials = [t for t in _trials(tmp_path).values() if t.regime == "sam"]
     ddp, single = Store(str(tmp_path / "ddp")), Store(str(tmp_path / "single"))
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import tests/
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -242,7 +246,7 @@ def test_torch_trainer_with_two_cpu_workers_matches_one_process(tmp_path):
     written = sorted((tmp_path / "writes-rank0.txt").read_text().split())
     assert not (tmp_path / "writes-rank1.txt").exists()  # rank 1 wrote nothing
     assert written == sorted(r.path for t in trials for r in list_checkpoints(ddp, t.trial_id))
-    assert len(written) == sum(len(t.checkpoints) for t in trials) == 9
+    assert len(written) == sum(len(t.checkpoints) for t in trials) == 4
     torch.set_num_threads(1)
     for t in trials:
         train_trial(t, single)

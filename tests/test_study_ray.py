@@ -1,9 +1,6 @@
 """The whole pipeline through real Ray: Tune trials, Train (local mode), the analysis actor pool,
-Parquet rows and the report; then Ctrl-C and a rerun that resumes without redoing anything."""
-import os
-import signal
-import subprocess
-import sys
+Parquet rows and the report. Ctrl-C and the rerun are tested in the bucket (test_study_s3.py), a killed
+driver in test_faults.py, real Train workers in test_study_s3.py and test_ddp.py."""
 import time
 import urllib.request
 from pathlib import Path
@@ -73,66 +70,6 @@ def test_study_end_to_end(tmp_path, cluster):
             break
         time.sleep(1)
     assert wanted <= names
-
-
-def test_trial_with_real_train_workers(tmp_path, cluster):
-    """workers: 1 -> a Train worker actor beside a token-CPU trial driver; TuneReportCallback
-    forwards each checkpoint to Tune and on to the pool."""
-    path = tmp_path / "workers.yaml"
-    path.write_text(f"""
-name: workers
-storage: {tmp_path}/runs
-analysis: {{actors: 1, cpus: 0.5}}
-blocks:
-  - name: circles
-    family: circles
-    task: circles
-    factor: 0.5
-    model: mlp
-    model_args: {{hidden: [8]}}
-    lr: 0.01
-    batch_size: 10
-    epochs: 2
-    checkpoints: [0, 2]
-    sharpness: {{rhos: [0.005], draws: 5}}
-    resources: {{cpus: 1, workers: 1}}
-""")
-    p = plan(str(path))
-    out = execute(p, verbose=0)
-    assert not out.failed and not out.measure_errors and not out.interrupted
-    df = pl.scan_parquet(f"{p.store.root}/results/**/*.parquet").collect()
-    assert sorted(df["epoch"]) == [0, 2] and (df["status"] == "ok").all()
-
-
-def _run(path: Path, address: str) -> subprocess.Popen:
-    env = {**os.environ, "RAY_ADDRESS": address, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "raystudy.run", str(path), "--no-report"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-
-
-def test_interrupt_then_rerun_resumes(tmp_path, cluster):
-    path = _study(tmp_path, "resume")
-    ckpts = tmp_path / "runs" / "resume" / "checkpoints"
-    proc = _run(path, cluster)
-    deadline = time.time() + 240
-    while time.time() < deadline and len(list(ckpts.glob("*/*.pt"))) < 6:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)  # Ctrl-C mid-study
-    log = proc.communicate(timeout=240)[0]
-    assert proc.returncode == 130, log
-    before = {f: f.stat().st_mtime_ns for f in ckpts.glob("*/*.pt")}
-    assert 0 < len(before) < len(_expected(path)), "the interrupt should land mid-study"
-
-    rerun = _run(path, cluster)
-    log = rerun.communicate(timeout=300)[0]
-    assert rerun.returncode == 0, log
-    assert all(f.stat().st_mtime_ns == t for f, t in before.items()), "a finished checkpoint was retrained"
-    df = pl.scan_parquet(f"{tmp_path}/runs/resume/results/**/*.parquet").collect()
-    assert df.height == len(_expected(path)) and set(zip(df["trial_id"], df["epoch"])) == _expected(path)
-
-    again = _run(path, cluster)  # a third run finds nothing to do
-    log = again.communicate(timeout=120)[0]
-    assert again.returncode == 0 and "0 to train, 0 checkpoints to measure" in log, log
 
 
 def test_cifar_format_study_with_corruption_and_consistency(tmp_path, cluster):
