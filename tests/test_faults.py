@@ -159,9 +159,8 @@ def test_truncated_files_are_named_and_repaired(tmp_path, cluster):
     assert df.height == len(_expected(path)) and set(zip(df["trial_id"], df["epoch"])) == _expected(path)
 
 
-def test_one_run_per_study_and_no_silent_joining(tmp_path, cluster):
-    """(f) the same study started twice: the second refuses in one line (the lock in the store). A study
-    started without an address never joins another program's local Ray: it starts its own."""
+def test_one_run_per_study(tmp_path, cluster):
+    """(f) the same study started twice: the second refuses in one line (the lock in the store)."""
     path = _study(tmp_path, "twice", epochs=40, checkpoints=(20, 40))
     first = _cli(path, cluster)
     _wait_for(lambda: (tmp_path / "runs" / "twice" / "lock.json").exists())
@@ -170,11 +169,6 @@ def test_one_run_per_study_and_no_silent_joining(tmp_path, cluster):
     assert second.returncode == 2 and "storage: the study is being run by pid" in out, out
     first.send_signal(signal.SIGINT)
     first.communicate(timeout=240)
-
-    other = _study(tmp_path, "other", epochs=2, checkpoints=(2,))
-    alone = _cli(other, None, "--num-cpus", "2")  # another program's local Ray (this module's) is running
-    log = alone.communicate(timeout=300)[0]
-    assert alone.returncode == 0 and "ray: started a local Ray instance (2 CPUs)" in log, log
 
 
 def test_deleted_results_and_changed_metrics_remeasure_without_training(tmp_path, cluster):
@@ -201,14 +195,16 @@ def test_deleted_results_and_changed_metrics_remeasure_without_training(tmp_path
     assert not plan(str(path)).to_measure and len(plan(str(path), remeasure=True).to_measure) == df.height
 
 
-def test_a_local_instance_serves_metrics_on_loopback_only(tmp_path):
-    """The local Ray instance raystudy starts answers /metrics (no token) on 127.0.0.1, not on the machine's
-    other addresses."""
+def test_a_local_instance_of_its_own_serves_metrics_on_loopback_only(tmp_path, cluster):
+    """(f) started without an address, raystudy never joins another program's local Ray (this module's
+    is running): it starts its own. That instance answers /metrics (no token) on 127.0.0.1, not on the
+    machine's other addresses."""
     script = """
 import socket, urllib.request
 import ray
 from raystudy.run import connect
 print(connect(None, 1))
+print("gcs", ray.get_runtime_context().gcs_address)
 node = ray.nodes()[0]
 port = node["MetricsExportPort"]
 urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
@@ -229,4 +225,5 @@ ray.shutdown()
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "started a local Ray instance" in out.stdout
+    assert f"gcs {cluster}" not in out.stdout and "gcs 127.0.0.1:" in out.stdout, out.stdout
     assert "node 127.0.0.1 reachable elsewhere []" in out.stdout, out.stdout
