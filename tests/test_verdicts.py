@@ -50,7 +50,7 @@ def test_functions_supported_contradicted_and_unfitted_targets_left_out():
     assert 0.9 < ref < 1 and v.table["tau"].to_list() == pytest.approx([ref] * 3)
     assert verdict_functions(_fn_rows(range(4), sign=-1.0)).outcome == "contradicted"
     partly = verdict_functions(_fn_rows(range(4), unfit=("rosenbrock",)))
-    assert partly.outcome == "supported" and "rosenbrock (0.5)" in partly.why
+    assert partly.outcome == "supported" and "rosenbrock (worst seed 0.5)" in partly.why
     assert set(partly.table["n_points"]) == {16}  # 4 fitted functions x 4 seeds
     few = verdict_functions(_fn_rows(range(2)))
     assert few.outcome == "inconclusive" and "at least 3" in few.why

@@ -152,7 +152,7 @@ def verdict_functions(df: pl.DataFrame) -> Verdict | None:
     if not unfit.is_empty():
         worst = unfit.group_by("task").agg(pl.col("rel_mse").max()).sort("task")
         excluded += "; excluded as not fitted (relative train MSE > %g): %s" % (FIT_TOLERANCE, ", ".join(
-            f"{t} ({'unknown' if v is None else f'{v:.3g}'})" for t, v in worst.iter_rows()))
+            f"{t} ({'unknown' if v is None else f'worst seed {v:.3g}'})" for t, v in worst.iter_rows()))
     if fit["task"].n_unique() < 3:
         return Verdict("A", claim, "inconclusive",
                        f"only {fit['task'].n_unique()} target function(s) fitted: tau needs at least 3" + excluded,
