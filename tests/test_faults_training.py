@@ -12,6 +12,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import ray
+import torch
 
 from ray_procs import find_worker, raylet_pid
 from raystudy.checkpoints import CheckpointError, list_checkpoints, load_checkpoint, resume_path
@@ -115,5 +116,9 @@ def test_diverging_trial_is_a_result_not_a_failure(tmp_path, cluster):
     assert (good["status"] == "ok").all() and good["sam_sharpness"].null_count() == 0
     assert good["hessian_lambda_max"].null_count() == 0
     diverged = next(t for t in expand(load_study(path)) if t.lr == 1e6)
-    final = load_checkpoint(p.store, list_checkpoints(p.store, diverged.trial_id)[-1].path)
-    assert 1 <= final["diverged_at"] <= 5  # training stopped there; the later checkpoint holds those weights
+    at5, at20 = (load_checkpoint(p.store, c.path) for c in list_checkpoints(p.store, diverged.trial_id))
+    assert (at5["epoch"], at20["epoch"]) == (5, 20)
+    assert isinstance(at20["diverged_at"], int) and 1 <= at20["diverged_at"] <= 5  # diverged before epoch 5
+    # Training stopped there: the later checkpoint holds exactly the (non-finite) weights of the earlier one.
+    torch.testing.assert_close(at20["model"], at5["model"], rtol=0, atol=0, equal_nan=True)
+    assert not all(torch.isfinite(v).all() for v in at20["model"].values() if v.is_floating_point())
