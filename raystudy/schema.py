@@ -2,7 +2,7 @@
 README all follow. One row per (trial, checkpoint); a metric that was not measured is null, never 0.
 
 Each column has a polars type, a group (what kind of thing it is) and a one-line meaning with its unit.
-The metric groups are also the statistical families of the report's paired tests (PROTOCOL.md:
+The metric groups are also the statistical families of the report's paired tests (docs/PROTOCOL.md:
 Benjamini-Yekutieli within the safety group and within the sharpness group; the Hessian metrics form
 their own group).
 """
@@ -162,7 +162,7 @@ def columns(group: str) -> tuple[str, ...]:
     return tuple(c.name for c in COLUMNS if c.group == group)
 
 
-# The metrics the paired tests compare (PROTOCOL.md, "Statistics as reported"), by statistical family.
+# The metrics the paired tests compare (docs/PROTOCOL.md, "Statistics as reported"), by statistical family.
 PERFORMANCE = ("gen_gap", "test_acc")
 SAFETY = ("ece", "corruption_acc", "disagreement")
 SHARPNESS = ("fisher_rao", "relative_flatness", "sam_sharpness", "adaptive_sharpness")

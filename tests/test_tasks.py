@@ -14,7 +14,7 @@ from raystudy.tasks import (
 )
 from raystudy.tasks.functions import drop_rows_in
 
-# (function, point, value computed by hand from PROTOCOL.md's formulas)
+# (function, point, value computed by hand from docs/PROTOCOL.md's formulas)
 HAND_VALUES = [
     ("sphere", (1.0, 2.0), 5.0),
     ("booth", (0.0, 0.0), 74.0),  # 7^2 + 5^2

@@ -1,4 +1,4 @@
-"""Mean and standard error over seeds of every metric at the final checkpoint (PROTOCOL.md)."""
+"""Mean and standard error over seeds of every metric at the final checkpoint (docs/PROTOCOL.md)."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""Functional consistency (PROTOCOL.md): how much models of one configuration that differ only in their
+"""Functional consistency (docs/PROTOCOL.md): how much models of one configuration that differ only in their
 seed agree on the test set. Computed from the predictions the measuring stage stores beside each row."""
 from __future__ import annotations
 

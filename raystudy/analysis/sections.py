@@ -99,7 +99,7 @@ def block_sections(df: pl.DataFrame) -> list[str]:
 
 def verdict_section(df: pl.DataFrame, figures) -> list[str]:
     """The claims of the paper as the rows answer them: outcome, the reason in words with its numbers, the
-    chart that carries it, and the numbers as a table (PROTOCOL.md; ``analysis.verdicts``). ``figures``
+    chart that carries it, and the numbers as a table (docs/PROTOCOL.md; ``analysis.verdicts``). ``figures``
     turns (name, chart, caption) into an embedded figure (``page.Figures``)."""
     found = verdicts(df)
     charts = verdict_charts(df)

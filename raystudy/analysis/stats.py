@@ -1,4 +1,4 @@
-"""Each regime against "base", paired by seed (PROTOCOL.md, "Statistics as reported").
+"""Each regime against "base", paired by seed (docs/PROTOCOL.md, "Statistics as reported").
 
 One-sided Wilcoxon signed-rank test on the per-seed differences (regime - base), and the matched-pairs
 rank-biserial correlation as effect size. All regimes of a seed start from the same initial weights, so

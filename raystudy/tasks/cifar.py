@@ -28,8 +28,8 @@ from .files import DatasetError, check_pickle, require_dir, resolve_root
 
 NAMES = ("cifar10", "cifar100")
 IN_SHAPE = (3, 32, 32)
-AUGMENT = "crop4+flip"  # PROTOCOL.md: random crop 32 with 4-pixel padding + horizontal flip
-PAD_FILL = 128.0  # PROTOCOL.md: the authors pad CIFAR crops with grey 128 in pixel space
+AUGMENT = "crop4+flip"  # docs/PROTOCOL.md: random crop 32 with 4-pixel padding + horizontal flip
+PAD_FILL = 128.0  # docs/PROTOCOL.md: the authors pad CIFAR crops with grey 128 in pixel space
 
 
 @dataclass(frozen=True)

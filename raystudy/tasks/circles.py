@@ -1,7 +1,7 @@
 """Family B: concentric circles (scikit-learn ``make_circles``), the decision-boundary study.
 
 The data depend only on ``factor``, ``label_noise`` and ``data_seed``; the trial seed varies the
-initialisation alone (PROTOCOL.md: 100 seeds, data order fixed).
+initialisation alone (docs/PROTOCOL.md: 100 seeds, data order fixed).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Family A: regression onto seven 2-D test functions on [-3.5, 3.5]^2 (PROTOCOL.md).
+"""Family A: regression onto seven 2-D test functions on [-3.5, 3.5]^2 (docs/PROTOCOL.md).
 
 Every target maps a ``(N, 2)`` tensor of points ``(x, y)`` to a ``(N, 1)`` tensor of values and is
 differentiable with autograd. Under one seed every target shares the same sample points, so only

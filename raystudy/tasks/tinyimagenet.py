@@ -8,7 +8,7 @@
     <root>/tiny-imagenet-200/val/val_annotations.txt         file <tab> wnid <tab> box (4 ints)
     <root>/tiny-imagenet-200/test/images/                    unlabelled: not used
 
-The validation split is the test set (PROTOCOL.md). Class index = position of the wnid in the
+The validation split is the test set (docs/PROTOCOL.md). Class index = position of the wnid in the
 *sorted* wnid list, as torchvision's ``ImageFolder`` over ``train/`` assigns it (and as released
 Tiny-ImageNet checkpoints expect). Some images are greyscale JPEGs; they are converted to RGB.
 
@@ -37,10 +37,10 @@ FOLDER = "tiny-imagenet-200"
 N_CLASSES = 200
 SIZE = 64
 IN_SHAPE = (3, SIZE, SIZE)
-AUGMENT = "rrc64+flip"  # PROTOCOL.md: random resized crop 64 + horizontal flip
+AUGMENT = "rrc64+flip"  # docs/PROTOCOL.md: random resized crop 64 + horizontal flip
 # ImageNet channel statistics in pixel units: torchvision's (0.485, 0.456, 0.406) and
 # (0.229, 0.224, 0.225) (the normalisation of its ImageNet-pretrained weights) times 255. The
-# ImageNet-pretrained ResNet-18/VGG-19-BN variants of PROTOCOL.md need exactly these.
+# ImageNet-pretrained ResNet-18/VGG-19-BN variants of docs/PROTOCOL.md need exactly these.
 MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)
 PAD_FILL = 128.0

@@ -3,7 +3,7 @@
 One SAM step costs two forward and two backward passes: the gradient g at w gives the ascent
 direction e = rho * g / ||g||; the gradient at w + e drives the base optimiser's step from w.
 BatchNorm running statistics are frozen during the perturbed pass (the authors' code let the
-perturbed pass update them: one of the defects PROTOCOL.md lists).
+perturbed pass update them: one of the defects docs/PROTOCOL.md lists).
 
 Under data-parallel training both passes run through the DDP-wrapped forward (the closure), so each
 backward all-reduces the gradient: g, its norm and e are the full batch's and identical on every
