@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from raystudy.checkpoints import CheckpointError, CheckpointRef, list_checkpoints, load_checkpoint
-from raystudy.measure.rows import RowFile, row_files
+from raystudy.measure.rows import RowFile, measured, row_files
 from raystudy.preflight import preflight
 from raystudy.spec import Study, StudyError, Trial, expand, load_study
 from raystudy.storage import Store, StorageError, first_line, study_store
@@ -62,8 +62,7 @@ def plan(study_path: str, fresh: bool = False, storage: str | None = None, remea
         raise StudyError(f"{study_path}: storage: {study.storage}: cannot write {store.uri}: {first_line(err)}") \
             from None
     rows, damaged = complete_rows(store)
-    current = {t.trial_id: t.measure_hash for t in trials}
-    done = set() if remeasure else {(r.trial_id, r.epoch) for r in rows if current.get(r.trial_id) == r.measure_hash}
+    done = set() if remeasure else measured(store, _hashes(trials), files=rows)
     to_train, to_measure = [], []
     for t in trials:
         on_disk = list_checkpoints(store, t.trial_id)
@@ -114,6 +113,11 @@ def _tail(store: Store, f: RowFile) -> bytes:
         return b""
 
 
+def _hashes(trials: list[Trial]) -> dict[str, str]:
+    """trial id -> the hash of its current measurement settings (rows under other settings re-measure)."""
+    return {t.trial_id: t.measure_hash for t in trials}
+
+
 def unmeasured_paths(refs: list[CheckpointRef], done: set[tuple[str, int]]) -> list[str]:
     """Paths of the checkpoints in ``refs`` that have no current result row."""
     return [r.path for r in refs if (r.trial_id, r.epoch) not in done]
@@ -122,6 +126,5 @@ def unmeasured_paths(refs: list[CheckpointRef], done: set[tuple[str, int]]) -> l
 def still_unmeasured(p: Plan) -> list[str]:
     """Checkpoints of the plan's trials that still lack a current row (a checkpoint saved just before a
     trial died never reached Tune's callback). Cost: one listing per trial plus one of results/."""
-    current = {t.trial_id: t.measure_hash for t in p.trials}
-    done = {(r.trial_id, r.epoch) for r in complete_rows(p.store)[0] if current.get(r.trial_id) == r.measure_hash}
+    done = measured(p.store, _hashes(p.trials), files=complete_rows(p.store)[0])
     return [path for t in p.trials for path in unmeasured_paths(list_checkpoints(p.store, t.trial_id), done)]
