@@ -92,9 +92,7 @@ def save_resume_point(store: Store, trial_id: str, epoch: int, state: dict[str, 
 
 def delete_resume_point(store: Store, trial_id: str) -> None:
     """Remove the trial's resume point, if any (its last checkpoint has superseded it)."""
-    path = resume_path(store, trial_id)
-    if store.exists(path):
-        store.fs.delete_file(path)
+    store.delete_file(resume_path(store, trial_id))  # a missing one is not an error
 
 
 def resume_state(store: Store, trial_id: str, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
