@@ -70,33 +70,51 @@ def _mtimes(tmp_path: Path, name: str, pattern: str) -> dict[Path, int]:
 
 
 def _cli(path: Path, address: str | None, *args: str) -> subprocess.Popen:
+    """Start ``raystudy.run`` as its own process; its output goes to a file (``proc.log``), not a pipe that
+    nobody reads until the end and that a chatty driver on a slow machine could fill and block on."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     if address:
         env["RAY_ADDRESS"] = address
-    return subprocess.Popen([sys.executable, "-m", "raystudy.run", str(path), "--no-report", *args],
-                            env={**env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    log = path.with_name(f"{path.stem}.{time.monotonic_ns()}.log")
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "raystudy.run", str(path), "--no-report", *args],
+                                env={**env, "PYTHONUNBUFFERED": "1"}, stdout=out, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
+    proc.log = log
+    return proc
 
 
-def _wait_for(predicate, timeout: float = 240) -> None:
+def _finish(proc: subprocess.Popen, timeout: float) -> str:
+    """Wait for ``proc`` and return everything it printed."""
+    proc.wait(timeout=timeout)
+    return proc.log.read_text()
+
+
+def _wait_for(predicate, timeout: float = 240, poll: float = 0.2, log: Path | None = None) -> None:
     deadline = time.time() + timeout
     while not predicate():
-        assert time.time() < deadline, "timed out"
-        time.sleep(0.2)
+        assert time.time() < deadline, "timed out" + (f"; the driver printed:\n{log.read_text()}" if log else "")
+        time.sleep(poll)
 
 
 def test_killed_driver_rerun_redoes_nothing(tmp_path, cluster):
     """(b) kill -9 the driver mid-study: the rerun takes over its lock and retrains or re-measures nothing done."""
-    path = _study(tmp_path, "driver", epochs=24, checkpoints=(4, 8, 12, 16, 20, 24))
+    path = _study(tmp_path, "driver", epochs=24, checkpoints=(2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24))
     proc = _cli(path, cluster)
     runs = tmp_path / "runs" / "driver"
-    _wait_for(lambda: len(list(runs.glob("results/*/*.parquet"))) >= 2)
+    # Hold the study mid-way, so that a loaded machine cannot let it finish before the kill: the first
+    # measurement written, the measuring actor is stopped, and the driver waits on it until killed.
+    measurer = find_worker(b"ray::Measurer", raylet_pid(), time.time() + 240)
+    _wait_for(lambda: any(runs.glob("results/*/*.parquet")), poll=0.02, log=proc.log)
+    os.kill(measurer, signal.SIGSTOP)
+    assert len(list(runs.glob("results/*/*.parquet"))) < len(_expected(path))
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
+    os.kill(measurer, signal.SIGKILL)  # Ray would end it with its dead driver's job; now, before the snapshot
     assert (runs / "lock.json").exists()  # left behind by the dead driver
-    ckpts, rows = _mtimes(tmp_path, "driver", "checkpoints/*/*.pt"), _mtimes(tmp_path, "driver", "results/*/*.parquet")
+    ckpts, rows = _mtimes(tmp_path, "driver", "checkpoints/*/epoch_*.pt"), _mtimes(tmp_path, "driver", "results/*/*.parquet")
     rerun = _cli(path, cluster)
-    log = rerun.communicate(timeout=400)[0]
+    log = _finish(rerun, 400)
     assert rerun.returncode == 0, log
     assert all(f.stat().st_mtime_ns == t for f, t in ckpts.items()), "a finished checkpoint was retrained"
     assert all(f.stat().st_mtime_ns == t for f, t in rows.items()), "a measured checkpoint was measured again"
@@ -165,10 +183,10 @@ def test_one_run_per_study(tmp_path, cluster):
     first = _cli(path, cluster)
     _wait_for(lambda: (tmp_path / "runs" / "twice" / "lock.json").exists())
     second = _cli(path, cluster)
-    out = second.communicate(timeout=120)[0]
+    out = _finish(second, 120)
     assert second.returncode == 2 and "storage: the study is being run by pid" in out, out
     first.send_signal(signal.SIGINT)
-    first.communicate(timeout=240)
+    first.wait(timeout=240)
 
 
 def test_deleted_results_and_changed_metrics_remeasure_without_training(tmp_path, cluster):
