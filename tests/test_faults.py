@@ -182,8 +182,10 @@ def test_one_run_per_study(tmp_path, cluster):
     path = _study(tmp_path, "twice", epochs=40, checkpoints=(20, 40))
     first = _cli(path, cluster)
     _wait_for(lambda: (tmp_path / "runs" / "twice" / "lock.json").exists())
+    first.send_signal(signal.SIGSTOP)  # alive and holding its lock, but it cannot finish before the second starts
     second = _cli(path, cluster)
     out = _finish(second, 120)
+    first.send_signal(signal.SIGCONT)
     assert second.returncode == 2 and "storage: the study is being run by pid" in out, out
     first.send_signal(signal.SIGINT)
     first.wait(timeout=240)
