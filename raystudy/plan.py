@@ -62,7 +62,7 @@ def plan(study_path: str, fresh: bool = False, storage: str | None = None, remea
         raise StudyError(f"{study_path}: storage: {study.storage}: cannot write {store.uri}: {first_line(err)}") \
             from None
     rows, damaged = complete_rows(store)
-    done = set() if remeasure else measured(store, _hashes(trials), files=rows)
+    done = set() if remeasure else measured(rows, _hashes(trials))
     to_train, to_measure = [], []
     for t in trials:
         on_disk = list_checkpoints(store, t.trial_id)
@@ -126,5 +126,5 @@ def unmeasured_paths(refs: list[CheckpointRef], done: set[tuple[str, int]]) -> l
 def still_unmeasured(p: Plan) -> list[str]:
     """Checkpoints of the plan's trials that still lack a current row (a checkpoint saved just before a
     trial died never reached Tune's callback). Cost: one listing per trial plus one of results/."""
-    done = measured(p.store, _hashes(p.trials), files=complete_rows(p.store)[0])
+    done = measured(complete_rows(p.store)[0], _hashes(p.trials))
     return [path for t in p.trials for path in unmeasured_paths(list_checkpoints(p.store, t.trial_id), done)]

@@ -9,6 +9,7 @@ import torch
 
 from raystudy.checkpoints import CheckpointError, list_checkpoints, load_checkpoint
 from raystudy.measure import SCHEMA, measure_checkpoint, measured, write_row
+from raystudy.measure.rows import row_files
 from raystudy.spec import expand, load_study
 from raystudy.storage import Store
 from raystudy.train.loop import build_model, load_trial_task, train_trial
@@ -169,7 +170,7 @@ def test_measure_row_is_honest(tmp_path, trials):
     write_row(store, frow)
     df = pl.read_parquet(f"{store.root}/results/**/*.parquet")
     assert df.height == 2 and df.schema == pl.Schema(SCHEMA)
-    assert measured(store) == {(img.trial_id, 3), (fn.trial_id, 0)}
+    assert measured(row_files(store)) == {(img.trial_id, 3), (fn.trial_id, 0)}
 
 
 def test_corrupt_checkpoint_names_the_file(tmp_path, trials):

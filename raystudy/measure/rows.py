@@ -62,10 +62,7 @@ def row_files(store: Store, trial_id: str | None = None) -> list[RowFile]:
     return out
 
 
-def measured(store: Store, current: dict[str, str] | None = None,
-             files: list[RowFile] | None = None) -> set[tuple[str, int]]:
-    """``(trial_id, epoch)`` pairs that have a result file; with ``current`` (trial id -> measurement hash)
-    only rows measured under the current settings count. ``files``: those result files instead of all of
-    the store's. Cost: one recursive listing of results/ (none with ``files``)."""
-    return {(f.trial_id, f.epoch) for f in (row_files(store) if files is None else files)
-            if current is None or current.get(f.trial_id) == f.measure_hash}
+def measured(files: list[RowFile], current: dict[str, str] | None = None) -> set[tuple[str, int]]:
+    """``(trial_id, epoch)`` pairs among the result ``files`` (``row_files``); with ``current`` (trial id ->
+    measurement hash) only rows measured under the current settings count. No I/O."""
+    return {(f.trial_id, f.epoch) for f in files if current is None or current.get(f.trial_id) == f.measure_hash}
