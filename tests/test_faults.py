@@ -69,17 +69,14 @@ def _mtimes(tmp_path: Path, name: str, pattern: str) -> dict[Path, int]:
     return {f: f.stat().st_mtime_ns for f in (tmp_path / "runs" / name).glob(pattern)}
 
 
-def _cli(path: Path, address: str | None, *args: str) -> subprocess.Popen:
-    """Start ``raystudy.run`` as its own process; its output goes to a file (``proc.log``), not a pipe that
-    nobody reads until the end and that a chatty driver on a slow machine could fill and block on."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    if address:
-        env["RAY_ADDRESS"] = address
+def _cli(path: Path, address: str) -> subprocess.Popen:
+    """Start ``raystudy.run`` on the Ray at ``address`` as its own process; its output goes to a file
+    (``proc.log``), not a pipe that nobody reads until the end and that a chatty driver could fill and block on."""
     log = path.with_name(f"{path.stem}.{time.monotonic_ns()}.log")
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "raystudy.run", str(path), "--no-report", *args],
-                                env={**env, "PYTHONUNBUFFERED": "1"}, stdout=out, stderr=subprocess.STDOUT,
-                                text=True, start_new_session=True)
+        proc = subprocess.Popen([sys.executable, "-m", "raystudy.run", str(path), "--no-report"],
+                                env={**os.environ, "RAY_ADDRESS": address, "PYTHONUNBUFFERED": "1"},
+                                stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     proc.log = log
     return proc
 

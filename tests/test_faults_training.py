@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def cluster() -> int:
+def cluster() -> Iterator[int]:
     """A private Ray instance; yields its raylet's pid (trial processes are the raylet's children)."""
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield raylet_pid()
