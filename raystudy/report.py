@@ -1,7 +1,9 @@
-"""python -m raystudy.report STUDY [--out DIR]: rebuild STUDY/report/index.html and one PNG per chart from the
-stored result rows alone (aggregate -> statistics -> charts -> HTML). STUDY is a study folder or its s3:// /
-gs:// URI (<storage>/<study name>); the page is written into the study's own storage and is self-contained
-(offline). --out DIR also copies the page and its PNGs into a local folder, e.g. to open one from a bucket."""
+"""python -m raystudy.report STUDY [--out DIR] [--verdicts-only]: rebuild STUDY/report/index.html, one PNG per
+chart and report/verdicts.json from the stored result rows alone (aggregate -> statistics -> charts -> HTML).
+STUDY is a study folder or its s3:// / gs:// URI (<storage>/<study name>); the page is written into the study's
+own storage and is self-contained (offline). --out DIR also copies the page and its PNGs into a local folder,
+e.g. to open one from a bucket. --verdicts-only writes just verdicts.json and prints the verdicts, drawing
+nothing (seconds)."""
 from __future__ import annotations
 
 import argparse
@@ -29,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m raystudy.report", description=__doc__)
     parser.add_argument("study", help="a study folder or URI (<storage>/<study name>) holding results/")
     parser.add_argument("--out", metavar="DIR", help="also copy the page and its PNGs into this local folder")
+    parser.add_argument("--verdicts-only", action="store_true",
+                        help="write only report/verdicts.json and print the verdicts (no charts, no page)")
     args = parser.parse_args(argv)
     try:  # checked before the slow imports
         store = Store(args.study)
@@ -39,6 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     except StorageError as err:
         print(err, file=sys.stderr)
         return 2
+    if args.verdicts_only:
+        from raystudy.analysis.judge import judge, verdict_lines, write_verdicts
+        judgement = judge(store)
+        for line in verdict_lines(judgement.verdicts):
+            print(line)
+        print(write_verdicts(store, judgement))
+        return 0
     print(build_report(args.study))
     if args.out:
         print(store.copy_dir_to_local(store.path("report"), args.out) / "index.html")

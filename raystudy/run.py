@@ -104,17 +104,23 @@ def execute(p: Plan, address: str | None = None, num_cpus: int | None = None, ve
 
 
 def summarise(p: Plan) -> None:
-    """The closing summary: rows on storage, and each claim's verdict in one line."""
+    """The closing summary: rows on storage, and each claim's verdict in one line, as the report's
+    verdicts.json states them (written by the report just built)."""
+    import json
+
+    from raystudy.analysis.judge import VERDICTS_FILE
     from raystudy.analysis.results import final_rows, load_results
-    from raystudy.analysis.verdicts import verdicts
     df = load_results(p.store)
     if df.is_empty():
         return
     not_ok = df.filter(df["status"] != "ok").height if "status" in df.columns else 0
     print(f"summary: {final_rows(df)['trial_id'].n_unique()} of {len(p.trials)} trials finished, {df.height} "
           f"checkpoints measured ({not_ok} not ok)", flush=True)
-    for v in verdicts(df):
-        print(f"verdict {v.family}: {v.outcome} - {v.claim}", flush=True)
+    path = f"{p.store.path('report')}/{VERDICTS_FILE}"
+    if p.store.exists(path):
+        for v in json.loads(p.store.read_bytes(path)):
+            block = f" ({v['block']})" if v.get("block") else ""
+            print(f"verdict {v['family']}{block}: {v['outcome']} - {v['claim']}", flush=True)
 
 
 def dry_run(study_path: str) -> int:

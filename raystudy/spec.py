@@ -262,6 +262,69 @@ class Block(_Strict):
         return self
 
 
+# What the verdicts may count, per group (README, "Verdicts"): a curvature metric in the sharpness group, a
+# safety metric (a lower value is safer for ece and disagreement, a higher one for corruption_acc) in the
+# safety group. "sam_sharpness" counts every measured radius; "sam_sharpness@0.005" one of them.
+SHARPNESS_METRICS = ("sam_sharpness", "fisher_rao", "relative_flatness", "adaptive_sharpness", "hessian_lambda_max",
+                     "hessian_trace")
+SAFETY_METRICS = ("ece", "corruption_acc", "disagreement", "jsd")
+
+
+def _group_metric(name: str, known: tuple[str, ...]) -> str:
+    base, _, rho = name.partition("@")
+    if base not in known or (rho and base != "sam_sharpness"):
+        raise ValueError(f"unknown metric {name!r} for this group; known: {', '.join(known)} "
+                         "(and sam_sharpness@RHO for one radius)")
+    if rho:
+        try:
+            if not float(rho) > 0:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"{name!r}: the radius after @ must be a number > 0") from None
+    return name
+
+
+class VerdictGroup(_Strict):
+    """The metrics one side of a claim rests on, and how they combine: ``all`` of them shown (each at level
+    alpha: an intersection-union test, no correction needed) or a strict ``majority`` of them shown after
+    Holm's correction over the group. Naming one or a few metrics with ``all`` makes them the primary ones."""
+    metrics: list[str] = Field(min_length=1)
+    combine: Literal["all", "majority"] = "all"
+
+
+def _sharpness_group() -> VerdictGroup:
+    return VerdictGroup(metrics=list(SHARPNESS_METRICS))
+
+
+def _safety_group() -> VerdictGroup:
+    return VerdictGroup(metrics=["ece", "corruption_acc", "disagreement"])
+
+
+class Verdicts(_Strict):
+    """How the report decides each claim, declared in the study file before any result exists; the report
+    states these settings beside its verdicts. ``alpha``: the level of every test (a false "supported", or a
+    false "contradicted", has at most this probability). ``fit_tolerance``: family A leaves out a target
+    whose worst seed has relative train MSE (train MSE / target variance) above this, with all its seeds.
+    ``sharpness`` and ``safety``: the metrics behind "sharper" (families A, B, C) and "safer" (C)."""
+    alpha: float = Field(0.05, gt=0, lt=0.5)
+    fit_tolerance: float = Field(0.05, gt=0)
+    sharpness: VerdictGroup = Field(default_factory=_sharpness_group)
+    safety: VerdictGroup = Field(default_factory=_safety_group)
+
+    @model_validator(mode="after")
+    def _known(self) -> "Verdicts":
+        for group, known in (("sharpness", SHARPNESS_METRICS), ("safety", SAFETY_METRICS)):
+            names = getattr(self, group).metrics
+            for i, name in enumerate(names):
+                try:
+                    _group_metric(name, known)
+                except ValueError as err:
+                    raise _field_error((group, "metrics", i), str(err)) from None
+                if name in names[:i]:
+                    raise _field_error((group, "metrics", i), f"{name!r} is listed twice")
+        return self
+
+
 class Study(_Strict):
     name: str = Field(pattern=NAME)
     storage: str = "./runs"
@@ -277,6 +340,7 @@ class Study(_Strict):
     # after the study (their usual environment variables say where: MLFLOW_TRACKING_URI, WANDB_API_KEY).
     loggers: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(default_factory=list)
     analysis: Analysis = Field(default_factory=Analysis)
+    verdicts: Verdicts = Field(default_factory=Verdicts)
     blocks: list[Block] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -405,25 +469,44 @@ _StudyLoader.add_implicit_resolver(
     list("-+0123456789"))
 
 
+def _parse_yaml(text: str, source: str | Path) -> dict:
+    """The study file's top-level mapping; StudyError naming ``source`` (and the line) when it is not one."""
+    try:
+        raw = yaml.load(text, Loader=_StudyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        raise StudyError(f"{source}: {where}invalid YAML: {getattr(err, 'problem', err)}") from None
+    if not isinstance(raw, dict):
+        raise StudyError(f"{source}: expected a mapping with name, storage and blocks at the top level")
+    return raw
+
+
 def load_study(path: str | Path) -> Study:
     """Read and validate a study YAML. Raises :class:`StudyError` with one line on any problem."""
     path = Path(path)
     try:
-        raw = yaml.load(path.read_text(), Loader=_StudyLoader)  # noqa: S506 - a SafeLoader subclass
+        text = path.read_text()
     except FileNotFoundError:
         raise StudyError(f"{path}: file not found") from None
     except (OSError, UnicodeDecodeError) as err:
         raise StudyError(f"{path}: cannot read: {err}") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark else ""
-        raise StudyError(f"{path}: {where}invalid YAML: {getattr(err, 'problem', err)}") from None
-    if not isinstance(raw, dict):
-        raise StudyError(f"{path}: expected a mapping with name, storage and blocks at the top level")
+    raw = _parse_yaml(text, path)
     try:
         return Study.model_validate(raw)
     except ValidationError as err:
         raise StudyError(f"{path}: {_first_error(err)}") from None
+
+
+def verdict_settings(text: str, source: str) -> Verdicts:
+    """The ``verdicts`` section of a study file's text (the defaults when it has none), validated on its own:
+    the report reads it from the study file as run, whose other fields may predate this version.
+    Raises :class:`StudyError` naming ``source`` and the field."""
+    raw = _parse_yaml(text, source)
+    try:
+        return Verdicts.model_validate(raw.get("verdicts") or {})
+    except ValidationError as err:
+        raise StudyError(f"{source}: verdicts.{_first_error(err)}") from None
 
 
 def expand(study: Study) -> list[Trial]:

@@ -43,6 +43,7 @@ def function_rows() -> list[dict]:
                 rows.append(_row("functions", "functions", task, "mlp", "base", seed, step, step == 1000,
                                  lr=1e-3, batch_size=None, optimizer="adam", epochs=1000, train_loss=train,
                                  test_loss=test, train_acc=None, gen_gap=test - train, target_complexity=c,
+                                 target_variance=3.0 * c, target_shape_complexity=c / 3.0,
                                  sam_sharpness=by_rho[1]["mean"], sam_sharpness_std=0.1,
                                  sam_sharpness_by_rho=by_rho))
     return rows

@@ -15,7 +15,8 @@ from raystudy.analysis.aggregate import format_mean_sem, format_summary, summary
 from raystudy.analysis.html import chart_spec
 from raystudy.analysis.labels import axis_title, measurement_note, sam_rhos
 from raystudy.analysis.results import NotAStudyError, final_rows, load_results
-from raystudy.analysis.stats import compare_to_base, paired_test, rank_biserial
+from raystudy.analysis.inference import sign_flip_test
+from raystudy.analysis.stats import compare_to_base
 
 
 @pytest.fixture(scope="module")
@@ -82,22 +83,21 @@ def test_sem_is_null_for_one_seed_and_formatting():
 
 # --- paired tests ----------------------------------------------------------------------------------------
 
-def test_rank_biserial_and_wilcoxon_by_hand():
-    assert rank_biserial(np.array([1, 2, -3, 4, 5])) == pytest.approx((12 - 3) / 15)
-    assert rank_biserial(np.array([1, 1, -2])) == pytest.approx(0.0)  # tied ranks 1.5, 1.5 vs 3
-    stat, p, effect = paired_test(np.array([1, 2, -3, 4, 5]), "greater")
+def test_exact_wilcoxon_by_hand():
+    d = np.array([1, 2, -3, 4, 5])
+    test = sign_flip_test(d)
+    assert test.statistic[0] == pytest.approx((12 - 3) / 15)  # rank-biserial (R+ - R-) / (R+ + R-)
     # exact null: P(R+ >= 12) = #{subsets of ranks 1..5 with sum <= 3} / 2^5 = 5/32
-    assert (stat, p, effect) == (12.0, pytest.approx(5 / 32), pytest.approx(0.6))
-    assert paired_test(np.array([1, 2, -3, 4, 5]), "less")[1] == pytest.approx(29 / 32)
-    assert paired_test(np.array([0.0, 0.0, 1.0]), "greater") is None  # one non-zero difference
+    assert test.p_greater[0] == pytest.approx(5 / 32) and test.p_less[0] == pytest.approx(29 / 32)
+    assert test.exact and test.n_perm == 32
+    assert sign_flip_test(np.array([1, 1, -2])).statistic[0] == pytest.approx(0.0)  # ranks 1.5, 1.5 vs 3
 
 
-def test_paired_test_matches_scipy_on_raw_samples():
+def test_exact_wilcoxon_matches_scipy_exact_without_ties():
     rng = np.random.default_rng(0)
     base, other = rng.normal(size=9), rng.normal(0.5, 1.0, size=9)
-    ref = sps.wilcoxon(other, base, alternative="greater")
-    stat, p, _ = paired_test(other - base, "greater")
-    assert stat == pytest.approx(ref.statistic) and p == pytest.approx(ref.pvalue)
+    ref = sps.wilcoxon(other, base, alternative="greater", method="exact")
+    assert sign_flip_test(other - base).p_greater[0] == pytest.approx(ref.pvalue)
 
 
 def _pairs(diffs: dict[str, list[float]], lr: float = 0.01, extra_seed: bool = True) -> pl.DataFrame:
@@ -119,7 +119,9 @@ def test_compare_to_base_p_effect_and_by_correction():
     out = compare_to_base(frame)
     assert set(out["n_pairs"]) == {5} and set(out["regime"]) == {"sam"}
     sam = _one(out, metric="sam_sharpness")
-    assert (sam["statistic"], sam["p"], sam["effect"]) == (12.0, pytest.approx(5 / 32), pytest.approx(0.6))
+    # R+ = 12 of 15: P(R+ >= 12) = 5/32 by hand (sign patterns of ranks 1..5 with positive sum >= 12).
+    assert (sam["p"], sam["effect"]) == (pytest.approx(5 / 32), pytest.approx(0.6))
+    assert sam["p_reverse"] == pytest.approx(29 / 32) and sam["method"].startswith("exact Wilcoxon")
     # Benjamini-Yekutieli over the two sharpness tests: m = 2, c(m) = 1 + 1/2; p_(i) * m * c(m) / i
     assert sam["p_adj"] == pytest.approx(5 / 32 * 2 * 1.5 / 2)
     assert _one(out, metric="fisher_rao")["p_adj"] == pytest.approx(1 / 32 * 2 * 1.5)
@@ -130,14 +132,17 @@ def test_compare_to_base_p_effect_and_by_correction():
     assert ece["p"] == pytest.approx(1 / 32) and ece["p_adj"] == pytest.approx(1 / 32) and ece["effect"] == -1.0
 
 
-def test_compare_to_base_pairs_within_hyperparameters_and_skips_ties():
+def test_compare_to_base_pairs_within_hyperparameters_and_handles_zero_differences():
     frame = pl.concat([_pairs({"test_acc": [1, 2, 3, 4, 5]}, lr=0.01),
-                       _pairs({"test_acc": [0.0, 0.0, 1.0]}, lr=0.1, extra_seed=False)])
+                       _pairs({"test_acc": [0.0, 0.0, 1.0]}, lr=0.1, extra_seed=False),
+                       _pairs({"test_acc": [0.0, 0.0]}, lr=1.0, extra_seed=False)])
     out = compare_to_base(frame)
-    assert out.sort("lr")["n_pairs"].to_list() == [5, 3]
+    assert out.sort("lr")["n_pairs"].to_list() == [5, 3, 2]
     assert _one(out, lr=0.01)["p"] == pytest.approx(1 / 32)
-    skipped = _one(out, lr=0.1)
-    assert skipped["p"] is None and skipped["effect"] is None
+    one = _one(out, lr=0.1)  # zero differences carry no rank: one non-zero difference, exact p = 1/2
+    assert one["p"] == pytest.approx(0.5) and one["effect"] == 1.0
+    none = _one(out, lr=1.0)  # nothing differs: nothing to test, null rather than a p of 1
+    assert none["p"] is None and none["effect"] is None
 
 
 def test_digits_study_comparisons(df):

@@ -12,7 +12,6 @@ from raystudy.analysis.charts_correlation import complexity_chart, correlation_c
 from raystudy.analysis.correlation import (complexity_table, correlation_table, format_correlation_table,
                                            granulated_kendall, psi_axes, sharpness_columns, tau_b)
 from raystudy.analysis.html import chart_spec
-from raystudy.analysis.verdicts import kendall_bootstrap
 from tests.fake_results import circle_rows, digit_rows, function_rows
 
 BASE = dict(study="t", family="images", task="digits", model="cnn", regime="base", final=True, status="ok",
@@ -23,18 +22,21 @@ def _rows(records: list[dict]) -> pl.DataFrame:
     return pl.DataFrame([{**BASE, "block": "b", **r} for r in records], infer_schema_length=None)
 
 
-def test_tau_by_hand_equals_scipy_and_kendall_bootstrap():
-    # x = 1..6, y = 2 1 3 4 6 5: of 15 pairs only (1,2) and (5,6) are discordant, so tau = (13 - 2) / 15.
-    x, y = [1.0, 2, 3, 4, 5, 6], [2.0, 1, 3, 4, 6, 5]
-    df = _rows([dict(seed=i // 2, lr=0.01 * (i + 1), fisher_rao=a, gen_gap=b)
-                for i, (a, b) in enumerate(zip(x, y, strict=True))])
-    row = correlation_table(df, n_boot=300, seed=7).row(0, named=True)
-    assert row["tau"] == pytest.approx(11 / 15) == pytest.approx(sps.kendalltau(x, y).statistic)
-    assert (row["tau"], row["ci_low"], row["ci_high"]) == pytest.approx(
-        kendall_bootstrap(df, "fisher_rao", "gen_gap", n_boot=300, seed=7))
-    assert row["n_points"] == 6 and row["n_seeds"] == 3 and row["ci_low"] <= row["tau"] <= row["ci_high"]
-    two_seeds = correlation_table(df.filter(pl.col("seed") < 2), n_boot=300).row(0, named=True)
-    assert two_seeds["tau"] is not None and two_seeds["ci_low"] is None and two_seeds["ci_high"] is None
+def test_tau_is_the_median_within_seed_tau_with_a_distribution_free_interval():
+    """Seven seeds of four trials; each seed's tau-b by scipy; the median of the seven, and the interval
+    [2nd smallest, 2nd largest] (coverage 1 - 2 P(Bin(7, 1/2) <= 1) = 0.9375 < 0.95, so r = 1: [min, max])."""
+    rng = np.random.default_rng(4)
+    records = [dict(seed=s, lr=0.01 * (i + 1), fisher_rao=float(i + rng.normal()), gen_gap=float(i))
+               for s in range(7) for i in range(4)]
+    df = _rows(records)
+    per_seed = [sps.kendalltau(g["fisher_rao"], g["gen_gap"]).statistic
+                for _, g in df.sort("seed").group_by("seed", maintain_order=True)]
+    row = correlation_table(df).row(0, named=True)
+    assert row["tau"] == pytest.approx(np.median(per_seed))
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((min(per_seed), max(per_seed)))
+    assert row["n_points"] == 28 and row["n_seeds"] == 7
+    five = correlation_table(df.filter(pl.col("seed") < 5)).row(0, named=True)  # no 95% interval from 5 seeds
+    assert five["tau"] == pytest.approx(np.median(per_seed[:5])) and five["ci_low"] is None and five["ci_high"] is None
 
 
 def test_tau_b_of_the_psi_groups_equals_scipy_with_ties():
@@ -56,9 +58,10 @@ def test_psi_monotone_along_lr_anti_monotone_along_batch_size():
     assert psi == pytest.approx(0.0)
     assert parts.to_dicts() == [{"axis": "lr", "psi": 1.0, "n_groups": 6, "n_skipped": 0},  # 2 bs x 3 seeds
                                 {"axis": "batch_size", "psi": -1.0, "n_groups": 9, "n_skipped": 0}]  # 3 lr x 3
-    pooled = correlation_table(df, n_boot=50).row(0, named=True)
-    assert pooled["psi"] == pytest.approx(0.0)
-    assert pooled["tau"] == pytest.approx(sps.kendalltau(df["fisher_rao"], df["gen_gap"]).statistic)
+    row = correlation_table(df).row(0, named=True)
+    assert row["psi"] == pytest.approx(0.0)
+    within = [sps.kendalltau(g["fisher_rao"], g["gen_gap"]).statistic for _, g in df.group_by("seed")]
+    assert row["tau"] == pytest.approx(np.median(within))
 
 
 def test_psi_by_hand_with_skipped_groups():
@@ -108,7 +111,7 @@ def test_sam_radii_adaptive_sharpness_and_targets_present():
                        ("adaptive worst-case sharpness (l2, rho=0.1)", "_adaptive_worst_l2_0.1")]
     assert rows["_sam_0.05"].to_list() == [4.0] * 6 + [None] and rows["_sam_0.005"][-1] == 7.0
     assert rows["_adaptive_average_linf_0.1"].to_list() == [3.0] * 6 + [None]
-    table = correlation_table(_rows(records), n_boot=20)
+    table = correlation_table(_rows(records))
     assert table.height == 4 * 2 and set(table["target"]) == {"gen_gap", "ece"}  # test_acc etc. absent
     assert table["tau"].null_count() == table.height  # every metric constant: tau undefined, not 0
 
@@ -117,7 +120,7 @@ def test_fake_study_digits_regime_psi_and_formatted_table():
     """Family C fake rows: within a seed the sharper regime is the more accurate one, so the gap falls with
     sharpness along the regime axis (psi = -1); (sam, seed 1) lacks Fisher-Rao, (wd, seed 3) diverged."""
     df = pl.DataFrame(function_rows() + circle_rows() + digit_rows(), infer_schema_length=None)
-    table = correlation_table(df, n_boot=50)
+    table = correlation_table(df)
     fr = table.filter((pl.col("block") == "digits") & (pl.col("column") == "fisher_rao")
                       & (pl.col("target") == "gen_gap")).row(0, named=True)
     assert fr["n_points"] == 10 and fr["psi"] == -1.0 and fr["psi_axes"][0]["axis"] == "regime"
@@ -127,8 +130,8 @@ def test_fake_study_digits_regime_psi_and_formatted_table():
                             "tau: ECE (15 bins, L1)", "Psi: generalisation gap", "psi: regime"]
     row = text.filter(pl.col("metric") == "Fisher-Rao norm").row(0, named=True)
     assert row["n"] == "10 / 4" and row["Psi: generalisation gap"] == "-1.00 (1 axis)"
-    assert row["psi: regime"] == "-1.00 (4 groups)" and row["tau: generalisation gap"].startswith(
-        f"{fr['tau']:.2f} [")
+    assert row["psi: regime"] == "-1.00 (4 groups)"
+    assert row["tau: generalisation gap"] == f"{fr['tau']:.2f}"  # 4 seeds: no interval
     assert format_correlation_table(correlation_table(df.clear())).is_empty()
 
 
@@ -141,12 +144,12 @@ def _render(chart) -> dict:
 
 def test_correlation_chart_renders_with_tooltips():
     df = pl.DataFrame(circle_rows() + digit_rows(), infer_schema_length=None)
-    table = correlation_table(df, n_boot=30)
+    table = correlation_table(df)
     spec = _render(correlation_chart(df, table))
     values = spec["datasets"][next(iter(spec["datasets"]))]
     assert {"block", "metric", "target", "value", "interval", "n_points", "n_seeds"} <= set(values[0])
     assert correlation_chart(df.clear()) is None
-    assert correlation_chart(pl.DataFrame(function_rows(), infer_schema_length=None), n_boot=10) is None  # no tau
+    assert correlation_chart(pl.DataFrame(function_rows(), infer_schema_length=None)) is None  # no tau
 
 
 def _complexity_rows() -> pl.DataFrame:
@@ -161,16 +164,19 @@ def _complexity_rows() -> pl.DataFrame:
     return _rows(records)
 
 
-def test_complexity_table_pooled_tau_and_chart():
+def test_complexity_table_is_per_block_and_chart():
     df = _complexity_rows()
-    table = complexity_table(df, n_boot=100)
-    assert table.select("measure", "n_points", "n_blocks").rows() == [("input_grad_norm", 40, 2),
-                                                                      ("target_complexity", 20, 1)]
-    both = df.drop_nulls("input_grad_norm")
-    ref = sps.kendalltau(both["hessian_lambda_max"], both["input_grad_norm"]).statistic
-    row = table.row(0, named=True)
-    assert row["tau"] == pytest.approx(ref) and row["ci_low"] <= row["tau"] <= row["ci_high"]
+    table = complexity_table(df)
+    assert table.select("block", "measure", "n_points", "n_seeds").rows() == [
+        ("functions-x", "input_grad_norm", 20, 4), ("functions-x", "target_complexity", 20, 4),
+        ("circles-x", "input_grad_norm", 20, 4)]  # never pooled across families
+    mine = df.filter(pl.col("block") == "circles-x")
+    within = [sps.kendalltau(g["hessian_lambda_max"], g["input_grad_norm"]).statistic
+              for _, g in mine.group_by("seed")]
+    row = table.filter(pl.col("block") == "circles-x").row(0, named=True)
+    assert row["tau"] == pytest.approx(np.median(within)) and row["family"] == "circles"
+    assert row["ci_low"] is None  # 4 seeds: no 95% interval
     spec = _render(complexity_chart(df, table))
-    assert "tau " in str(spec) and spec["hconcat"][0]["encoding"]["x"]["scale"]["type"] == "log"
+    assert "functions-x" in str(spec) and spec["hconcat"][0]["encoding"]["x"]["scale"]["type"] == "log"
     plain = df.drop("input_grad_norm", "target_complexity")
     assert complexity_table(plain).is_empty() and complexity_chart(plain) is None

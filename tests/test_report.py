@@ -1,6 +1,7 @@
 """The report: self-contained offline HTML page, a PNG per chart, and the CLI's exit codes."""
 from __future__ import annotations
 
+import json
 import re
 import struct
 import subprocess
@@ -48,12 +49,15 @@ def test_page_is_offline_and_complete(report):
     assert html.count("<caption>mean (SEM) over seeds</caption>") == 4
     assert html.count("each regime vs base, paired by seed") == 1  # only digits has base + other regimes
     assert "93 (1.3)" in html  # digits base test accuracy, mean (SEM)
-    # The page opens with the verdicts: the fake study has 2 seeds of functions, so A cannot be decided.
+    # The page opens with the verdicts. The fake functions' sharpness is proportional to the target variance, so
+    # the scale-free verdict finds no relation with the shape of the target: A is inconclusive.
     assert html.index("<h2>Verdicts</h2>") < html.index("<h2>Provenance</h2>")
     assert html.index("verdict_a_sharpness_vs_complexity.png") < html.index("<h2>Provenance</h2>")
     assert "<h2>Does sharpness track generalisation and safety?</h2>" in html
-    assert "Family A: <span class=\"verdict inconclusive\">inconclusive</span>" in html
-    assert "bootstrap interval over seeds needs at least 3" in html
+    assert "Family A (block functions): <span class=\"verdict inconclusive\">inconclusive</span>" in html
+    assert "Family B (block circles): <span class=\"verdict supported\">supported</span>" in html
+    assert "sharpness relative to the target variance" in html and "Settings (defaults (no study.yaml" in html
+    assert '<a href="verdicts.json">verdicts.json</a>' in html
     assert outside.count("<svg") == len(CHARTS) == html.count("<figcaption>") == html.count('class="vl-spec"')
     ids = re.findall(r'\bid="([^"]+)"', html)
     assert len(ids) == len(set(ids))  # inline SVGs do not clash
@@ -69,6 +73,29 @@ def test_one_valid_png_per_chart(report):
         assert width > 400 and height > 200
         assert f'href="{path.name}"' in report.read_text()
     assert not [p for p in report.parent.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_verdicts_json_beside_the_page_and_verdicts_only(report, tmp_path):
+    written = json.loads((report.parent / "verdicts.json").read_text())
+    assert [(v["family"], v["block"], v["outcome"]) for v in written] == [
+        ("A", "functions", "inconclusive"), ("B", "circles", "supported"), ("C", "digits", "inconclusive")]
+    for v in written:
+        assert v["method"] and v["why"] and v["claim"] and v["n_seeds"] >= 2 and v["statistics"]
+        assert v["settings"]["alpha"] == 0.05 and v["settings_source"].startswith("defaults")
+    # --verdicts-only: the same verdicts, no page, no charts, settings from the study file as run.
+    study = write_study(tmp_path)
+    (study / "study.yaml").write_text("name: toy\nverdicts: {alpha: 0.01, sharpness: {metrics: [fisher_rao]}}\n")
+    result = _cli(str(study), "--verdicts-only")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[:3] == ["verdict A (functions): inconclusive - " + written[0]["claim"],
+                         "verdict B (circles): supported - " + written[1]["claim"],
+                         "verdict C (digits): inconclusive - " + written[2]["claim"]]
+    assert lines[3] == str(study / "report" / "verdicts.json")
+    assert sorted(p.name for p in (study / "report").iterdir()) == ["verdicts.json"]
+    again = json.loads((study / "report" / "verdicts.json").read_text())
+    assert again[1]["settings"]["alpha"] == 0.01 and again[1]["settings_source"] == "declared in study.yaml"
+    assert [s["metric"] for s in again[1]["statistics"]] == ["Fisher-Rao norm"]  # the declared metric alone
 
 
 def test_empty_study_gives_a_page_that_says_so(tmp_path):

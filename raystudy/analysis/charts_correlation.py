@@ -1,18 +1,19 @@
 """Charts of the rank correlations of ``correlation``: every sharpness metric's tau (and Psi) with each target
 side by side, and sharpness against the complexity of the learned function. Each returns an alt.Chart, or None
-when the rows it needs are absent. Pass the table already computed to skip the bootstrap a second time."""
+when the rows it needs are absent. Pass the table already computed to skip computing it a second time."""
 from __future__ import annotations
 
 import altair as alt
 import polars as pl
 
 from raystudy.analysis.charts import HEIGHT, WIDTH, scale_for
-from raystudy.analysis.correlation import (COMPLEXITY_LABELS, N_BOOT, complexity_rows, complexity_table,
-                                           correlation_table, format_interval)
+from raystudy.analysis.correlation import (COMPLEXITY_LABELS, complexity_rows, complexity_table, correlation_table,
+                                           format_interval)
 from raystudy.analysis.labels import chart_title, metric_label
 from raystudy.analysis.results import final_rows, ok_rows
 
-TAU, PSI = "tau over all trials (95% bootstrap over seeds)", "Psi (granulated over hyperparameter axes)"
+TAU = "tau: median over seeds of the within-seed tau (distribution-free 95% interval from 6 seeds)"
+PSI = "Psi (granulated over hyperparameter axes)"
 
 
 def _psi_parts(parts: list[dict] | None) -> str:
@@ -44,12 +45,12 @@ def correlation_frame(table: pl.DataFrame) -> pl.DataFrame:
                                                 dtype=pl.String))
 
 
-def correlation_chart(df: pl.DataFrame, table: pl.DataFrame | None = None, n_boot: int = N_BOOT
-                      ) -> alt.Chart | None:
-    """Kendall tau (filled dot, 95% bootstrap interval over seeds as a bar) and Jiang's Psi (open diamond) of
-    every sharpness metric (y) with every target (one column each), one row of panels per block; x in [-1, 1].
-    ``table``: the ``correlation_table(df)`` already computed (else computed here with ``n_boot``)."""
-    table = correlation_table(df, n_boot=n_boot) if table is None else table
+def correlation_chart(df: pl.DataFrame, table: pl.DataFrame | None = None) -> alt.Chart | None:
+    """Kendall tau (filled dot: median over seeds of the within-seed tau, its distribution-free 95% interval as a
+    bar where there are 6 seeds or more) and Jiang's Psi (open diamond) of every sharpness metric (y) with every
+    target (one column each), one row of panels per block; x in [-1, 1]. ``table``: the
+    ``correlation_table(df)`` already computed (else computed here)."""
+    table = correlation_table(df) if table is None else table
     if table.is_empty():
         return None
     long = correlation_frame(table)
@@ -78,29 +79,32 @@ def correlation_chart(df: pl.DataFrame, table: pl.DataFrame | None = None, n_boo
                                 "final checkpoint, per block"))
 
 
-def _complexity_panel(rows: pl.DataFrame, label: str, column: str, measure: str, stats: dict) -> alt.Chart:
-    """One sharpness metric against one complexity measure, one point per final trial, coloured by block."""
+def _complexity_panel(rows: pl.DataFrame, label: str, column: str, measure: str, stats: pl.DataFrame
+                      ) -> alt.Chart:
+    """One sharpness metric against one complexity measure, one point per final trial, coloured by block; the
+    title gives each block's tau (``stats``: the complexity_table rows of this metric and measure)."""
     group = pl.concat_str([pl.col("family"), pl.col("block")], separator=" / ", ignore_nulls=True)
     data = rows.drop_nulls([column, measure]).select("trial_id", "seed", "regime", group=group, x=measure, y=column)
-    title = (f"tau {format_interval(stats['tau'], stats['ci_low'], stats['ci_high'])}, "
-             f"n={stats['n_points']} ({stats['n_seeds']} seeds)")
+    title = "tau " + "; ".join(f"{r['block']} {format_interval(r['tau'], r['ci_low'], r['ci_high'])}"
+                               for r in stats.iter_rows(named=True))
     return alt.Chart(data).mark_point(filled=True, size=40, opacity=0.8).encode(
         x=alt.X("x:Q", scale=scale_for(data["x"]), title=COMPLEXITY_LABELS.get(measure, measure)),
         y=alt.Y("y:Q", scale=scale_for(data["y"]), title=label),
         color=alt.Color("group:N", title="family / block"),
         tooltip=["trial_id", "seed", "regime", alt.Tooltip("group:N", title="family / block"),
                  alt.Tooltip("x:Q", title=measure, format=".4g"), alt.Tooltip("y:Q", title=label, format=".4g")],
-    ).properties(width=WIDTH * 0.8, height=HEIGHT * 0.8, title=alt.Title(title, fontSize=11, fontWeight="normal"))
+    ).properties(width=WIDTH * 0.8, height=HEIGHT * 0.8,
+                 title=alt.Title(title, fontSize=11, fontWeight="normal", limit=WIDTH * 0.8 + 40))
 
 
-def complexity_chart(df: pl.DataFrame, table: pl.DataFrame | None = None, n_boot: int = N_BOOT
-                     ) -> alt.Chart | None:
+def complexity_chart(df: pl.DataFrame, table: pl.DataFrame | None = None) -> alt.Chart | None:
     """Every sharpness metric (one row of panels each) against each complexity measure present (one column
-    each: input-gradient norm, linear-region density, target complexity), pooled over every family, one point per
-    final status-ok trial, coloured by family / block, log axes where every value is positive; each panel's title
-    states the pooled Kendall tau with its bootstrap interval. ``table``: ``complexity_table(df)`` if computed.
-    None when no complexity measure (or no sharpness metric beside it) is present."""
-    table = complexity_table(df, n_boot=n_boot) if table is None else table
+    each: input-gradient norm, linear-region density, target complexity), one point per final status-ok trial,
+    coloured by family / block, log axes where every value is positive; each panel's title states each block's
+    Kendall tau (median within-seed tau, with its interval from 6 seeds): blocks are never pooled into one tau.
+    ``table``: ``complexity_table(df)`` if computed. None when no complexity measure (or no sharpness metric
+    beside it) is present."""
+    table = complexity_table(df) if table is None else table
     if table.is_empty():
         return None
     rows, metrics, _ = complexity_rows(df)
@@ -109,9 +113,10 @@ def complexity_chart(df: pl.DataFrame, table: pl.DataFrame | None = None, n_boot
     lines = []
     for label, column in metrics:
         mine = table.filter(pl.col("column") == column)
-        panels = [_complexity_panel(rows, label, column, r["measure"], r) for r in mine.iter_rows(named=True)]
+        panels = [_complexity_panel(rows, label, column, measure, part)
+                  for (measure,), part in mine.group_by("measure", maintain_order=True)]
         if panels:
             lines.append(alt.hconcat(*panels))
     chart = alt.vconcat(*lines) if len(lines) > 1 else lines[0]
     return chart.properties(title=chart_title(
-        rows, "Sharpness against the complexity of the learned function, every family pooled (final checkpoints)"))
+        rows, "Sharpness against the complexity of the learned function (final checkpoints; tau per block)"))

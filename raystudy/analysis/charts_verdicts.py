@@ -1,15 +1,92 @@
-"""The charts that carry the verdicts, shown beside them at the top of the report: family A's sharpness against
-target complexity, family B's sharpness against the boundary's tightness, family C's paired differences."""
+"""The charts that carry the verdicts, shown beside them at the top of the report: family A's scale-free sharpness
+against the target's shape complexity (and, where a study varies it, sharpness against the target's amplitude),
+family B's sharpness against the boundary's tightness, family C's paired differences."""
 from __future__ import annotations
 
 import altair as alt
 import polars as pl
 
 from raystudy.analysis.aggregate import comparison_keys
-from raystudy.analysis.charts import WIDTH, circles_sweep, functions_complexity_vs_sharpness
+from raystudy.analysis.charts import HEIGHT, WIDTH, circles_sweep, scale_for
 from raystudy.analysis.labels import chart_title, metric_label
 from raystudy.analysis.results import final_rows, ok_rows, present
+from raystudy.analysis.verdicts import functions_points
 from raystudy.schema import SAFETY, SHARPNESS
+from raystudy.spec import Verdicts
+
+Figure = tuple[str, alt.TopLevelMixin, str]  # (file stem, chart, caption)
+
+
+def _functions_long(df: pl.DataFrame, settings: Verdicts) -> pl.DataFrame:
+    """Family A's final points with SAM-sharpness per radius, raw and relative to the target variance: columns
+    block, target, task, target_scale, seed, trial_id, shape_complexity, kept, rho, raw, relative."""
+    rows = ok_rows(final_rows(df))
+    if "family" not in rows.columns:
+        return pl.DataFrame()
+    rows = rows.filter(pl.col("family") == "functions")
+    if rows.is_empty() or "target_complexity" not in present(rows, ("target_complexity",)):
+        return pl.DataFrame()
+    parts = []
+    for (block,), mine in rows.group_by("block", maintain_order=True):
+        points, _, _ = functions_points(mine, settings)
+        radii = [c.removeprefix("_sam_") for c in points.columns if c.startswith("_sam_")]
+        scale = pl.col("target_scale").fill_null(1.0) if "target_scale" in points.columns else pl.lit(1.0)
+        for r in radii:
+            parts.append(points.select(
+                "block", "target", "task", "seed", "trial_id", "shape_complexity", target_scale=scale,
+                kept=pl.when(pl.col("fitted")).then(pl.lit("kept")).otherwise(pl.lit("excluded: not fitted")),
+                rho=pl.lit(float(r)), raw=pl.col(f"_sam_{r}"), relative=pl.col(f"rel__sam_{r}")))
+    long = pl.concat(parts) if parts else pl.DataFrame()
+    return long.drop_nulls(["shape_complexity", "relative"]) if not long.is_empty() else long
+
+
+def functions_verdict_chart(df: pl.DataFrame, settings: Verdicts) -> alt.Chart | None:
+    """Family A's verdict chart: final SAM-sharpness / target variance against the target's shape complexity
+    (log axes; both invariant to the target's amplitude), one point per target x seed, faceted by radius; a
+    target the verdict left out (not fitted) is drawn as a hollow cross."""
+    long = _functions_long(df, settings)
+    if long.is_empty():
+        return None
+    chart = alt.Chart(long).mark_point(size=60).encode(
+        x=alt.X("shape_complexity:Q", scale=scale_for(long["shape_complexity"]),
+                title="target shape complexity (mean ||grad f||^2 / Var f)"),
+        y=alt.Y("relative:Q", scale=scale_for(long["relative"]), title="SAM-sharpness / target variance"),
+        color=alt.Color("task:N", title="target function"),
+        shape=alt.Shape("kept:N", title="verdict", scale=alt.Scale(domain=["kept", "excluded: not fitted"],
+                                                                    range=["circle", "cross"])),
+        fill=alt.Fill("kept:N", legend=None, scale=alt.Scale(domain=["kept", "excluded: not fitted"],
+                                                             range=["currentColor", "transparent"])),
+        tooltip=["trial_id", "target", "seed", "kept", alt.Tooltip("rho:Q", format="g"),
+                 alt.Tooltip("shape_complexity:Q", format=".4g"), alt.Tooltip("relative:Q", format=".4g"),
+                 alt.Tooltip("raw:Q", title="raw SAM-sharpness", format=".4g")],
+    ).properties(width=WIDTH, height=HEIGHT)
+    if long["rho"].n_unique() > 1:
+        chart = chart.facet(facet=alt.Facet("rho:O", title="perturbation radius rho"), columns=3).resolve_scale(
+            y="independent")
+    rows = ok_rows(final_rows(df)).filter(pl.col("family") == "functions")
+    return chart.properties(title=chart_title(rows, "Family A: scale-free sharpness vs the target's shape complexity"))
+
+
+def functions_amplitude_chart(df: pl.DataFrame, settings: Verdicts) -> alt.Chart | None:
+    """Where a study varies ``target_scale``: final SAM-sharpness against the target's amplitude, raw (rising
+    with the amplitude squared) and relative to the target variance (what the verdict uses), mean over seeds per
+    target and radius (log axes). None when no block varies the amplitude."""
+    long = _functions_long(df, settings)
+    if long.is_empty() or long["target_scale"].n_unique() < 2:
+        return None
+    both = pl.concat([long.select("task", "rho", "target_scale", "seed", value=pl.col(c), side=pl.lit(name))
+                      for c, name in (("raw", "raw"), ("relative", "relative to the target variance"))])
+    mean = both.group_by("task", "rho", "target_scale", "side").agg(pl.col("value").mean(), pl.len().alias("n"))
+    chart = alt.Chart(mean.sort("target_scale")).mark_line(point=True).encode(
+        x=alt.X("target_scale:Q", scale=alt.Scale(type="log"), title="target amplitude (target_scale)"),
+        y=alt.Y("value:Q", scale=scale_for(mean["value"]), title="SAM-sharpness (mean over seeds)"),
+        color=alt.Color("task:N", title="target function"), strokeDash=alt.StrokeDash("rho:O", title="rho"),
+        tooltip=["task", "side", alt.Tooltip("rho:Q", format="g"), alt.Tooltip("target_scale:Q", format="g"),
+                 alt.Tooltip("value:Q", format=".4g"), "n"],
+    ).properties(width=WIDTH + 120, height=HEIGHT)
+    return chart.facet(column=alt.Column("side:N", title=None)).resolve_scale(y="independent").properties(
+        title=alt.Title("Family A: sharpness against the target's amplitude", anchor="start",
+                        subtitle="raw sharpness grows with the amplitude; the verdict uses the relative one"))
 
 
 def paired_differences(df: pl.DataFrame) -> pl.DataFrame:
@@ -53,9 +130,23 @@ def images_paired_chart(df: pl.DataFrame) -> alt.Chart | None:
                           "Family C: each regime minus base, paired by seed (dots: seeds; tick: mean)"))
 
 
-def verdict_charts(df: pl.DataFrame) -> dict[str, tuple[str, alt.Chart]]:
-    """Family letter -> (file stem, chart) for the families whose verdict chart the rows support."""
-    found = {"A": ("verdict_a_sharpness_vs_complexity", functions_complexity_vs_sharpness(df, "sam_sharpness")),
-             "B": ("verdict_b_sharpness_vs_factor", circles_sweep(df, "factor")),
-             "C": ("verdict_c_paired_differences", images_paired_chart(df))}
-    return {k: v for k, v in found.items() if v[1] is not None}
+def verdict_charts(df: pl.DataFrame, settings: Verdicts | None = None) -> dict[str, list[Figure]]:
+    """Family letter -> the figures that carry its verdict, for the families whose rows support them."""
+    settings = settings or Verdicts()
+    found = {
+        "A": [("verdict_a_sharpness_vs_complexity", functions_verdict_chart(df, settings),
+               "Family A: final SAM-sharpness divided by the variance of the training targets against the target's "
+               "shape complexity (mean ||grad f||^2 / Var f over the domain), one point per target x seed, per "
+               "radius (log axes); both sides are invariant to the target's amplitude. Crosses: targets the verdict "
+               "left out as not fitted."),
+              ("verdict_a_amplitude", functions_amplitude_chart(df, settings),
+               "Family A: SAM-sharpness against the target's amplitude (target_scale), raw and relative to the "
+               "target variance, mean over seeds.")],
+        "B": [("verdict_b_sharpness_vs_factor", circles_sweep(df, "factor"),
+               "Family B: sharpness and test accuracy against the circles' radius ratio (tighter boundary to the "
+               "right), mean +- SEM over seeds.")],
+        "C": [("verdict_c_paired_differences", images_paired_chart(df),
+               "Family C: each regime minus base for every sharpness and safety metric, paired by seed (dots) with "
+               "their mean (tick); right of the dashed line, the regime is larger.")],
+    }
+    return {k: [f for f in v if f[1] is not None] for k, v in found.items() if any(f[1] is not None for f in v)}

@@ -1,5 +1,6 @@
 """Functional consistency (docs/PROTOCOL.md): how much models of one configuration that differ only in their
-seed agree on the test set. Computed from the predictions the measuring stage stores beside each row."""
+seed agree on the test set. Computed from the predictions the measuring stage stores beside each row; the
+regime-vs-base test of consistency runs on the pairs themselves (``consistency_tests``)."""
 from __future__ import annotations
 
 import itertools
@@ -9,6 +10,8 @@ import numpy as np
 import polars as pl
 
 from raystudy.analysis.aggregate import comparison_keys
+from raystudy.analysis.inference import swap_test
+from raystudy.analysis.results import final_rows, ok_rows
 from raystudy.safety.consistency import disagreement, js_divergence
 
 Read = Callable[[str], tuple[np.ndarray, np.ndarray]]  # relative path -> (classes (N,), probabilities (N, C))
@@ -48,6 +51,64 @@ def add_consistency(df: pl.DataFrame, read: Read) -> pl.DataFrame:
     out = df.with_columns(pl.col("epoch").cast(pl.Int64)).join(found, on=["trial_id", "epoch"], how="left")
     fill = lambda col, new: (pl.coalesce(new, col) if col in df.columns else pl.col(new)).alias(col)  # noqa: E731
     return out.with_columns(fill("disagreement", "_dis"), fill("jsd", "_jsd")).drop("_dis", "_jsd")
+
+
+def consistency_tests(df: pl.DataFrame, read: Read) -> pl.DataFrame:
+    """Regime vs base on functional consistency, one row per configuration x regime x metric (disagreement,
+    jsd), at the final checkpoint (status ok), over the seeds whose predictions both regimes stored.
+
+    For k such seeds the 2k models' pairwise dissimilarities form one (2k, 2k) matrix, cross pairs (base of one
+    seed, regime of another) included, and ``inference.swap_test`` compares the mean over the regime's k (k - 1)
+    / 2 pairs with base's, swapping the two models of a subset of seeds for its null distribution: exact, every
+    pair counted once. Columns: the configuration and condition keys of ``aggregate.comparison_keys``, metric,
+    n_pairs (seeds), mean_diff (regime minus base mean pairwise value), p (one-sided, "less": the regime's models
+    agree more), p_reverse, method. Empty without two shared seeds anywhere. Cost: (2k)(2k - 1) / 2 comparisons
+    of N x C arrays per regime (base's own pairs computed once), each predictions file read once.
+    """
+    rows = ok_rows(final_rows(df))
+    if rows.is_empty() or "predictions" not in rows.columns or "regime" not in rows.columns:
+        return pl.DataFrame()
+    rows = rows.filter(pl.col("predictions").is_not_null())
+    config, condition = comparison_keys(df)
+    loaded: dict[str, tuple] = {}
+    pair_cache: dict[tuple[str, str], tuple[float, float]] = {}
+
+    def pair(a: str, b: str) -> tuple[float, float]:
+        key = (a, b) if a <= b else (b, a)
+        if key not in pair_cache:
+            for p in key:
+                if p not in loaded:
+                    loaded[p] = read(p)
+            pa, pb = loaded[key[0]], loaded[key[1]]
+            pair_cache[key] = (disagreement(_t(pa[0]), _t(pb[0])), js_divergence(_t(pa[1]), _t(pb[1])))
+        return pair_cache[key]
+
+    out = []
+    for base in rows.filter(pl.col("regime") == "base").partition_by(config, maintain_order=True):
+        base = base.unique(subset=["seed"], keep="last")
+        named = base.select(config).row(0, named=True)
+        match = [pl.col(k).eq_missing(v) for k, v in named.items()]
+        others = rows.filter(pl.col("regime") != "base", *match)
+        for regime in (others.partition_by(condition, maintain_order=True) if not others.is_empty() else []):
+            regime = regime.unique(subset=["seed"], keep="last")
+            both = base.select("seed", b="predictions").join(regime.select("seed", r="predictions"), on="seed")
+            both = both.sort("seed")
+            k = both.height
+            if k < 2:
+                continue
+            paths = both["b"].to_list() + both["r"].to_list()
+            matrices = np.zeros((2, 2 * k, 2 * k))
+            for i, j in itertools.combinations(range(2 * k), 2):
+                matrices[:, i, j] = matrices[:, j, i] = pair(paths[i], paths[j])
+            test = swap_test(matrices)
+            keys = {**named, **regime.select(condition).row(0, named=True)}
+            for n, metric in enumerate(("disagreement", "jsd")):
+                out.append({**keys, "metric": metric, "n_pairs": k, "mean_diff": float(test.statistic[n]),
+                            "p": float(test.p_less[n]), "p_reverse": float(test.p_greater[n]),
+                            "method": "exact swap test over seeds' pairs of models"})
+    if not out:
+        return pl.DataFrame()
+    return pl.DataFrame(out, infer_schema_length=None)
 
 
 def _t(a: np.ndarray):

@@ -3,8 +3,12 @@ the final checkpoint, as the generalisation-measure literature measures them.
 
 Two statistics per (block, sharpness metric, target):
 
-- Kendall's tau-b over every trial of the block (``verdicts.kendall_bootstrap``), with a 95% percentile
-  interval from a bootstrap over whole seeds (the trials of one seed share their initial weights).
+- tau: Kendall's tau-b within each seed (over the block's trials of that seed, which share their initial
+  weights), summarised by its median over seeds, with a distribution-free 95% interval for that median from the
+  order statistics of the per-seed taus (``inference.median_interval``: coverage at least 95% for any
+  distribution of per-seed taus; it needs 6 seeds, so fewer get none). A bootstrap over 3-5 seeds has no
+  coverage worth the name, and the mean over seeds has no exact interval; the verdicts test means with exact
+  permutation tests instead (``analysis.verdicts``).
 - The granulated Kendall coefficient Psi of Jiang, Neyshabur, Mobahi, Krishnan & Bengio, "Fantastic
   generalization measures and where to find them" (ICLR 2020, arXiv:1912.02178, subsection "Granulated Kendall's
   coefficient"): with hyperparameter axes Theta_1..Theta_n,
@@ -29,23 +33,25 @@ import numpy as np
 import polars as pl
 
 from raystudy.analysis.aggregate import varying_hyperparameters
+from raystudy.analysis.inference import median_interval
 from raystudy.analysis.labels import metric_label
 from raystudy.analysis.results import REGIME_HYPERPARAMETERS, final_rows, ok_rows, present
-from raystudy.analysis.verdicts import MIN_SEEDS, N_BOOT, _sharpness_metrics, _with_rho_columns, kendall_bootstrap
+from raystudy.analysis.verdicts import with_rho_columns
+from raystudy.schema import HESSIAN, SHARPNESS
 
 TARGETS = ("gen_gap", "test_acc", "ece", "corruption_acc", "disagreement")
-COMPLEXITY = ("input_grad_norm", "linear_region_density", "target_complexity")
+COMPLEXITY = ("input_grad_norm", "linear_region_density", "target_shape_complexity", "target_complexity")
 COMPLEXITY_LABELS = {"input_grad_norm": "input-gradient norm (mean ||J||_F)",
                      "linear_region_density": "linear-region density (changes per unit length)",
-                     "target_complexity": "target complexity (mean ||grad f||^2)"}
-MIN_POINTS = 3  # fewer points: tau is left undefined
+                     "target_shape_complexity": "target shape complexity (mean ||grad f||^2 / Var f)",
+                     "target_complexity": "target complexity (mean ||grad f||^2, raw)"}
 AXIS_SCHEMA = pl.Struct({"axis": pl.String, "psi": pl.Float64, "n_groups": pl.Int64, "n_skipped": pl.Int64})
 TABLE_SCHEMA = {"block": pl.String, "metric": pl.String, "column": pl.String, "target": pl.String,
                 "n_points": pl.Int64, "n_seeds": pl.Int64, "tau": pl.Float64, "ci_low": pl.Float64,
                 "ci_high": pl.Float64, "psi": pl.Float64, "psi_axes": pl.List(AXIS_SCHEMA)}
-COMPLEXITY_SCHEMA = {"metric": pl.String, "column": pl.String, "measure": pl.String, "n_points": pl.Int64,
-                     "n_seeds": pl.Int64, "n_blocks": pl.Int64, "tau": pl.Float64, "ci_low": pl.Float64,
-                     "ci_high": pl.Float64}
+COMPLEXITY_SCHEMA = {"family": pl.String, "block": pl.String, "metric": pl.String, "column": pl.String,
+                     "measure": pl.String, "n_points": pl.Int64, "n_seeds": pl.Int64, "tau": pl.Float64,
+                     "ci_low": pl.Float64, "ci_high": pl.Float64}
 
 
 def _finite(v: float) -> float | None:
@@ -62,12 +68,21 @@ def tau_b(x: np.ndarray, y: np.ndarray) -> float:
     return float((sx * sy).sum() / np.sqrt(untied)) if untied > 0 else float("nan")
 
 
+def _sharpness_metrics(rows: pl.DataFrame) -> list[tuple[str, str]]:
+    """(label, column) of every sharpness metric in ``rows``; SAM-sharpness once per radius column."""
+    radii = [(f"SAM-sharpness rho={c.removeprefix('_sam_')}", c) for c in rows.columns if c.startswith("_sam_")]
+    if not radii and "sam_sharpness" in present(rows, ("sam_sharpness",)):
+        radii = [(metric_label("sam_sharpness"), "sam_sharpness")]
+    others = present(rows, [m for m in SHARPNESS + HESSIAN if m != "sam_sharpness"])
+    return radii + [(metric_label(m), m) for m in others]
+
+
 def sharpness_columns(rows: pl.DataFrame) -> tuple[pl.DataFrame, list[tuple[str, str]]]:
     """``rows`` with one column per sharpness metric, and its (label, column) pairs: SAM-sharpness once per radius
     of ``sam_sharpness_by_rho`` (as the verdicts do), the scalar sharpness and Hessian metrics present, and
     ``adaptive_sharpness_by`` (a list of {rho, kind, norm, value}) once per (kind, norm, rho) when present
     (in place of its scalar ``adaptive_sharpness``, the first of them)."""
-    rows = _with_rho_columns(rows)
+    rows = with_rho_columns(rows)
     metrics = _sharpness_metrics(rows)
     if {"sam_sharpness_by_rho", "sam_sharpness_rho", "sam_sharpness"} <= set(rows.columns):
         # Rows with the scalar only (an older writer) join the radius column their sam_sharpness_rho names.
@@ -135,20 +150,29 @@ def granulated_kendall(rows: pl.DataFrame, x: str, y: str, axes: list[str] | Non
     return (float(defined.mean()) if defined.len() else None), table
 
 
-def _tau(rows: pl.DataFrame, x: str, y: str, n_boot: int, seed: int) -> dict:
-    """n_points, n_seeds, tau and its bootstrap interval (null with fewer than MIN_SEEDS seeds)."""
+def seed_taus(rows: pl.DataFrame, x: str, y: str) -> np.ndarray:
+    """Kendall tau-b of x and y within each seed (seeds in sorted order; NaN where a seed has fewer than 2 points
+    or a constant column). Cost: one ``tau_b`` per seed."""
     r = rows.drop_nulls([x, y])
-    n_seeds = r["seed"].n_unique()
-    tau = lo = hi = float("nan")
-    if r.height >= MIN_POINTS:
-        tau, lo, hi = kendall_bootstrap(r, x, y, n_boot=n_boot if n_seeds >= MIN_SEEDS else 0, seed=seed)
-    return {"n_points": r.height, "n_seeds": n_seeds, "tau": _finite(tau), "ci_low": _finite(lo),
-            "ci_high": _finite(hi)}
+    return np.array([tau_b(g[x].to_numpy().astype(float), g[y].to_numpy().astype(float))
+                     for _, g in r.sort("seed").group_by("seed", maintain_order=True)], dtype=float)
+
+
+def _tau(rows: pl.DataFrame, x: str, y: str) -> dict:
+    """n_points, n_seeds, tau (median over seeds of the within-seed tau-b; null when no seed defines it) and the
+    distribution-free 95% interval for that median (null below 6 seeds with a defined tau)."""
+    r = rows.drop_nulls([x, y])
+    taus = seed_taus(r, x, y)
+    taus = taus[np.isfinite(taus)]
+    interval = median_interval(taus) if len(taus) else None
+    lo, hi = interval if interval else (None, None)
+    return {"n_points": r.height, "n_seeds": r["seed"].n_unique(), "tau": _finite(np.median(taus)) if len(taus)
+            else None, "ci_low": lo, "ci_high": hi}
 
 
 def _blocks(df: pl.DataFrame) -> list[tuple[str, pl.DataFrame]]:
     """Final status-ok rows, one frame per block (in order of appearance)."""
-    rows = ok_rows(final_rows(df))
+    rows = ok_rows(final_rows(df)) if "final" in df.columns else df
     if rows.is_empty():
         return []
     if "block" not in rows.columns:
@@ -156,15 +180,15 @@ def _blocks(df: pl.DataFrame) -> list[tuple[str, pl.DataFrame]]:
     return [(b, part) for (b,), part in rows.group_by("block", maintain_order=True)]
 
 
-def correlation_table(df: pl.DataFrame, n_boot: int = N_BOOT, seed: int = 0) -> pl.DataFrame:
+def correlation_table(df: pl.DataFrame) -> pl.DataFrame:
     """Long table, one row per block x sharpness metric x target present (TARGETS), at the final checkpoint
-    (status ok): n_points, n_seeds, tau with ci_low/ci_high (bootstrap over seeds; null below MIN_SEEDS seeds or
-    when tau is undefined), psi (Jiang's Psi) and psi_axes (list of {axis, psi, n_groups, n_skipped}).
+    (status ok): n_points, n_seeds, tau (median over seeds of the within-seed tau-b) with ci_low/ci_high (its
+    distribution-free 95% interval; null below 6 seeds or when tau is undefined), psi (Jiang's Psi) and psi_axes
+    (list of {axis, psi, n_groups, n_skipped}).
 
     ``metric`` is the readable label, ``column`` the column it came from. Sign: tau > 0 means the sharper trial
-    has the larger target (larger gap, higher accuracy, larger ECE). Cost: per row, ``n_boot`` scipy taus on the
-    block's points (about 0.1 ms each for a few hundred points) plus one per Psi group; empty table (the schema
-    above) when no block has a sharpness metric and a target.
+    has the larger target (larger gap, higher accuracy, larger ECE). Cost: per row, one tau-b per seed and one
+    per Psi group; empty table (the schema above) when no block has a sharpness metric and a target.
     """
     out = []
     for block, rows in _blocks(df):
@@ -174,7 +198,7 @@ def correlation_table(df: pl.DataFrame, n_boot: int = N_BOOT, seed: int = 0) -> 
             for target in present(rows, TARGETS):
                 psi, parts = granulated_kendall(rows, column, target, axes)
                 out.append({"block": block, "metric": label, "column": column, "target": target,
-                            **_tau(rows, column, target, n_boot, seed), "psi": psi, "psi_axes": parts.to_dicts()})
+                            **_tau(rows, column, target), "psi": psi, "psi_axes": parts.to_dicts()})
     return pl.DataFrame(out, schema=TABLE_SCHEMA)
 
 
@@ -224,19 +248,21 @@ def complexity_rows(df: pl.DataFrame) -> tuple[pl.DataFrame, list[tuple[str, str
     return rows, metrics, present(rows, COMPLEXITY)
 
 
-def complexity_table(df: pl.DataFrame, n_boot: int = N_BOOT, seed: int = 0) -> pl.DataFrame:
-    """One row per sharpness metric x complexity measure present: Kendall tau-b pooled over every final
-    status-ok trial of every family that has both, with its bootstrap interval over seeds (null below MIN_SEEDS
-    seeds), n_points, n_seeds and n_blocks. Tau > 0: the sharper trial has the more complex function. Empty
-    table (schema above) when no complexity measure is present. Cost: ``n_boot`` scipy taus per row."""
+def complexity_table(df: pl.DataFrame) -> pl.DataFrame:
+    """One row per block x sharpness metric x complexity measure the block has: tau (median over seeds of the
+    within-seed tau-b) with its distribution-free 95% interval (null below 6 seeds), n_points, n_seeds, and the
+    block's family. Per block: trials of different families differ in loss, model and units, so one pooled tau
+    would rank unlike things. Tau > 0: the sharper trial has the more complex function. Empty table (schema
+    above) when no complexity measure is present. Cost: one tau-b per seed per row."""
     rows, metrics, measures = complexity_rows(df)
     out = []
-    for label, column in metrics:
-        for measure in measures:
-            both = rows.drop_nulls([column, measure])
-            if both.is_empty():
-                continue
-            n_blocks = both["block"].n_unique() if "block" in both.columns else 1
-            out.append({"metric": label, "column": column, "measure": measure, "n_blocks": n_blocks,
-                        **_tau(both, column, measure, n_boot, seed)})
+    for block, mine in _blocks(rows) if measures else []:
+        family = mine["family"].drop_nulls().first() if "family" in mine.columns else None
+        for label, column in metrics:
+            for measure in measures:
+                both = mine.drop_nulls([column, measure])
+                if both.is_empty():
+                    continue
+                out.append({"family": family, "block": block, "metric": label, "column": column, "measure": measure,
+                            **_tau(both, column, measure)})
     return pl.DataFrame(out, schema=COMPLEXITY_SCHEMA)

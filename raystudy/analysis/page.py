@@ -11,6 +11,7 @@ import polars as pl
 from raystudy.analysis.catalogue import report_charts
 from raystudy.analysis.consistency import add_consistency
 from raystudy.analysis.html import chart_spec, figure, inline_svg, page, png_bytes
+from raystudy.analysis.judge import judge, write_verdicts
 from raystudy.analysis.results import load_results
 from raystudy.analysis.sections import (block_sections, correlation_section, overview, stale_batchnorm,
                                         verdict_section)
@@ -41,23 +42,26 @@ def chart_sections(df: pl.DataFrame, figures: Figures) -> list[str]:
 
 
 def write_report(study: str | Path) -> Path | str:
-    """Write STUDY/report/index.html (self-contained, offline) and a PNG per chart into the study's storage
-    (a local folder, or an s3:// or gs:// URI); return the page's location: a Path for a local study, else
-    its URI.
+    """Write STUDY/report/index.html (self-contained, offline), a PNG per chart and verdicts.json into the
+    study's storage (a local folder, or an s3:// or gs:// URI); return the page's location: a Path for a local
+    study, else its URI.
 
     Raises NotAStudyError when STUDY has no results/ directory. An empty results/ gives a page that says so.
     Cost: reads every result file (and the stored predictions, for consistency); about 0.1-1 s of rendering
     per chart.
     """
     store = Store(study)
-    df = add_consistency(load_results(store), lambda relative: read_predictions(store, relative))
+    rows = load_results(store)
+    judgement = judge(store, rows)
+    write_verdicts(store, judgement)
+    df = add_consistency(rows, lambda relative: read_predictions(store, relative))
     out = store.path("report")
     name = df["study"].drop_nulls().first() if "study" in df.columns else None
     figures = Figures(store, out)
     if df.is_empty():
         body = [overview(df, store.uri), "<p>No results yet: results/ holds no readable result rows.</p>"]
     else:
-        body = (verdict_section(df, figures) + stale_batchnorm(df) + correlation_section(df, figures)
-                + [overview(df, store.uri)] + block_sections(df) + chart_sections(df, figures))
+        body = (verdict_section(judgement, df, figures) + stale_batchnorm(df) + correlation_section(df, figures)
+                + [overview(df, store.uri)] + block_sections(df, judgement.pair_tests) + chart_sections(df, figures))
     store.write_text(f"{out}/index.html", page(f"raystudy report: {name or store.name}", body))
     return Path(f"{out}/index.html") if store.local else store.uri_of(f"{out}/index.html")

@@ -15,16 +15,10 @@ from raystudy.analysis.html import definition_list, table
 from raystudy.analysis.labels import measurement_note
 from raystudy.analysis.results import HYPERPARAMETERS, final_rows
 from raystudy.analysis.stats import compare_to_base
-from raystudy.analysis.verdicts import MIN_SEEDS, functions_fit_table, verdicts
+from raystudy.analysis.judge import Judgement
+from raystudy.analysis.verdicts import Verdict, functions_fit_table
+from raystudy.spec import Verdicts
 
-VERDICT_CAPTIONS = {
-    "A": "Family A: final SAM-sharpness of each target function's fit against the measured complexity of the "
-         "target, one point per function x seed, per radius (log axes).",
-    "B": "Family B: sharpness and test accuracy against the circles' radius ratio (tighter boundary to the right), "
-         "mean +- SEM over seeds.",
-    "C": "Family C: each regime minus base for every sharpness and safety metric, paired by seed (dots) with "
-         "their mean (tick); right of the dashed line, the regime is larger.",
-}
 STALE_BN_PP = 5.0  # train accuracy with batch statistics this many points above eval mode: stale running stats
 
 
@@ -68,10 +62,10 @@ def _drop_constant(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.drop(constant)
 
 
-def block_sections(df: pl.DataFrame) -> list[str]:
-    """Per block, collapsed: the mean (SEM) table, and the Wilcoxon table when base meets other regimes over
-    >= 2 seeds."""
-    summary, tests = summary_table(df), compare_to_base(df)
+def block_sections(df: pl.DataFrame, pair_tests: pl.DataFrame | None = None) -> list[str]:
+    """Per block, collapsed: the mean (SEM) table, and the paired tests when base meets other regimes over
+    >= 2 seeds (``pair_tests``: the consistency tests, ``consistency.consistency_tests``)."""
+    summary, tests = summary_table(df), compare_to_base(df, pair_tests=pair_tests)
     sections = ["<h2>Results per block</h2>",
                 '<p class="note">Cells: mean (standard error of the mean) over seeds at each trial\'s final '
                 "checkpoint, rows with status ok only; SEM = sample standard deviation (ddof = 1) / sqrt(n "
@@ -87,8 +81,10 @@ def block_sections(df: pl.DataFrame) -> list[str]:
             part.append(table(format_summary(_drop_constant(mine)), "mean (SEM) over seeds"))
         t = tests.filter(pl.col("block") == block) if not tests.is_empty() else tests
         if not mine.is_empty() and not t.is_empty() and t["n_pairs"].max() >= 2:
-            part.append(table(_drop_constant(t), "each regime vs base, paired by seed: one-sided Wilcoxon "
-                                  "signed-rank; p_adj = Benjamini-Yekutieli within one family = one regime vs "
+            part.append(table(_drop_constant(t), "each regime vs base, paired by seed: exact one-sided Wilcoxon "
+                                  "signed-rank in the protocol's direction (p) and the other (p_reverse); "
+                                  "disagreement and JSD by the exact swap test on pairs of models; "
+                                  "p_adj = Benjamini-Yekutieli within one family = one regime vs "
                                   "base x one group (safety: ECE, corruption accuracy, disagreement; sharpness: "
                                   "Fisher-Rao, relative flatness, SAM-sharpness; hessian: lambda_max, trace); "
                                   "performance uncorrected; effect = rank-biserial correlation (positive = "
@@ -97,33 +93,60 @@ def block_sections(df: pl.DataFrame) -> list[str]:
     return sections
 
 
-def verdict_section(df: pl.DataFrame, figures) -> list[str]:
-    """The claims of the paper as the rows answer them: outcome, the reason in words with its numbers, the
-    chart that carries it, and the numbers as a table (docs/PROTOCOL.md; ``analysis.verdicts``). ``figures``
-    turns (name, chart, caption) into an embedded figure (``page.Figures``)."""
-    found = verdicts(df)
-    charts = verdict_charts(df)
+def settings_text(settings: Verdicts, note: str) -> str:
+    """The verdict settings in one sentence, e.g. 'alpha 0.05; family A keeps a target whose worst seed ...'."""
+    group = lambda g: f"{'all' if g.combine == 'all' else 'a Holm-corrected majority'} of {', '.join(g.metrics)}"  # noqa: E731
+    return (f"Settings ({note}): alpha {settings.alpha:g} per test and direction; family A keeps a target only if "
+            f"its worst seed has relative train MSE <= {settings.fit_tolerance:g}; 'sharper' = {group(settings.sharpness)}; "
+            f"'safer' = {group(settings.safety)} (of those measured in the block).")
+
+
+def _why(v: Verdict) -> str:
+    """The reason as HTML: a list when it has several parts (family C: one per regime comparison)."""
+    parts = v.why.split(" | ")
+    if len(parts) == 1:
+        return f"<p>{escape(v.why)}</p>"
+    return f"<p>{escape(parts[0])}</p><ul>" + "".join(f"<li>{escape(p)}</li>" for p in parts[1:]) + "</ul>"
+
+
+def verdict_section(judgement: Judgement, df: pl.DataFrame, figures) -> list[str]:
+    """The claims of the paper as the rows answer them, one per family and block: outcome, the reason in words
+    with its numbers, the chart that carries it, and the numbers as a table (docs/PROTOCOL.md;
+    ``analysis.verdicts``). ``figures`` turns (name, chart, caption) into an embedded figure (``page.Figures``)."""
+    found = judgement.verdicts
     if not found:
         return []
+    charts = verdict_charts(df, judgement.settings)
     out = ["<h2>Verdicts</h2>",
-           f'<p class="note">Kendall tau with a 95% bootstrap interval over seeds (families A, B; at least '
-           f"{MIN_SEEDS} seeds); paired one-sided Wilcoxon tests vs base with Benjamini-Yekutieli correction "
-           "(family C). A claim is supported or contradicted only when the evidence says so; otherwise it is "
-           "inconclusive, with the reason.</p>"]
+           '<p class="note">Families A and B: Kendall tau within each seed, averaged over seeds, with an exact '
+           "permutation test that shuffles the target's complexity (A) or the factor (B) among each seed's points. "
+           "Family C: each regime vs base paired by seed, exact Wilcoxon signed-rank tests (sign flips enumerated) "
+           "and, for disagreement and JSD, an exact test that swaps a seed's regime and base models. Each test's "
+           "false-positive rate is at most alpha for any number of seeds; a claim is supported or contradicted "
+           f"only when the declared metrics say so, otherwise it is inconclusive, with the reason. "
+           f"{escape(settings_text(judgement.settings, judgement.settings_note))} "
+           'The same verdicts are in <a href="verdicts.json">verdicts.json</a>.</p>']
+    drawn = set()
     for v in found:
-        out.append(f'<h3>Family {v.family}: <span class="verdict {v.outcome}">{v.outcome}</span></h3>'
-                   f"<p><b>Claim:</b> {escape(v.claim)}.</p><p>{escape(v.why)}</p>")
-        if v.family in charts:
-            name, chart = charts[v.family]
-            out.append(figures(name, chart, VERDICT_CAPTIONS[v.family]))
+        where = f" (block {escape(v.block)})" if v.block else ""
+        out.append(f'<h3>Family {v.family}{where}: <span class="verdict {v.outcome}">{v.outcome}</span></h3>'
+                   f"<p><b>Claim:</b> {escape(v.claim)}.</p>{_why(v)}<p class=\"note\">Method: {escape(v.method)}"
+                   f"{'; excluded: ' + escape(', '.join(v.excluded)) if v.excluded else ''}.</p>")
+        for name, chart, caption in charts.get(v.family, []):
+            if name not in drawn:
+                drawn.add(name)
+                out.append(figures(name, chart, caption))
         details = []
         if not v.table.is_empty():
             details.append(table(v.table, "the numbers behind the verdict"))
-        if v.family == "A" and not (fit := functions_fit_table(df)).is_empty():
-            details.append(table(fit, "each target function at the final checkpoint, mean over seeds: complexity, "
-                                      "relative train MSE (train MSE / target variance) and sharpness"))
+        if v.family == "A" and not (fit := functions_fit_table(df, judgement.settings)).is_empty():
+            fit = fit.filter(pl.col("block") == v.block) if v.block else fit
+            details.append(table(fit, "each target at the final checkpoint, mean over seeds: amplitude, raw and "
+                                      "shape complexity, relative train MSE (train MSE / target variance), whether "
+                                      "the verdict kept it, and sharpness raw and relative to the target variance"))
         if details:
-            out.append(f"<details><summary>Family {v.family}: the numbers</summary>{''.join(details)}</details>")
+            out.append(f"<details><summary>Family {v.family}{where}: the numbers</summary>{''.join(details)}"
+                       "</details>")
     return out
 
 
@@ -155,20 +178,22 @@ def correlation_section(df: pl.DataFrame, figures) -> list[str]:
     if not corr.is_empty():
         out += ["<h2>Does sharpness track generalisation and safety?</h2>",
                 figures("correlation_tau", correlation_chart(df, table=corr),
-                        "Kendall tau (dot, 95% bootstrap interval over seeds) and granulated Psi (diamond) of each "
-                        "sharpness metric with each target at the final checkpoint, per block; tau > 0: the sharper "
-                        "trial has the larger target (larger gap, higher accuracy, larger ECE).")]
+                        "Kendall tau (dot: median over seeds of the tau within each seed; bar: its distribution-free "
+                        "95% interval, drawn from 6 seeds on) and granulated Psi (diamond) of each sharpness metric "
+                        "with each target at the final checkpoint, per block; tau > 0: the sharper trial has the "
+                        "larger target (larger gap, higher accuracy, larger ECE).")]
         for block in corr["block"].unique(maintain_order=True).to_list():
             mine = format_correlation_table(corr.filter(pl.col("block") == block))
             out.append(f"<details><summary>Block {escape(block)}: tau and Psi</summary>"
-                       f"{table(mine.drop('block'), 'tau [95% interval] per target; Psi and its parts per axis')}"
+                       f"{table(mine.drop('block'), 'tau (median within-seed) [95% interval, from 6 seeds] per target; Psi and its parts per axis')}"
                        "</details>")
     cx = complexity_table(df)
     if not cx.is_empty():
         out += ["<h2>Sharpness against the complexity of the learned function</h2>",
                 figures("sharpness_vs_complexity", complexity_chart(df, table=cx),
                         "Each sharpness metric against each measured complexity of the function (input-gradient "
-                        "norm, linear-region density, target complexity), every family pooled; each panel states "
-                        "Kendall tau with its bootstrap interval over seeds."),
+                        "norm, linear-region density, target complexity), one colour per block; each panel states "
+                        "each block's Kendall tau (median within-seed tau, with its distribution-free 95% interval "
+                        "from 6 seeds on); blocks are never pooled into one tau."),
                 f"<details><summary>tau of sharpness with complexity</summary>{table(cx)}</details>"]
     return out

@@ -1,273 +1,409 @@
-"""The paper's three claims, each judged from the stored rows and stated in words with its numbers.
+"""The paper's three claims, judged per block from the stored rows under settings the study file declared before
+any result existed (``spec.Verdicts``: alpha, family A's fit tolerance, the metrics of each group and how they
+combine). Each test is exact for the design (``analysis.inference``), so a false "supported" and a false
+"contradicted" each have probability at most alpha whatever the number of seeds.
 
-A (functions): sharpness rises with the complexity of the target, among equally well-fit solutions.
-B (circles): a tighter decision boundary (larger factor) gives a sharper minimum at 100% test accuracy.
-C (images): regularised models sit in sharper minima than base yet are safer (paired by seed).
+A (functions): sharpness rises with the complexity of the target, among equally well-fit solutions. Both sides
+  are scale-free (invariant to f -> c f + b): the target's shape complexity (mean ||grad f||^2 / Var f) against
+  sharpness divided by the variance of the training targets. Kendall tau within each seed, averaged; null: the
+  targets' complexities assigned to a seed's fits at random (``inference.tau_test``). A target whose worst seed
+  misses the fit tolerance is left out with all its seeds.
+B (circles): a tighter decision boundary (larger factor) gives a sharper minimum, at 100% test accuracy. The
+  factor sweep of each block without label noise; the same within-seed tau test with factor as x.
+C (images): regularised models sit in sharper minima than base, yet are safer. Per regime vs base (paired by
+  seed): exact Wilcoxon signed-rank tests per metric, the swap test for disagreement and JSD
+  (``analysis.stats``, ``analysis.consistency``); "sharper" and "safer" are each shown when the group's metrics
+  are (all of them at level alpha, or a majority after Holm's correction); a regime supports the claim when
+  both are shown and contradicts it when either is shown the other way (each of those at alpha / 2).
 
-Each verdict is "supported", "contradicted" or "inconclusive (why)". A and B use Kendall's tau with a
-95% bootstrap interval over seeds (seeds are resampled whole, since the points of one seed share its
-initialisation); C uses the paired Wilcoxon tests of ``stats.compare_to_base`` with Benjamini-Yekutieli
-correction, and the test in the opposite direction to tell "not shown" from "shown the other way".
-A verdict never claims more than the seeds allow: with fewer than ``MIN_SEEDS`` seeds no interval is
-drawn, and a paired test whose smallest attainable p cannot reach ``ALPHA`` says so.
+A block's outcome is "supported" or "contradicted" only when every metric (or comparison) it rests on says so;
+otherwise "inconclusive", with the reason, every observed direction and the tests that could not reach alpha.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
-from scipy import stats
 
+from raystudy.analysis.inference import N_PERM, holm, smallest_p, tau_test
 from raystudy.analysis.labels import metric_label
 from raystudy.analysis.results import REGIME_HYPERPARAMETERS, final_rows, ok_rows, present
 from raystudy.analysis.stats import compare_to_base
-from raystudy.schema import HESSIAN, SAFETY, SHARPNESS
+from raystudy.spec import Verdicts
 
-ALPHA = 0.05
-MIN_SEEDS = 3  # a bootstrap over 2 seeds has 3 distinct resamples: no interval worth the name
-FIT_TOLERANCE = 0.05  # family A: train MSE / target variance above this = the target was not fitted
-N_BOOT = 2000
+CLAIMS = {
+    "A": "sharpness rises with the complexity of the target function, among equally well-fit solutions",
+    "B": "a tighter decision boundary (larger factor) gives a sharper minimum, at 100% test accuracy",
+    "C": "regularised models (SAM, weight decay, augmentation) sit in sharper minima than base, yet are safer",
+}
+TAU_METHOD = ("Kendall tau-b within each seed, mean over seeds; one-sided exact permutation test permuting {x} "
+              "among each seed's points ({n} permutations{exact})")
+C_METHOD = ("per regime vs base, paired by seed: exact Wilcoxon signed-rank (per-seed metrics) and exact swap "
+            "test (disagreement, JSD); groups combine by '{sharpness}' (sharpness) and '{safety}' (safety); "
+            "a regime contradicts the claim when either group is shown the other way at alpha/2")
+STAT_SCHEMA = {"metric": pl.String, "column": pl.String, "n_points": pl.Int64, "n_seeds": pl.Int64,
+               "tau": pl.Float64, "p": pl.Float64, "p_reverse": pl.Float64, "reading": pl.String}
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """One claim: ``outcome`` is supported | contradicted | inconclusive; ``why`` says it in words with
-    the numbers; ``table`` holds the numbers behind it (one row per metric, or per regime x metric)."""
+    """One claim in one block: ``outcome`` is supported | contradicted | inconclusive; ``why`` says it in words
+    with the numbers; ``table`` holds the per-metric statistics (A, B: one row per metric; C: one row per
+    regime x metric); ``method`` names the test; ``excluded`` lists what was left out and why."""
     family: str
+    block: str | None
     claim: str
     outcome: str
     why: str
+    n_seeds: int
+    method: str
     table: pl.DataFrame
+    settings: dict = field(default_factory=dict)
+    excluded: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        """JSON-able: every field, the table as ``statistics`` (a list of objects; NaN as null)."""
+        stats = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+                 for row in self.table.to_dicts()]
+        return {"family": self.family, "block": self.block, "claim": self.claim, "outcome": self.outcome,
+                "why": self.why, "n_seeds": self.n_seeds, "method": self.method, "settings": self.settings,
+                "excluded": list(self.excluded), "statistics": stats}
 
 
-def kendall_bootstrap(rows: pl.DataFrame, x: str, y: str, n_boot: int = N_BOOT, seed: int = 0
-                      ) -> tuple[float, float, float]:
-    """Kendall's tau-b between columns x and y of ``rows``, and a 95% percentile interval from ``n_boot``
-    resamples of whole seeds (all rows of a drawn seed enter together; see ``resampled_taus``). (nan, nan,
-    nan) when tau is undefined (fewer than 2 distinct values). Deterministic for a given ``seed``; numpy's
-    own generator. Cost: O(n^2) for n rows, then O(n_boot k^2) for k seeds."""
-    tau = float(stats.kendalltau(rows[x].to_numpy(), rows[y].to_numpy()).statistic)
-    if not np.isfinite(tau) or n_boot < 1:
-        return tau if np.isfinite(tau) else float("nan"), float("nan"), float("nan")
-    k = rows["seed"].n_unique()
-    drawn = np.random.default_rng(seed).integers(0, k, size=(n_boot, k))
-    taus = resampled_taus(rows, x, y, np.stack([np.bincount(d, minlength=k) for d in drawn]))
-    taus = taus[np.isfinite(taus)]
-    lo, hi = (np.percentile(taus, [2.5, 97.5]) if taus.size else (float("nan"),) * 2)
-    return tau, float(lo), float(hi)
+def decide(p: np.ndarray, p_reverse: np.ndarray, combine: str, alpha: float, alpha_reverse: float | None = None
+           ) -> np.ndarray:
+    """Combine the one-sided p-values of a group's m metrics, shape (..., m) (NaN: untestable, never shown),
+    into (...) +1 (shown in the claimed direction), -1 (shown the other way) or 0.
+
+    ``all``: every metric's p <= alpha (intersection-union test: level alpha with no correction). ``majority``:
+    more than m / 2 metrics with Holm-adjusted p <= alpha (family-wise error at most alpha over the group, so
+    a false majority needs a false rejection). The reverse direction uses ``alpha_reverse`` (default alpha)."""
+    p, p_reverse = np.asarray(p, dtype=float), np.asarray(p_reverse, dtype=float)
+    m = p.shape[-1]
+    alpha_reverse = alpha if alpha_reverse is None else alpha_reverse
+    if combine == "majority":
+        p, p_reverse, need = holm(p), holm(p_reverse), m // 2 + 1
+    else:
+        need = m
+    shown = (p <= alpha).sum(-1) >= need
+    refuted = (p_reverse <= alpha_reverse).sum(-1) >= need
+    return np.where(shown & ~refuted, 1, np.where(refuted & ~shown, -1, 0)) * (m > 0)
 
 
-def resampled_taus(rows: pl.DataFrame, x: str, y: str, counts: np.ndarray) -> np.ndarray:
-    """Tau-b of each resample of whole seeds: ``counts[b, s]`` copies of the rows of the s-th seed (seeds in
-    sorted order) in resample b. Exact: a resample's tau-b is sum(sgn dx sgn dy) / sqrt(#(dx != 0)
-    #(dy != 0)) over its pairs, and each pair joins rows of two drawn seeds, so three k x k tables of
-    per-seed-pair sums give it as w^T C w / sqrt(w^T X w w^T Y w) for counts w. NaN where undefined."""
-    xv, yv = rows[x].to_numpy().astype(float), rows[y].to_numpy().astype(float)
-    _, group = np.unique(rows["seed"].to_numpy(), return_inverse=True)
-    one_hot = np.eye(counts.shape[1])[group]  # (n, k)
-    sx, sy = np.sign(xv[:, None] - xv[None, :]), np.sign(yv[:, None] - yv[None, :])
-    w = np.asarray(counts, dtype=float)
-    c, nx, ny = (np.einsum("bs,st,bt->b", w, one_hot.T @ m @ one_hot, w)
-                 for m in (sx * sy, (sx != 0).astype(float), (sy != 0).astype(float)))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return c / np.sqrt(nx * ny)
-
-
-def _tau_table(rows: pl.DataFrame, x: str, metrics: list[tuple[str, str]]) -> pl.DataFrame:
-    """One row per (label, column) metric: n points, n seeds, tau and its interval, and the reading."""
-    out = []
-    for label, column in metrics:
-        r = rows.drop_nulls(column)
-        n_seeds = r["seed"].n_unique()
-        tau, lo, hi = kendall_bootstrap(r, x, column) if r.height >= 3 else (float("nan"),) * 3
-        if n_seeds < MIN_SEEDS or not np.isfinite(lo):
-            reading = "inconclusive"
-        else:
-            reading = "supported" if lo > 0 else "contradicted" if hi < 0 else "inconclusive"
-        out.append({"metric": label, "n_points": r.height, "n_seeds": n_seeds, "tau": tau, "ci_low": lo,
-                    "ci_high": hi, "reading": reading})
-    return pl.DataFrame(out, schema={"metric": pl.String, "n_points": pl.Int64, "n_seeds": pl.Int64,
-                                     "tau": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64,
-                                     "reading": pl.String})
-
-
-def _combine(table: pl.DataFrame, what: str) -> tuple[str, str]:
-    """Outcome over metrics: supported / contradicted when every metric reads so, else inconclusive."""
-    if table.is_empty():
-        return "inconclusive", f"no {what} was measured"
-    cells = [f"{r['metric']}: tau {r['tau']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
-             if np.isfinite(r["tau"]) else f"{r['metric']}: tau undefined" for r in table.iter_rows(named=True)]
-    numbers = "; ".join(cells)
-    seeds = int(table["n_seeds"].min())
-    readings = set(table["reading"])
-    if seeds < MIN_SEEDS:
-        return "inconclusive", (f"{seeds} seed(s): a bootstrap interval over seeds needs at least {MIN_SEEDS} "
-                                f"({numbers})")
-    if readings == {"supported"}:
-        return "supported", f"every interval lies above 0 ({numbers})"
-    if readings == {"contradicted"}:
-        return "contradicted", f"every interval lies below 0 ({numbers})"
-    return "inconclusive", f"not every {what} agrees or an interval includes 0 ({numbers})"
-
-
-def _sharpness_metrics(rows: pl.DataFrame) -> list[tuple[str, str]]:
-    """(label, column) of every sharpness metric in ``rows``; SAM-sharpness once per measured radius."""
-    out = []
-    if "sam_sharpness_by_rho" in present(rows, ("sam_sharpness_by_rho",)):
-        rhos = sorted({e["rho"] for lst in rows["sam_sharpness_by_rho"].drop_nulls() for e in lst})
-        out += [(f"SAM-sharpness rho={r:g}", f"_sam_{r:g}") for r in rhos]
-    elif "sam_sharpness" in present(rows, ("sam_sharpness",)):
-        out.append((metric_label("sam_sharpness"), "sam_sharpness"))
-    return out + [(metric_label(m), m) for m in present(rows, [m for m in SHARPNESS + HESSIAN if m != "sam_sharpness"])]
-
-
-def _with_rho_columns(rows: pl.DataFrame) -> pl.DataFrame:
-    """SAM-sharpness at each radius as its own column ``_sam_<rho>``."""
+def _radii(rows: pl.DataFrame) -> list[float]:
     if "sam_sharpness_by_rho" not in present(rows, ("sam_sharpness_by_rho",)):
-        return rows
-    rhos = sorted({e["rho"] for lst in rows["sam_sharpness_by_rho"].drop_nulls() for e in lst})
+        return []
+    return sorted({e["rho"] for lst in rows["sam_sharpness_by_rho"].drop_nulls() for e in lst})
+
+
+def with_rho_columns(rows: pl.DataFrame) -> pl.DataFrame:
+    """SAM-sharpness at each measured radius as its own column ``_sam_<rho>``."""
     return rows.with_columns(
         pl.col("sam_sharpness_by_rho").list.eval(pl.element().filter(pl.element().struct.field("rho") == r)
                                                  .struct.field("mean")).list.first().alias(f"_sam_{r:g}")
-        for r in rhos)
+        for r in _radii(rows))
 
 
-def verdict_functions(df: pl.DataFrame) -> Verdict | None:
-    """Family A at the final checkpoint: tau(target complexity, each sharpness metric) over the (function,
-    seed) points whose relative train MSE is at most FIT_TOLERANCE. None without family A rows."""
-    rows = ok_rows(final_rows(df)).filter(pl.col("family") == "functions") if "family" in df.columns else df.clear()
-    if rows.is_empty() or "target_complexity" not in present(rows, ("target_complexity",)):
-        return None
-    claim = "sharpness rises with the complexity of the target function, among equally well-fit solutions"
-    excluded = ""
-    if "target_variance" in present(rows, ("target_variance",)):
-        rows = rows.with_columns(rel_mse=pl.col("train_loss") / pl.col("target_variance"))
-    else:  # rows written before target_variance existed: the fit cannot be judged, so nothing is left out
-        rows = rows.with_columns(rel_mse=pl.lit(0.0))
-        excluded = "; fit not recorded (no target_variance): every target kept"
-    unfit = rows.filter(pl.col("rel_mse").is_null() | (pl.col("rel_mse") > FIT_TOLERANCE))
-    fit = _with_rho_columns(rows.filter(pl.col("rel_mse") <= FIT_TOLERANCE))
-    table = _tau_table(fit, "target_complexity", _sharpness_metrics(fit))
-    if not unfit.is_empty():
-        worst = unfit.group_by("task").agg(pl.col("rel_mse").max()).sort("task")
-        excluded += "; excluded as not fitted (relative train MSE > %g): %s" % (FIT_TOLERANCE, ", ".join(
-            f"{t} ({'unknown' if v is None else f'worst seed {v:.3g}'})" for t, v in worst.iter_rows()))
-    if fit["task"].n_unique() < 3:
-        return Verdict("A", claim, "inconclusive",
-                       f"only {fit['task'].n_unique()} target function(s) fitted: tau needs at least 3" + excluded,
-                       table)
-    outcome, why = _combine(table, "sharpness metric")
-    return Verdict("A", claim, outcome, f"{why}; {fit['task'].n_unique()} functions{excluded}", table)
+def group_metrics(rows: pl.DataFrame, names: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
+    """The declared metrics of a group that ``rows`` measured, as (label, column) pairs (``sam_sharpness``:
+    one column per measured radius, ``sam_sharpness@R`` the radius R), and the declared names not measured.
+    Radius columns come from ``with_rho_columns``."""
+    found, missing = [], []
+    radii = _radii(rows)
+    for name in names:
+        metric, _, rho = name.partition("@")
+        if metric == "sam_sharpness" and radii:
+            wanted = [r for r in radii if not rho or math.isclose(r, float(rho), rel_tol=1e-6)]
+            found += [(f"SAM-sharpness rho={r:g}", f"_sam_{r:g}") for r in wanted]
+            if not wanted:
+                missing.append(name)
+        elif metric in present(rows, (metric,)) and not rho:
+            found.append((metric_label(metric), metric))
+        else:
+            missing.append(name)
+    return found, missing
 
 
-def functions_fit_table(df: pl.DataFrame) -> pl.DataFrame:
-    """Family A at the final checkpoint, one row per target function (mean over seeds): its complexity, the
-    relative train MSE (train MSE / target variance) and every sharpness metric, by increasing complexity."""
-    rows = ok_rows(final_rows(df)).filter(pl.col("family") == "functions") if "family" in df.columns else df.clear()
-    if rows.is_empty() or "target_complexity" not in present(rows, ("target_complexity",)):
-        return pl.DataFrame()
-    rows = _with_rho_columns(rows)
-    if "target_variance" in present(rows, ("target_variance",)):
-        rows = rows.with_columns(rel_train_mse=pl.col("train_loss") / pl.col("target_variance"))
-    metrics = _sharpness_metrics(rows)
-    cols = ["target_complexity", *present(rows, ("rel_train_mse",)), *(c for _, c in metrics)]
-    out = rows.group_by("task").agg(pl.len().alias("n_seeds"), *(pl.col(c).mean() for c in cols))
-    return out.rename({c: label for label, c in metrics}).sort("target_complexity")
+def _settings(s: Verdicts) -> dict:
+    return s.model_dump()
 
 
-def verdict_circles(df: pl.DataFrame) -> Verdict | None:
-    """Family B at the final checkpoint: tau(factor, each sharpness metric) over runs at 100% test accuracy
-    without label noise. None without a circles block that sweeps factor."""
-    rows = ok_rows(final_rows(df)).filter(pl.col("family") == "circles") if "family" in df.columns else df.clear()
-    if rows.is_empty() or "factor" not in present(rows, ("factor",)) or rows["factor"].n_unique() < 2:
-        return None
-    if "label_noise" in rows.columns:
-        rows = rows.filter(pl.col("label_noise").fill_null(0.0) == 0.0)
-    claim = "a tighter decision boundary (larger factor) gives a sharper minimum, at 100% test accuracy"
-    perfect = _with_rho_columns(rows.filter(pl.col("test_acc") >= 1.0))
-    dropped = rows.height - perfect.height
-    table = _tau_table(perfect, "factor", _sharpness_metrics(perfect))
-    note = f"; {dropped} of {rows.height} runs below 100% test accuracy left out" if dropped else ""
-    factors = perfect["factor"].n_unique()
-    if factors < 2:
-        return Verdict("B", claim, "inconclusive", f"{factors} factor(s) reach 100% test accuracy: tau needs 2"
-                       + note, table)
-    outcome, why = _combine(table, "sharpness metric")
-    return Verdict("B", claim, outcome, f"{why}; factors {sorted(perfect['factor'].unique().to_list())}{note}", table)
+def _p(v: float | None) -> str:
+    return "-" if v is None or not math.isfinite(v) else f"{v:.2g}" if v < 0.001 else f"{v:.3f}"
 
 
-def _smallest_p(n_pairs: int, m: int) -> float:
-    """Smallest attainable BY-adjusted p of a one-sided exact Wilcoxon test on n pairs in a family of m."""
-    return min(1.0, 0.5 ** n_pairs * m * sum(1.0 / i for i in range(1, m + 1)))
+def _tau_verdict(family: str, block: str, rows: pl.DataFrame, x: str, what: str,
+                 metrics: list[tuple[str, str]], s: Verdicts, notes: list[str], excluded: tuple[str, ...] = ()
+                 ) -> Verdict:
+    """Families A and B: one ``tau_test`` per metric of x (fixed per point) against it, combined by the group
+    rule. ``what`` names x in the method ("target complexity", "factor")."""
+    table, n_perm, exact = [], N_PERM + 1, False
+    for label, column in metrics:
+        r = rows.drop_nulls([x, column])
+        test = tau_test(r[x].to_numpy(), r[column].to_numpy(), r["seed"].to_numpy())
+        n_perm, exact = test.n_perm, test.exact
+        tau, p, p_rev = (float(v[0]) for v in (test.statistic, test.p_greater, test.p_less))
+        reading = "supported" if p <= s.alpha else "contradicted" if p_rev <= s.alpha else "inconclusive"
+        table.append({"metric": label, "column": column, "n_points": r.height, "n_seeds": r["seed"].n_unique(),
+                      "tau": tau, "p": p, "p_reverse": p_rev, "reading": reading})
+    table = pl.DataFrame(table, schema=STAT_SCHEMA)
+    method = TAU_METHOD.format(x=what, n=n_perm, exact=", all of them" if exact else "")
+    seeds = rows["seed"].n_unique() if "seed" in rows.columns else 0
+    make = lambda outcome, why: Verdict(family, block, CLAIMS[family], outcome, why, seeds, method,  # noqa: E731
+                                        table, _settings(s), excluded)
+    tail = "".join(f"; {n}" for n in notes)
+    if table.is_empty():
+        return make("inconclusive", f"no declared sharpness metric was measured{tail}")
+    cells = "; ".join(f"{r['metric']}: tau {r['tau']:+.2f} (p {_p(r['p'])}, reverse p {_p(r['p_reverse'])})"
+                      if math.isfinite(r["tau"]) else f"{r['metric']}: tau undefined (constant values)"
+                      for r in table.iter_rows(named=True))
+    floor = tau_test(rows[x].to_numpy(), rows[x].to_numpy(), rows["seed"].to_numpy()).p_greater[0]
+    outcome = int(decide(table["p"].to_numpy(), table["p_reverse"].to_numpy(), s.sharpness.combine, s.alpha))
+    rule = (f"{'all' if s.sharpness.combine == 'all' else 'a Holm-corrected majority'} of {table.height} "
+            f"sharpness metric{'s' * (table.height > 1)}")
+    if outcome == 1:
+        return make("supported", f"{rule} rise with {what} at p <= {s.alpha:g}: {cells}{tail}")
+    if outcome == -1:
+        return make("contradicted", f"{rule} fall with {what} at p <= {s.alpha:g}: {cells}{tail}")
+    if not floor <= s.alpha:
+        return make("inconclusive", f"no test can reach p <= {s.alpha:g} here: the smallest attainable p with "
+                                    f"these seeds and points is {_p(floor)}: {cells}{tail}")
+    return make("inconclusive", f"not {rule} move together with {what} at p <= {s.alpha:g}: {cells}{tail}")
 
 
-def verdict_images(df: pl.DataFrame) -> Verdict | None:
-    """Family C: each regime vs base, paired by seed, over the sharpness and safety metrics. Per regime:
-    "sharper" and "safer" are each shown (some metric significant in the claimed direction, none the other
-    way), refuted (the reverse), or not shown; the regime supports the claim when both are shown."""
-    rows = df.filter(pl.col("family") == "images") if "family" in df.columns else df.clear()
-    metrics = present(ok_rows(final_rows(rows)), SHARPNESS + SAFETY)
-    claim = "regularised models (SAM, weight decay, augmentation) sit in sharper minima than base, yet are safer"
-    if rows.is_empty() or not metrics or "base" not in rows["regime"].to_list():
-        return None
-    ahead, behind = compare_to_base(rows, metrics), compare_to_base(rows, metrics, reverse=True)
-    if ahead.is_empty():
-        return Verdict("C", claim, "inconclusive", "no regime shares seeds with base", pl.DataFrame())
-    keys = [c for c in ahead.columns if c not in ("alternative", "statistic", "p", "p_adj", "correction", "effect",
-                                                  "mean_diff", "n_pairs", "group")]
-    table = ahead.join(behind.select(*keys, p_adj_reverse="p_adj"), on=keys, nulls_equal=True).select(
-        "regime", *(k for k in keys if k not in ("regime", "metric")), "metric", "group", "n_pairs", "mean_diff",
-        "p_adj", "p_adj_reverse")
-    by_reason: dict[str, list[str]] = {}
-    readings = []
-    config = [k for k in keys if k != "metric"]
-    # weight_decay, sam_rho and augment follow from the regime: name them only when they vary within one
-    # (a SAM-radius sweep), so "sam" reads "sam", not "sam, weight_decay=0.0, sam_rho=0.05, augment=False".
-    varies = [k for k in config if k in REGIME_HYPERPARAMETERS
-              and table.group_by("regime").agg(pl.col(k).n_unique()).get_column(k).max() > 1]
-    for values, mine in table.group_by(config, maintain_order=True):
-        named = dict(zip(config, values))
-        regime = named["block"] + ": " + named["regime"] + "".join(
-            f", {k}={named[k]}" for k in config if k not in ("block", "task", "model", "regime")
-            and (k not in REGIME_HYPERPARAMETERS or k in varies) and named[k] is not None)
-        parts = []
-        for group, word in (("sharpness", "sharper"), ("safety", "safer")):
-            g = mine.filter(pl.col("group") == group)
-            if g.is_empty():
-                parts.append((word, "not measured", None))
-                continue
-            shown = g.filter(pl.col("p_adj") < ALPHA)
-            refuted = g.filter(pl.col("p_adj_reverse") < ALPHA)
-            floor = _smallest_p(int(g["n_pairs"].max()), g.height)
-            if not shown.is_empty() and refuted.is_empty():
-                parts.append((word, "shown (" + ", ".join(f"{metric_label(r['metric'])} p_adj={r['p_adj']:.3g}"
-                                                           for r in shown.iter_rows(named=True)) + ")", True))
-            elif not refuted.is_empty() and shown.is_empty():
-                parts.append((word, "shown the other way (" + ", ".join(
-                    f"{metric_label(r['metric'])} p_adj={r['p_adj_reverse']:.3g}"
-                    for r in refuted.iter_rows(named=True)) + ")", False))
-            elif floor >= ALPHA:
-                parts.append((word, f"not testable with {int(g['n_pairs'].max())} paired seeds (smallest "
-                                    f"attainable p_adj {floor:.3g} >= {ALPHA})", None))
-            else:
-                parts.append((word, "not shown (no p_adj < %g)" % ALPHA, None))
-        signs = [s for _, _, s in parts]
-        reading = ("supported" if signs == [True, True] else
-                   "contradicted" if False in signs and True not in signs else "inconclusive")
-        readings.append(reading)
-        by_reason.setdefault(f"{reading}: " + "; ".join(f"{w} {t}" for w, t, _ in parts), []).append(regime)
-    if set(readings) == {"supported"}:
-        outcome = "supported"
-    elif set(readings) == {"contradicted"}:
-        outcome = "contradicted"
+def _blocks(df: pl.DataFrame, family: str) -> list[tuple[str, pl.DataFrame]]:
+    """Final status-ok rows of one family, per block (in order of appearance)."""
+    if "family" not in df.columns:
+        return []
+    rows = ok_rows(final_rows(df)).filter(pl.col("family") == family)
+    if rows.is_empty():
+        return []
+    if "block" not in rows.columns:
+        return [(family, rows)]
+    return [(b, part) for (b,), part in rows.group_by("block", maintain_order=True)]
+
+
+def _targets(rows: pl.DataFrame) -> pl.Expr:
+    """A target of family A: the function at its amplitude ('rosenbrock', 'sphere x10')."""
+    if "target_scale" not in rows.columns:
+        return pl.col("task")
+    scale = pl.col("target_scale").fill_null(1.0)
+    return pl.when(scale == 1.0).then(pl.col("task")).otherwise(
+        pl.col("task") + pl.lit(" x") + scale.map_elements(lambda v: f"{v:g}", return_dtype=pl.String))
+
+
+def functions_points(rows: pl.DataFrame, s: Verdicts) -> tuple[pl.DataFrame, list[str], list[str]]:
+    """Family A's final rows with ``target``, ``shape_complexity`` (scale-free x), ``rel_train_mse``, every
+    sharpness column divided by the target variance (``rel_<column>``; SAM radii as ``rel__sam_<rho>``) and
+    ``fitted`` (the target's worst seed within ``s.fit_tolerance``); the excluded targets as text; notes."""
+    notes: list[str] = []
+    rows = with_rho_columns(rows).with_columns(target=_targets(rows))
+    has_var = "target_variance" in present(rows, ("target_variance",))
+    if "target_shape_complexity" in present(rows, ("target_shape_complexity",)):
+        x = pl.col("target_shape_complexity")
+    elif has_var:  # rows written before the scale-free column: the same ratio, from the training targets
+        x = pl.col("target_complexity") / pl.col("target_variance")
+        notes.append("shape complexity from target_complexity / target_variance (rows predate its column)")
     else:
-        outcome = "inconclusive"
-    why = " | ".join(f"{', '.join(names)} vs base - {reason}" for reason, names in by_reason.items())
-    return Verdict("C", claim, outcome, why, table)
+        x = pl.lit(None, dtype=pl.Float64)
+        notes.append("no target_variance: neither side can be made scale-free")
+    variance = pl.col("target_variance") if has_var else pl.lit(None, dtype=pl.Float64)
+    columns = [c for c in rows.columns if c.startswith("_sam_")] + present(
+        rows, ("sam_sharpness", "adaptive_sharpness", "hessian_lambda_max", "hessian_trace"))
+    rows = rows.with_columns(shape_complexity=x, rel_train_mse=pl.col("train_loss") / variance,
+                             **{f"rel_{c}": pl.col(c) / variance for c in columns})
+    worst = rows.group_by("target").agg(
+        pl.col("rel_train_mse").max().alias("worst"), pl.col("rel_train_mse").null_count().alias("unknown"))
+    bad = worst.filter((pl.col("worst") > s.fit_tolerance) | (pl.col("unknown") > 0)).sort("target")
+    excluded = [f"{t} (worst seed relative train MSE {'unknown' if u else f'{w:.3g}'} > fit_tolerance "
+                f"{s.fit_tolerance:g})" for t, w, u in bad.iter_rows()]
+    rows = rows.with_columns(fitted=~pl.col("target").is_in(bad["target"].to_list()))
+    return rows, excluded, notes
 
 
-def verdicts(df: pl.DataFrame) -> list[Verdict]:
-    """The verdicts the rows allow, in family order (a family without rows gives none)."""
-    found = (verdict_functions(df), verdict_circles(df), verdict_images(df)) if not df.is_empty() else ()
-    return [v for v in found if v is not None]
+def _inconclusive(family: str, block: str, why: str, rows: pl.DataFrame, what: str, s: Verdicts,
+                  excluded: list[str] = ()) -> Verdict:
+    """A family A or B verdict that no test could decide, saying why."""
+    method = TAU_METHOD.format(x=what, n=N_PERM + 1, exact="")
+    seeds = rows["seed"].n_unique() if "seed" in rows.columns else 0
+    return Verdict(family, block, CLAIMS[family], "inconclusive", why, seeds, method,
+                   pl.DataFrame(schema=STAT_SCHEMA), _settings(s), tuple(excluded))
+
+
+def verdict_functions(df: pl.DataFrame, s: Verdicts | None = None) -> list[Verdict]:
+    """Family A, one verdict per functions block with a measured target complexity (see the module doc)."""
+    s = s or Verdicts()
+    out = []
+    what = "target shape complexity"
+    for block, rows in _blocks(df, "functions"):
+        if "target_complexity" not in present(rows, ("target_complexity",)):
+            continue
+        if "target_variance" not in present(rows, ("target_variance",)):
+            out.append(_inconclusive("A", block, "the rows carry no target_variance: neither the fit nor the "
+                                     "target's amplitude can be factored out", rows, what, s))
+            continue
+        points, excluded, notes = functions_points(rows, s)
+        fit = points.filter(pl.col("fitted"))
+        found, missing = group_metrics(fit, s.sharpness.metrics)
+        found = [(f"{label} / target variance", f"rel_{column}") for label, column in found]
+        notes = [f"{fit['target'].n_unique()} targets x {fit['seed'].n_unique()} seeds, sharpness relative to the "
+                 "target variance"] + notes
+        if excluded:
+            notes.append("excluded as not fitted: " + ", ".join(excluded))
+        if missing:
+            notes.append("declared but not measured: " + ", ".join(missing))
+        distinct = fit["shape_complexity"].drop_nulls().n_unique()
+        if distinct < 3:
+            out.append(_inconclusive("A", block, f"{distinct} distinct target shape complexit"
+                                     f"{'y' if distinct == 1 else 'ies'} among the fitted targets: tau needs at "
+                                     "least 3" + "".join(f"; {n}" for n in notes), fit, what, s, excluded))
+            continue
+        out.append(_tau_verdict("A", block, fit, "shape_complexity", what, found, s, notes, tuple(excluded)))
+    return out
+
+
+def functions_fit_table(df: pl.DataFrame, s: Verdicts | None = None) -> pl.DataFrame:
+    """Family A at the final checkpoint, one row per target and block (mean over seeds): amplitude, raw and
+    shape complexity, relative train MSE, whether the verdict kept it, and every sharpness metric raw (as the
+    paper reports it) and relative to the target variance, by increasing shape complexity."""
+    parts = []
+    for block, rows in _blocks(df, "functions"):
+        if "target_complexity" not in present(rows, ("target_complexity",)):
+            continue
+        points, _, _ = functions_points(rows, s or Verdicts())
+        raw = [c for c in points.columns if c.startswith("_sam_")] + present(
+            points, ("adaptive_sharpness", "hessian_lambda_max", "hessian_trace"))
+        cols = ["target_complexity", "shape_complexity", "rel_train_mse", *raw, *(f"rel_{c}" for c in raw)]
+        named = {c: (f"SAM-sharpness rho={c.removeprefix('_sam_')}" if c.startswith("_sam_") else metric_label(c))
+                 for c in raw}
+        named.update({f"rel_{c}": f"{label} / target variance" for c, label in named.items()})
+        scale = [pl.col("target_scale").first()] if "target_scale" in points.columns else []
+        parts.append(points.group_by("target").agg(
+            pl.lit(block).alias("block"), *scale, pl.len().alias("n_seeds"), pl.col("fitted").first().alias("kept"),
+            *(pl.col(c).mean() for c in cols)).rename(named).sort("shape_complexity"))
+    return pl.concat(parts, how="diagonal_relaxed") if parts else pl.DataFrame()
+
+
+def verdict_circles(df: pl.DataFrame, s: Verdicts | None = None) -> list[Verdict]:
+    """Family B, one verdict per circles block that sweeps factor without label noise (a random-label block is
+    another experiment), over its runs at 100% test accuracy."""
+    s = s or Verdicts()
+    out = []
+    for block, rows in _blocks(df, "circles"):
+        if "factor" not in present(rows, ("factor",)) or rows["factor"].n_unique() < 2:
+            continue
+        if "label_noise" in rows.columns and rows["label_noise"].fill_null(0.0).max() > 0:
+            continue
+        perfect = with_rho_columns(rows.filter(pl.col("test_acc") >= 1.0))
+        found, missing = group_metrics(perfect, s.sharpness.metrics)
+        dropped = rows.height - perfect.height
+        notes = [f"factors {sorted(perfect['factor'].unique().to_list())} x {perfect['seed'].n_unique()} seeds"]
+        if dropped:
+            notes.append(f"{dropped} of {rows.height} runs below 100% test accuracy left out")
+        if missing:
+            notes.append("declared but not measured: " + ", ".join(missing))
+        if perfect["factor"].n_unique() < 2:
+            out.append(_inconclusive("B", block, f"{perfect['factor'].n_unique()} factor(s) reach 100% test "
+                                     "accuracy: tau needs 2" + "".join(f"; {n}" for n in notes[1:]), perfect,
+                                     "factor", s))
+            continue
+        out.append(_tau_verdict("B", block, perfect, "factor", "factor", found, s, notes))
+    return out
+
+
+def _directions(rows: pl.DataFrame) -> str:
+    """'SAM-sharpness higher (+0.12, p 0.031)' per metric, marking those against the claim."""
+    parts = []
+    for r in rows.iter_rows(named=True):
+        if r["mean_diff"] is None or not math.isfinite(r["mean_diff"]):
+            continue
+        up = r["mean_diff"] > 0
+        claimed = (r["alternative"] == "greater") == up
+        against = "" if claimed or r["mean_diff"] == 0 else ", against the claim"
+        seeds = (f"{r['n_higher'] if up else r['n_lower']} of {r['n_pairs']} seeds, "
+                 if r.get("n_higher") is not None else "")
+        parts.append(f"{metric_label(r['metric'])} {'higher' if up else 'lower'} ({seeds}mean {r['mean_diff']:+.3g}, "
+                     f"p {_p(r['p'])}{against})")
+    return "; ".join(parts)
+
+
+def _group_reading(table: pl.DataFrame, declared: list[str], combine: str, word: str, s: Verdicts
+                   ) -> tuple[int, str]:
+    """(+1 / -1 / 0, words) for one group of one regime-vs-base comparison."""
+    measured = [m.partition("@")[0] for m in declared]
+    g = table.filter(pl.col("metric").is_in(measured))
+    if g.is_empty():
+        return 0, f"{word}: not measured (declared {', '.join(declared)})"
+    missing = [m for m in declared if m.partition("@")[0] not in g["metric"].to_list()]
+    p, p_rev = g["p"].fill_null(float("nan")).to_numpy(), g["p_reverse"].fill_null(float("nan")).to_numpy()
+    sign = int(decide(p, p_rev, combine, s.alpha, s.alpha / 2))
+    n = int(g["n_pairs"].min())
+    attainable = int(decide(np.full(len(p), smallest_p(n)), np.ones(len(p)), combine, s.alpha))
+    what = f"{word} {('shown' if sign == 1 else 'shown the other way' if sign == -1 else 'not shown')}"
+    if sign == 0 and attainable != 1:
+        what += f" (not testable with {n} paired seeds: smallest attainable p {smallest_p(n):.3g} > {s.alpha:g})"
+    measured_note = f"measured {', '.join(metric_label(m) for m in g['metric'].to_list())}"
+    if missing:
+        measured_note += f"; not measured {', '.join(missing)}"
+    return sign, f"{what} [{measured_note}: {_directions(g)}]"
+
+
+def verdict_images(df: pl.DataFrame, s: Verdicts | None = None, pair_tests: pl.DataFrame | None = None
+                   ) -> list[Verdict]:
+    """Family C, one verdict per images block with base and another regime (see the module doc). ``pair_tests``:
+    ``consistency.consistency_tests`` of the rows (disagreement and JSD are tested only through it)."""
+    s = s or Verdicts()
+    out = []
+    declared = {"sharpness": s.sharpness.metrics, "safety": s.safety.metrics}
+    columns = list(dict.fromkeys(m.partition("@")[0] for m in declared["sharpness"] + declared["safety"]))
+    for block, rows in _blocks(df, "images"):
+        if "base" not in rows["regime"].to_list() or rows["regime"].n_unique() < 2:
+            continue
+        mine = None
+        if pair_tests is not None and not pair_tests.is_empty() and "block" in pair_tests.columns:
+            mine = pair_tests.filter(pl.col("block") == block)
+        table = compare_to_base(rows, present(rows, [c for c in columns if c not in ("disagreement", "jsd")])
+                                + [c for c in columns if c in ("disagreement", "jsd")], pair_tests=mine)
+        method = C_METHOD.format(sharpness=s.sharpness.combine, safety=s.safety.combine)
+        if table.is_empty():
+            out.append(Verdict("C", block, CLAIMS["C"], "inconclusive", "no regime shares a seed with base", 0,
+                               method, pl.DataFrame(), _settings(s)))
+            continue
+        keys = [c for c in table.columns if c not in ("metric", "group", "alternative", "n_pairs", "n_higher",
+                                                      "n_lower", "mean_diff",
+                                                      "effect", "p", "p_reverse", "method", "p_adj", "correction")]
+        readings, lines = [], []
+        # weight_decay, sam_rho and augment follow from the regime: name them only where they vary within one
+        # (a SAM-radius sweep), so "sam" reads "sam", not "sam, weight_decay=0.0, sam_rho=0.05".
+        named_keys = [k for k in keys if k not in ("block", "task", "model", "regime") and (
+            k not in REGIME_HYPERPARAMETERS or table.group_by("regime").agg(pl.col(k).n_unique())[k].max() > 1)]
+        for values, comparison in table.group_by(keys, maintain_order=True):
+            named = dict(zip(keys, values))
+            name = named["regime"] + "".join(f", {k}={named[k]}" for k in named_keys if named[k] is not None)
+            head = f"{named.get('model', '')} {name} vs base ({int(comparison['n_pairs'].max())} seeds)".strip()
+            sharper, why_sharp = _group_reading(comparison, declared["sharpness"], s.sharpness.combine, "sharper", s)
+            safer, why_safe = _group_reading(comparison, declared["safety"], s.safety.combine, "safer", s)
+            reading = ("supported" if (sharper, safer) == (1, 1) else
+                       "contradicted" if -1 in (sharper, safer) else "inconclusive")
+            readings.append(reading)
+            lines.append(f"{head}: {reading} - {why_sharp}; {why_safe}")
+        counts = {r: readings.count(r) for r in ("supported", "contradicted", "inconclusive")}
+        outcome = ("supported" if counts["supported"] == len(readings) else
+                   "contradicted" if counts["contradicted"] == len(readings) else "inconclusive")
+        summary = (f"{counts['supported']} of {len(readings)} regime comparisons support the claim, "
+                   f"{counts['contradicted']} contradict it, {counts['inconclusive']} are inconclusive")
+        out.append(Verdict("C", block, CLAIMS["C"], outcome, summary + " | " + " | ".join(lines),
+                           int(table["n_pairs"].max()), method, table, _settings(s)))
+    return out
+
+
+def verdicts(df: pl.DataFrame, settings: Verdicts | None = None, pair_tests: pl.DataFrame | None = None
+             ) -> list[Verdict]:
+    """Every verdict the rows allow, in family order, one per block (a family without rows gives none).
+    ``settings``: the study's declared ``verdicts`` (defaults when None); ``pair_tests``: see verdict_images."""
+    if df.is_empty():
+        return []
+    s = settings or Verdicts()
+    return verdict_functions(df, s) + verdict_circles(df, s) + verdict_images(df, s, pair_tests)

@@ -1,0 +1,242 @@
+"""The exact tests behind the verdicts: each permutes only what the design randomised, so its false-positive
+rate is at most its level for any number of seeds (docs/PROTOCOL.md; README, "Verdicts").
+
+- ``tau_test``: Kendall tau-b between x and y within each seed, averaged over seeds. Null: the x values of a
+  seed (target complexity, boundary factor) were assigned to its points at random. Families A and B.
+- ``sign_flip_test``: the Wilcoxon signed-rank statistic of paired differences (regime - base, one per seed),
+  as the rank-biserial correlation. Null: each difference is symmetric about 0 (within a seed, which of its two
+  models is "regime" is exchangeable). Family C, per-seed metrics.
+- ``swap_test``: mean pairwise dissimilarity (disagreement, JSD) among regime models minus among base models.
+  Null: regime and base models of a seed exchangeable; swapping them changes which pairs are compared, so
+  every pair counts once and the dependence between a seed's pairs is kept. Family C, consistency.
+- ``median_interval``: distribution-free interval for the median of per-seed values (order statistics).
+- ``holm``: Holm's step-down adjustment (family-wise error under any dependence).
+
+Every test takes a batch of outcomes with the same design (leading axis: simulated or observed studies) and
+returns p-values as P(T* >= T) (or <=) under the permutation distribution, the identity included: exact when
+every permutation is enumerated, else from ``n_perm`` random ones as (1 + #{T* >= T}) / (1 + n_perm), valid at
+every level too (Phipson & Smyth 2010). The random permutations come from ``numpy.random.default_rng(seed)``
+alone and depend only on the design, so a study and its simulated copies see the same ones. numpy only.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+N_PERM = 9999  # random permutations when the exact distribution is too large to enumerate
+MAX_ENUMERATE = 2**14  # enumerate every permutation up to this many (cost: this many statistics per study)
+_EPS = 1e-9  # permuted statistics within this of the observed one count as ties (float round-off)
+
+
+@dataclass(frozen=True)
+class PermutationTest:
+    """Per study (shape (m,)): ``statistic``; ``p_greater`` = P(T* >= T), ``p_less`` = P(T* <= T); NaN where
+    the statistic is undefined. ``n_perm``: permutations behind each p (the identity included); ``exact``:
+    whether they are all of them."""
+    statistic: np.ndarray
+    p_greater: np.ndarray
+    p_less: np.ndarray
+    n_perm: int
+    exact: bool
+
+
+def _p_values(observed: np.ndarray, permuted: np.ndarray, exact: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(p_greater, p_less) of ``observed`` (m,) against ``permuted`` (m, B); B counts the identity when exact."""
+    ge = (permuted >= observed[:, None] - _EPS).sum(1)
+    le = (permuted <= observed[:, None] + _EPS).sum(1)
+    if exact:
+        n = permuted.shape[1]
+        return ge / n, le / n
+    n = permuted.shape[1] + 1
+    return (ge + 1) / n, (le + 1) / n
+
+
+def _batch(y: np.ndarray, n: int) -> np.ndarray:
+    y = np.asarray(y, dtype=float)
+    y = y[None] if y.ndim == 1 else y
+    if y.ndim != 2 or y.shape[1] != n:
+        raise ValueError(f"expected outcomes of shape (n,) or (m, n) with n = {n}, got {np.shape(y)}")
+    return y
+
+
+def _pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.triu_indices(n, k=1)
+
+
+def tau_test(x: np.ndarray, y: np.ndarray, seeds: np.ndarray, n_perm: int = N_PERM, seed: int = 0
+             ) -> PermutationTest:
+    """Mean over seeds of Kendall's tau-b between ``x`` and ``y`` within each seed, and its permutation p-values.
+
+    Args:
+        x: (n,) the design variable (complexity, factor), fixed across studies.
+        y: (n,) or (m, n) outcomes (a sharpness metric) of m studies with this design.
+        seeds: (n,) the seed of each point; tau is taken within each seed, seeds where x or y is constant
+            are left out of the mean (NaN when none is left).
+        n_perm: random within-seed permutations of x when there are more than ``MAX_ENUMERATE`` in all.
+        seed: seed of those permutations.
+    Returns:
+        ``PermutationTest`` of shape (m,). Tau-b of a seed: sum over its pairs of sgn(dx) sgn(dy), divided by
+        sqrt(#pairs untied in x x #pairs untied in y), the same value as ``scipy.stats.kendalltau``.
+    Cost: O(B sum_s n_s^2 m) for B permutations and n_s points per seed; ~50 ms for 7 points x 10 seeds, B 9999.
+    """
+    x, seeds = np.asarray(x, dtype=float), np.asarray(seeds)
+    y = _batch(y, len(x))
+    groups = [np.flatnonzero(seeds == s) for s in np.unique(seeds)]
+    sizes = [len(g) for g in groups]
+    total = math.prod(math.factorial(k) for k in sizes)
+    exact = total <= MAX_ENUMERATE
+    rng = np.random.default_rng(seed)
+    tau_sum = np.zeros(y.shape[0])
+    tau_sum_perm = np.zeros((y.shape[0], total if exact else n_perm))
+    used = np.zeros(y.shape[0])
+    # Exact: every combination of per-seed permutations, as the product of each seed's list of permutations.
+    orders = (list(itertools.product(*(list(itertools.permutations(range(k))) for k in sizes))) if exact else None)
+    for s, idx in enumerate(groups):
+        i, j = _pairs(len(idx))
+        sy = np.sign(y[:, idx[i]] - y[:, idx[j]])  # (m, P)
+        xs = x[idx]
+        if exact:
+            perms = np.array([o[s] for o in orders], dtype=int).reshape(len(orders), len(idx))
+        else:
+            perms = rng.permuted(np.tile(np.arange(len(idx)), (n_perm, 1)), axis=1)
+        xp = xs[perms]  # (B, k): x as permuted within this seed
+        sx = np.sign(xs[i] - xs[j])
+        sxp = np.sign(xp[:, i] - xp[:, j])  # (B, P)
+        norm = np.sqrt(float(np.count_nonzero(sx)) * np.count_nonzero(sy, axis=1))  # ties are kept by permuting
+        ok = norm > 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            tau_sum += np.where(ok, (sy @ sx) / norm, 0.0)
+            tau_sum_perm += np.where(ok[:, None], (sy @ sxp.T) / norm[:, None], 0.0)
+        used += ok
+    with np.errstate(invalid="ignore", divide="ignore"):
+        statistic = np.where(used > 0, tau_sum / used, np.nan)
+        permuted = tau_sum_perm / used[:, None]
+    p_greater, p_less = _p_values(statistic, permuted, exact)
+    undefined = used == 0
+    p_greater[undefined] = p_less[undefined] = np.nan
+    return PermutationTest(statistic, p_greater, p_less, total if exact else n_perm + 1, exact)
+
+
+def _sign_patterns(k: int, n_perm: int, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
+    """(B, k) 0/1 patterns: all 2^k when that is at most MAX_ENUMERATE (first row all zero = the identity),
+    else n_perm random ones."""
+    if 2**k <= MAX_ENUMERATE:
+        return (np.arange(2**k)[:, None] >> np.arange(k)[None, :]) & 1, True
+    return rng.integers(0, 2, size=(n_perm, k)), False
+
+
+def signed_ranks(d: np.ndarray) -> np.ndarray:
+    """(m, n) mid-ranks of |d| among each row's non-zero entries, 0 where d == 0 (Wilcoxon's zero_method
+    "wilcox": zero differences carry no rank)."""
+    d = np.asarray(d, dtype=float)
+    zeros = (d == 0).sum(axis=-1, keepdims=True)
+    ranks = stats.rankdata(np.abs(d), axis=-1) - zeros  # zeros take the lowest ranks: shift them out
+    return np.where(d == 0, 0.0, ranks)
+
+
+def sign_flip_test(d: np.ndarray, n_perm: int = N_PERM, seed: int = 0) -> PermutationTest:
+    """The exact Wilcoxon signed-rank test of paired differences, by enumerating sign flips.
+
+    Args:
+        d: (n,) or (m, n) differences regime - base, one per seed (NaN not allowed: drop unpaired seeds first).
+    Returns:
+        ``PermutationTest`` of shape (m,) whose statistic is the matched-pairs rank-biserial correlation
+        (R+ - R-) / (R+ + R-) over the non-zero differences (mid-ranks for ties; NaN when every d is 0, with
+        p = 1 both ways). p_greater small: regime larger. Ties and zeros are handled exactly (conditionally on
+        |d|), unlike the normal approximation scipy falls back to. Smallest attainable p: 2^-(non-zero d).
+    Cost: 2^n statistics of n terms up to n = 14, else ``n_perm``; microseconds for 10 seeds.
+    """
+    d = _batch(d, np.shape(d)[-1])
+    if np.isnan(d).any():
+        raise ValueError("differences contain NaN: drop the seeds without a pair first")
+    r = signed_ranks(d)
+    patterns, exact = _sign_patterns(d.shape[1], n_perm, np.random.default_rng(seed))
+    flips = 1.0 - 2.0 * patterns  # (B, n): +1 keeps a sign, -1 flips it
+    observed = (np.sign(d) * r).sum(1)
+    permuted = (np.sign(d) * r) @ flips.T
+    total = r.sum(1)
+    p_greater, p_less = _p_values(observed, permuted, exact)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        statistic = np.where(total > 0, observed / total, np.nan)
+    return PermutationTest(statistic, p_greater, p_less, len(flips) if exact else n_perm + 1, exact)
+
+
+def swap_test(dissimilarity: np.ndarray, n_perm: int = N_PERM, seed: int = 0) -> PermutationTest:
+    """Mean pairwise dissimilarity among regime models minus among base models, with within-seed swap p-values.
+
+    Args:
+        dissimilarity: (2k, 2k) or (m, 2k, 2k) symmetric matrices over the models base_1..base_k, then
+            regime_1..regime_k (row s and row k + s are the same seed), e.g. test-set disagreement or JSD.
+    Returns:
+        ``PermutationTest`` of shape (m,): statistic = mean_{i<j} D[R_i, R_j] - mean_{i<j} D[B_i, B_j];
+        p_less small: the regime's models agree more with each other than base's do. Each permutation swaps
+        the regime and base models of a subset of seeds; the pairs compared then include cross pairs
+        (base of one seed with regime of another), which is why the whole matrix is needed. Smallest
+        attainable p: 2^-k (swapping every seed negates the statistic). NaN for k < 2.
+    Cost: 2^k x k^2 / 2 multiply-adds up to k = 14, else ``n_perm`` x k^2 / 2.
+    """
+    dm = np.asarray(dissimilarity, dtype=float)
+    dm = dm[None] if dm.ndim == 2 else dm
+    if dm.ndim != 3 or dm.shape[1] != dm.shape[2] or dm.shape[1] % 2:
+        raise ValueError(f"expected (2k, 2k) or (m, 2k, 2k) matrices, got {np.shape(dissimilarity)}")
+    k = dm.shape[1] // 2
+    m = dm.shape[0]
+    if k < 2:
+        nan = np.full(m, np.nan)
+        return PermutationTest(nan, nan.copy(), nan.copy(), 1, True)
+    i, j = _pairs(k)
+    rr, bb = dm[:, k + i, k + j], dm[:, i, j]
+    rb, br = dm[:, k + i, j], dm[:, i, k + j]  # regime of seed i with base of seed j, and the reverse
+    patterns, exact = _sign_patterns(k, n_perm, np.random.default_rng(seed))
+    a = patterns.astype(float)
+    ai, aj = a[:, i], a[:, j]  # (B, P): 1 = that seed's two models swapped
+    # Regime slot pair (i, j) holds RR when neither seed is swapped, BB when both are, RB / BR when one is;
+    # the base slot the opposite; their difference per pair:
+    same = (1 - ai) * (1 - aj) - ai * aj  # coefficient of RR - BB
+    cross = (1 - ai) * aj - ai * (1 - aj)  # coefficient of RB - BR
+    n_pairs = len(i)
+    observed = (rr - bb).sum(1) / n_pairs
+    permuted = ((rr - bb) @ same.T + (rb - br) @ cross.T) / n_pairs
+    p_greater, p_less = _p_values(observed, permuted, exact)
+    return PermutationTest(observed, p_greater, p_less, len(patterns) if exact else n_perm + 1, exact)
+
+
+def smallest_p(n: int) -> float:
+    """Smallest attainable one-sided p of ``sign_flip_test`` with n non-zero differences, or of ``swap_test``
+    with n seeds: 2^-n."""
+    return 0.5**n
+
+
+def median_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float] | None:
+    """Distribution-free interval for the median of i.i.d. per-seed values: [v_(r), v_(n+1-r)] with the largest r
+    whose coverage 1 - 2 P(Binomial(n, 1/2) <= r - 1) is at least ``level`` (at least that for any continuous
+    distribution, and for discrete ones too: the interval is closed). None when even [min, max] falls short:
+    fewer than 6 values at 95%. Cost: a sort."""
+    v = np.sort(np.asarray(values, dtype=float))
+    v = v[np.isfinite(v)]
+    n = len(v)
+    best = None
+    for r in range(1, n // 2 + 1):
+        if 1 - 2 * stats.binom.cdf(r - 1, n, 0.5) >= level:
+            best = r
+    return None if best is None else (float(v[best - 1]), float(v[n - best]))
+
+
+def holm(p: np.ndarray) -> np.ndarray:
+    """Holm's step-down adjusted p-values along the last axis (family-wise error under any dependence);
+    NaN stays NaN and does not count towards the family."""
+    p = np.asarray(p, dtype=float)
+    flat = p.reshape(-1, p.shape[-1]) if p.ndim else p.reshape(1, 1)
+    out = np.full(flat.shape, np.nan)
+    for row, (src, dst) in enumerate(zip(flat, out)):
+        ok = np.flatnonzero(np.isfinite(src))
+        if not len(ok):
+            continue
+        order = ok[np.argsort(src[ok], kind="stable")]
+        scaled = src[order] * (len(ok) - np.arange(len(ok)))
+        dst[order] = np.minimum(1.0, np.maximum.accumulate(scaled))
+    return out.reshape(p.shape)
