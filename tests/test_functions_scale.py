@@ -1,0 +1,78 @@
+"""Family A's amplitude control: targets scaled by ``target_scale``, and a complexity that does not see
+the scale (mean ||grad f||^2 / Var f), checked against hand computations on the grid."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from raystudy.tasks import FUNCTIONS, functions, load_task, target_complexity, target_shape_complexity
+
+
+def _grid(n: int) -> tuple[np.ndarray, np.ndarray]:
+    axis = np.linspace(-3.5, 3.5, n)
+    return np.meshgrid(axis, axis, indexing="ij")
+
+
+def test_shape_complexity_of_sphere_matches_its_closed_form_on_the_grid():
+    gx, gy = _grid(51)
+    f = gx**2 + gy**2
+    grad2 = 4 * (gx**2 + gy**2)  # |grad (x^2 + y^2)|^2
+    expected = np.mean(grad2) / np.var(f)  # population variance over the grid nodes
+    assert target_shape_complexity("sphere", n_grid=51) == pytest.approx(expected, rel=1e-12)
+
+
+def test_shape_complexity_of_booth_by_hand():
+    gx, gy = _grid(41)
+    u, v = gx + 2 * gy - 7, 2 * gx + gy - 5
+    expected = np.mean((2 * u + 4 * v) ** 2 + (4 * u + 2 * v) ** 2) / np.var(u**2 + v**2)
+    assert target_shape_complexity("booth", n_grid=41) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("c, b", [(10.0, 0.0), (0.01, 0.0), (-3.0, 7.0), (2.5, -1e3)])
+def test_shape_complexity_is_invariant_to_scale_and_offset_and_raw_complexity_scales_by_c_squared(monkeypatch, c, b):
+    for name in ("rastrigin", "beale"):
+        f = FUNCTIONS[name]
+        monkeypatch.setitem(functions.FUNCTIONS, "copy", lambda p, f=f: c * f(p) + b)
+        assert target_shape_complexity("copy", n_grid=61) == pytest.approx(
+            target_shape_complexity(name, n_grid=61), rel=1e-10)
+        assert target_complexity("copy", n_grid=61) == pytest.approx(c**2 * target_complexity(name, n_grid=61),
+                                                                     rel=1e-10)
+
+
+def test_rank_order_of_the_seven_targets_by_shape_complexity():
+    """As measured on the default 201 x 201 grid (1 / input unit^2; raw complexity in brackets):
+    booth 0.316 (3953) < himmelblau 0.923 (2941) < sphere 1.21 (33.0) < rosenbrock 2.17 (4.7e7)
+    < beale 4.47 (3.8e7) < three_hump_camel 6.50 (1.0e4) < rastrigin 30.8 (4040).
+    The raw order is different (sphere < himmelblau < booth < rastrigin < three_hump_camel < beale
+    < rosenbrock): it mostly ranks amplitudes."""
+    shape = {name: target_shape_complexity(name) for name in FUNCTIONS}
+    assert sorted(shape, key=shape.get) == [
+        "booth", "himmelblau", "sphere", "rosenbrock", "beale", "three_hump_camel", "rastrigin"]
+    assert shape["sphere"] == pytest.approx(1.212, rel=1e-3) and shape["rastrigin"] == pytest.approx(30.76, rel=1e-3)
+    raw = {name: target_complexity(name) for name in FUNCTIONS}
+    assert sorted(raw, key=raw.get) != sorted(shape, key=shape.get)
+
+
+def test_scaled_targets_are_the_scaled_function_at_the_same_points():
+    for name in ("sphere", "rosenbrock"):
+        one = load_task("functions", name, seed=5, n_train=300, n_test=200)
+        ten = load_task("functions", name, seed=5, n_train=300, n_test=200, target_scale=10.0)
+        assert torch.equal(one.x_train, ten.x_train) and torch.equal(one.x_test, ten.x_test)
+        for x, y in ((ten.x_train, ten.y_train), (ten.x_test, ten.y_test)):
+            # Scaled in float64, then rounded once to float32.
+            assert torch.equal(y, (10.0 * FUNCTIONS[name](x.double())).float())
+        # Against the unscaled targets: 10x up to float32 rounding (one ulp each side).
+        assert torch.allclose(ten.y_train.double(), 10 * one.y_train.double(), rtol=2.5e-7, atol=0)
+        assert ten.info["target_scale"] == 10.0 and one.info["target_scale"] == 1.0
+        assert {k: v for k, v in ten.info.items() if k != "target_scale"} == \
+            {k: v for k, v in one.info.items() if k != "target_scale"}
+    sphere = load_task("functions", "sphere", seed=5, n_train=300, n_test=200, target_scale=10.0)
+    by_hand = 10 * (sphere.x_train.double().numpy() ** 2).sum(1)  # 10 (x^2 + y^2)
+    assert np.allclose(sphere.y_train[:, 0].numpy(), by_hand, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0, float("nan"), float("inf")])
+def test_load_refuses_a_scale_that_is_not_finite_and_positive(scale):
+    with pytest.raises(ValueError, match="target_scale"):
+        load_task("functions", "sphere", seed=0, n_train=10, n_test=10, target_scale=scale)
