@@ -8,6 +8,8 @@ import torch
 
 from raystudy.tasks import FUNCTIONS, functions, load_task, target_complexity, target_shape_complexity
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models on a shared 2-core machine
+
 
 def _grid(n: int) -> tuple[np.ndarray, np.ndarray]:
     axis = np.linspace(-3.5, 3.5, n)
@@ -76,3 +78,80 @@ def test_scaled_targets_are_the_scaled_function_at_the_same_points():
 def test_load_refuses_a_scale_that_is_not_finite_and_positive(scale):
     with pytest.raises(ValueError, match="target_scale"):
         load_task("functions", "sphere", seed=0, n_train=10, n_test=10, target_scale=scale)
+
+
+SCALED_STUDY = """
+    name: scale
+    storage: {tmp}/runs
+    blocks:
+      - name: fn
+        family: functions
+        task: rastrigin
+        model: mlp
+        model_args: {hidden: [8]}
+        optimizer: adam
+        lr: 0.01
+        epochs: 2
+        checkpoints: [0]
+        n_train: 64
+        n_test: 64
+        target_scale: [1, 10]
+        sharpness: {rhos: [0.01], draws: 3}
+      - name: c
+        family: circles
+        task: circles
+        factor: 0.5
+        model: mlp
+        model_args: {hidden: [8]}
+        lr: 0.1
+        batch_size: 25
+        epochs: 1
+        sharpness: {rhos: [0.01], draws: 3}
+    """
+
+
+def test_rows_carry_the_scale_the_raw_and_the_scale_free_complexity(tmp_path, write_study):
+    from raystudy.checkpoints import list_checkpoints
+    from raystudy.measure import measure_checkpoint, write_row
+    from raystudy.analysis.aggregate import varying_hyperparameters
+    from raystudy.analysis.results import load_results
+    from raystudy.spec import expand, load_study
+    from raystudy.storage import Store
+    from raystudy.train.loop import build_model, load_trial_task, train_trial
+
+    one, ten, circles = expand(load_study(write_study(SCALED_STUDY)))
+    assert (one.target_scale, ten.target_scale) == (1.0, 10.0)
+    assert load_trial_task(ten).info["target_scale"] == 10.0  # training sees the scaled target
+    store = Store(str(tmp_path / "s"))
+    rows = {}
+    for t in (one, ten, circles):
+        train_trial(t, store)
+        for ckpt in list_checkpoints(store, t.trial_id):
+            rows[t.target_scale if t is not circles else "c", ckpt.epoch] = row = measure_checkpoint(store, ckpt.path)
+            write_row(store, row)
+    r1, r10 = rows[1.0, 0], rows[10.0, 0]
+    assert (r1["target_scale"], r10["target_scale"]) == (1.0, 10.0)
+    assert r1["target_complexity"] == pytest.approx(target_complexity("rastrigin"), rel=1e-12)
+    assert r10["target_complexity"] == pytest.approx(100 * r1["target_complexity"], rel=1e-12)
+    assert r10["target_shape_complexity"] == r1["target_shape_complexity"] == target_shape_complexity("rastrigin")
+    # Relative MSE by hand: both trials start from the same weights (initial weights ignore the scale), so at
+    # epoch 0 one set of predictions g meets targets y and 10 y.
+    task = load_task("functions", "rastrigin", seed=0, n_train=64, n_test=64)
+    with torch.no_grad():
+        g = build_model(one, task)(task.x_train).double()
+    y = task.y_train.double()
+    for scale, row in ((1.0, r1), (10.0, r10)):
+        target = (scale * FUNCTIONS["rastrigin"](task.x_train.double())).float().double()
+        assert row["target_variance"] == pytest.approx(float(target.var()), rel=1e-12)
+        assert row["train_loss"] == pytest.approx(float(((g - target) ** 2).mean()), rel=1e-5)
+        assert row["train_loss"] / row["target_variance"] == pytest.approx(
+            float(((g - target) ** 2).mean() / target.var()), rel=1e-5)
+    assert r10["target_variance"] == pytest.approx(100 * float(y.var()), rel=1e-6)
+    # Training fitted the scaled targets too: far from them after two steps, its loss is ~100x.
+    assert rows[10.0, 2]["train_loss_running"] > 50 * rows[1.0, 2]["train_loss_running"]
+    c = rows["c", 1]
+    assert c["target_scale"] is None and c["target_shape_complexity"] is None and c["target_complexity"] is None
+    df = load_results(store.root)
+    assert sorted(df["target_scale"].to_list(), key=str) == [1.0, 1.0, 10.0, 10.0, None]
+    assert "target_scale" in varying_hyperparameters(df)
+
