@@ -155,3 +155,22 @@ def test_rows_carry_the_scale_the_raw_and_the_scale_free_complexity(tmp_path, wr
     assert sorted(df["target_scale"].to_list(), key=str) == [1.0, 1.0, 10.0, 10.0, None]
     assert "target_scale" in varying_hyperparameters(df)
 
+
+def test_rows_from_before_the_axis_read_as_scale_one(tmp_path):
+    """Functions rows written without target_scale trained at scale 1: mixed with newer rows of the block,
+    the scale must not look varying (null would count as a second value)."""
+    import polars as pl
+
+    from raystudy.analysis.aggregate import varying_hyperparameters
+    from raystudy.analysis.results import load_results
+
+    results = tmp_path / "results"
+    results.mkdir()
+    base = dict(block="fn", family="functions", task="sphere", trial_id="fn-a", step=1, final=True, status="ok")
+    pl.DataFrame([base]).write_parquet(results / "old.parquet")  # no target_scale column at all
+    pl.DataFrame([{**base, "trial_id": "fn-b", "target_scale": 1.0}]).write_parquet(results / "new.parquet")
+    pl.DataFrame([{**base, "block": "c", "family": "circles", "trial_id": "c-a", "target_scale": None}],
+                 schema_overrides={"target_scale": pl.Float64}).write_parquet(results / "circles.parquet")
+    df = load_results(tmp_path).sort("trial_id")
+    assert df["target_scale"].to_list() == [None, 1.0, 1.0]  # circles stays null: it has no target
+    assert "target_scale" not in varying_hyperparameters(df)
