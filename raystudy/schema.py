@@ -53,6 +53,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("augment", B, "hyperparameter", "training batches augmented (regime has aug)"),
     Column("factor", F, "hyperparameter", "circles: inner/outer radius ratio"),
     Column("label_noise", F, "hyperparameter", "probability each training label was replaced at random"),
+    Column("target_scale", F, "hyperparameter",
+           "functions: amplitude of the target, which is target_scale * f (dimensionless; 1 = the protocol's)"),
     Column("momentum", F, "hyperparameter", "SGD momentum"),
     Column("optimizer", S, "hyperparameter", "sgd | adam"),
     Column("schedule", S, "hyperparameter", "constant | cosine (stepped per epoch)"),
@@ -114,7 +116,12 @@ COLUMNS: tuple[Column, ...] = (
     Column("hessian_n_hvp", I, "hessian", "Hessian-vector products spent on this checkpoint"),
     Column("hessian_n", I, "hessian", "samples the Hessian was taken over"),
     # complexity of the learned function / the target
-    Column("target_complexity", F, "complexity", "functions: mean ||grad f||^2 of the target over the domain"),
+    Column("target_complexity", F, "complexity",
+           "functions: mean ||grad||^2 of the target as trained (target_scale * f) over the domain, "
+           "(target units / input unit)^2; grows with target_scale^2"),
+    Column("target_shape_complexity", F, "complexity",
+           "functions: mean ||grad f||^2 / Var(f) of the target over the domain, 1 / input unit^2; the same for "
+           "every target_scale (invariant to f -> c f + b)"),
     Column("input_grad_norm", F, "complexity",
            "mean over measured inputs of the Frobenius norm of the model's input Jacobian (outputs per input unit)"),
     Column("input_grad_norm_se", F, "complexity", "standard error of input_grad_norm over the inputs"),

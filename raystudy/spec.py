@@ -2,8 +2,8 @@
 
 A study YAML has a ``name``, a ``storage`` root and one or more ``blocks``. Each block is a grid:
 any axis field (``task, model, regime, seed, lr, momentum, batch_size, weight_decay, sam_rho,
-factor, label_noise``) may be a list, and the block expands to the full cross product. Everything
-else in a block is fixed for all of its trials.
+factor, label_noise, target_scale``) may be a list, and the block expands to the full cross product.
+Everything else in a block is fixed for all of its trials.
 
 Bad input raises :class:`StudyError` whose message is one line naming the file and the field,
 e.g. ``studies/x.yaml: blocks[1].model: unknown model 'resnet81'; known: cnn_bn, mlp, ...``.
@@ -31,7 +31,7 @@ from raystudy.seeding import derive_seed
 MEASUREMENT_FIELDS = ("metrics", "sharpness", "hessian", "corruption", "adaptive", "complexity", "measure")
 REGULARISERS = ("aug", "wd", "sam")  # canonical order inside a regime name: "aug+wd+sam"
 AXES = ("task", "model", "regime", "seed", "lr", "momentum", "batch_size", "weight_decay", "sam_rho",
-        "factor", "label_noise")
+        "factor", "label_noise", "target_scale")
 CLASSIFICATION_METRICS = ("ece", "fisher_rao", "relative_flatness", "corruption", "consistency")
 METRICS = ("sam_sharpness", "hessian", "adaptive_sharpness", "complexity", *CLASSIFICATION_METRICS)
 
@@ -156,6 +156,10 @@ class Block(_Strict):
     sam_rho: float | list[float] = 0.05
     factor: float | list[float] | None = None
     label_noise: float | list[float] | None = None
+    # Functions only: targets are target_scale * f (1 = the protocol's). None, not 1.0, is the default
+    # so that any explicit value on a family without a target function is refused, 1 included (it
+    # would say something the block does not do), through the same check as every unused setting.
+    target_scale: float | list[float] | None = None
     schedule: Literal["constant", "cosine"] = "constant"
     # How the arithmetic runs, not what is learned: bf16 autocasts forward passes (CUDA; the CPU too,
     # fast only with bf16 instructions such as AVX512-BF16/AMX); compile runs the model through
@@ -239,6 +243,9 @@ class Block(_Strict):
             repeated = [v for i, v in enumerate(values) if v in values[:i]]
             if repeated:
                 raise _field_error(axis, f"{repeated[0]!r} is listed twice")
+        for a in _as_list(self.target_scale):  # finite already (allow_inf_nan=False)
+            if a is not None and not a > 0:
+                raise _field_error("target_scale", f"{a} is not > 0 (targets are target_scale * f)")
         for p in _as_list(self.label_noise):
             if p is not None and not 0 <= p <= 1:
                 raise _field_error("label_noise", f"{p} is not a probability in [0, 1]")
@@ -252,8 +259,9 @@ class Block(_Strict):
             if any(s is not None and not 0 <= s <= MAX_SEED for s in _as_list(getattr(self, name))):
                 raise _field_error(name, f"seeds must be integers in [0, 2^63 - 1]")
         # A setting the family does not use must not be silently ignored.
-        unused = {"functions": ("label_noise", "data_root"), "circles": ("n_train", "n_test", "data_root"),
-                  "images": ("n_train", "n_test")}[self.family]
+        unused = {"functions": ("label_noise", "data_root"),
+                  "circles": ("n_train", "n_test", "data_root", "target_scale"),
+                  "images": ("n_train", "n_test", "target_scale")}[self.family]
         for name in unused:
             if getattr(self, name) is not None:
                 raise _field_error(name, f"{self.family} blocks do not use {name}")
@@ -392,6 +400,7 @@ class Trial:
     resume_every: dict = field(default_factory=lambda: ResumeEvery().model_dump())
     precision: str = "fp32"
     compile: bool = False
+    target_scale: float = 1.0  # functions: targets are target_scale * f; 1 (the protocol's) elsewhere
     trial_id: str = ""
 
     @property
@@ -401,7 +410,7 @@ class Trial:
     @property
     def task_params(self) -> dict[str, Any]:
         """Keyword arguments for ``tasks.load_task`` (only those this family takes)."""
-        keys = {"functions": ("n_train", "n_test"), "circles": ("factor", "label_noise"),
+        keys = {"functions": ("n_train", "n_test", "target_scale"), "circles": ("factor", "label_noise"),
                 "images": ("label_noise", "data_root")}[self.family]
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
@@ -543,6 +552,7 @@ def _expand_block(study: str, block: Block) -> list[Trial]:
             measure=block.measure.model_dump(), resources=block.resources.model_dump(),
             resume_every=block.resume_every.model_dump(),
             precision=block.precision, compile=block.compile,
+            target_scale=1.0 if point["target_scale"] is None else float(point["target_scale"]),
         )
         # An axis the regime does not use (sam_rho without sam, weight_decay without wd) neither names
         # the trial nor multiplies it: base trains once per seed in a SAM-radius sweep.
@@ -557,9 +567,9 @@ def _expand_block(study: str, block: Block) -> list[Trial]:
 
 # Fields added after ids were first issued enter the hash only when set away from their default, so
 # adding a field never changes the id (and orphans the checkpoints) of a trial that does not use it.
-_HASHED_WHEN_SET = {"precision": "fp32", "compile": False}
+_HASHED_WHEN_SET = {"precision": "fp32", "compile": False, "target_scale": 1.0}
 _ID_TAGS = {"lr": "lr", "momentum": "m", "batch_size": "bs", "weight_decay": "wd", "sam_rho": "rho",
-            "factor": "f", "label_noise": "p"}
+            "factor": "f", "label_noise": "p", "target_scale": "a"}
 
 
 def _with_id(trial: Trial, varying: dict[str, Any]) -> Trial:

@@ -58,7 +58,7 @@ def test_smoke_study_expands_to_the_cross_product():
         per_block[t.block] += 1
     # Independently: product of the lengths of the list-valued grid axes of each raw block.
     axes = ("task", "model", "regime", "seed", "lr", "momentum", "batch_size", "weight_decay", "sam_rho",
-            "factor", "label_noise")
+            "factor", "label_noise", "target_scale")
     expected = {b["name"]: math.prod(len(b[a]) for a in axes if isinstance(b.get(a), list)) for b in raw["blocks"]}
     assert per_block == expected == {"functions": 7 * 3, "circles": 4 * 3, "digits_cnn": 6 * 2, "digits_mlp": 6 * 2}
     assert [t.block for t in trials] == sorted((t.block for t in trials), key=list(expected).index)
@@ -128,6 +128,63 @@ def test_fields_at_their_default_keep_ids_issued_before_they_existed(tmp_path):
     for b in explicit["blocks"]:
         b.update(precision="fp32", compile=False)
     assert ids(write(tmp_path, explicit, "explicit.yaml")) == ids(path)
+
+
+FUNCTIONS_STUDY = """
+    name: t
+    blocks:
+      - name: fn
+        family: functions
+        task: [sphere, rastrigin]
+        model: mlp
+        optimizer: adam
+        lr: LR
+        epochs: 2
+        n_train: 64
+        n_test: 64
+"""
+
+
+def functions_study(lr: str = "[0.001, 0.01]", target_scale: str | None = None) -> str:
+    """A functions study, with a target_scale line only when given."""
+    return FUNCTIONS_STUDY.replace("LR", lr) + (f"        target_scale: {target_scale}\n" if target_scale else "")
+
+
+def test_target_scale_one_keeps_the_ids_issued_before_the_axis_existed(write_study):
+    # Ids this file had before target_scale was added (same content, older raystudy).
+    before = ["fn-sphere-mlp-base-s0-lr0.001-7576b5", "fn-sphere-mlp-base-s0-lr0.01-1057c5",
+              "fn-rastrigin-mlp-base-s0-lr0.001-9af1c7", "fn-rastrigin-mlp-base-s0-lr0.01-2fa93f"]
+    assert ids(write_study(functions_study())) == before
+    for one in ("1", "1.0", "[1.0]"):
+        path = write_study(functions_study(target_scale=one), f"one{len(one)}.yaml")
+        trials = expand(load_study(path))
+        assert [t.trial_id for t in trials] == before and {t.target_scale for t in trials} == {1.0}
+    scaled = ids(write_study(functions_study(target_scale="10"), "ten.yaml"))
+    assert [i.rsplit("-", 1)[0] for i in scaled] == [i.rsplit("-", 1)[0] for i in before]  # no tag: not an axis
+    assert not set(scaled) & set(before)  # but a different target: a different hash
+
+
+def test_target_scale_axis_expands_and_tags_the_ids(write_study):
+    trials = expand(load_study(write_study(functions_study(lr="0.001", target_scale="[1, 10, 0.5]"))))
+    assert [(t.task, t.target_scale) for t in trials] == [
+        (task, a) for task in ("sphere", "rastrigin") for a in (1.0, 10.0, 0.5)]
+    assert all(type(t.target_scale) is float for t in trials)
+    assert len({t.trial_id for t in trials}) == 6
+    for t in trials:
+        assert f"-s0-a{t.target_scale:g}-" in t.trial_id, t.trial_id
+        assert t.task_params == {"n_train": 64, "n_test": 64, "target_scale": t.target_scale}
+        assert Trial.from_dict(t.to_dict()) == t
+    # One initial weights for every target and every scale (the protocol's controlled comparison).
+    assert len({t.init_seed for t in trials}) == 1
+    old = trials[0].to_dict()
+    del old["target_scale"]  # a checkpoint written before the field existed
+    assert Trial.from_dict(old).target_scale == 1.0
+    circles = expand(load_study(write_study("""
+        name: c
+        blocks:
+          - {name: c, family: circles, task: circles, factor: 0.5, model: mlp, lr: 0.1, epochs: 1}
+        """, "c.yaml")))
+    assert circles[0].target_scale == 1.0 and "target_scale" not in circles[0].task_params
 
 
 def test_sam_rho_and_weight_decay_only_touch_trials_that_use_them(tmp_path):
@@ -229,6 +286,13 @@ def block(i: int, **changes):
     return edit
 
 
+def functions_first(**changes):
+    """blocks[0] becomes a functions block with ``changes``."""
+    def edit(s: dict) -> None:
+        s["blocks"][0] = {**FUNCTIONS_BLOCK, "metrics": ["sam_sharpness"], **changes}
+    return edit
+
+
 def drop(*keys):
     def edit(s: dict) -> None:
         target = s
@@ -303,6 +367,20 @@ BAD = [
     ("resume_every unknown key", block(1, resume_every={"steps": 100}), "blocks[1].resume_every.steps",
      "unknown key"),
     ("negative max_failures", lambda s: s.update(max_failures=-1), "max_failures", "greater than or equal to 0"),
+    ("target_scale 0", functions_first(target_scale=0), "blocks[0].target_scale", "0 is not > 0"),
+    ("target_scale negative", functions_first(target_scale=-1.0), "blocks[0].target_scale", "-1.0 is not > 0"),
+    ("target_scale negative in list", functions_first(target_scale=[1.0, -1.0]), "blocks[0].target_scale",
+     "-1.0 is not > 0"),
+    ("target_scale nan", functions_first(target_scale=float("nan")), "blocks[0].target_scale", "finite"),
+    ("target_scale inf in list", functions_first(target_scale=[1.0, float("inf")]), "blocks[0].target_scale[1]",
+     "finite"),
+    ("target_scale repeated", functions_first(target_scale=[1, 1.0]), "blocks[0].target_scale",
+     "1.0 is listed twice"),
+    ("target_scale not a number", functions_first(target_scale="big"), "blocks[0].target_scale", "number"),
+    ("target_scale on circles", block(0, target_scale=10.0), "blocks[0].target_scale",
+     "circles blocks do not use target_scale"),
+    ("target_scale 1 on images", block(1, target_scale=1.0), "blocks[1].target_scale",
+     "images blocks do not use target_scale"),
 ]
 
 

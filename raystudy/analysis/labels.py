@@ -13,7 +13,7 @@ METRIC_LABELS = {
     "input_grad_norm": "input-gradient norm", "linear_region_density": "linear-region density",
     "jsd": "Jensen-Shannon divergence between seeds", "hessian_lambda_max": "Hessian lambda_max",
     "hessian_lambda_min": "Hessian lambda_min", "hessian_trace": "Hessian trace",
-    "target_complexity": "target complexity",
+    "target_complexity": "target complexity", "target_shape_complexity": "target shape complexity (scale-free)",
 }
 
 

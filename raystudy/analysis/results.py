@@ -83,7 +83,8 @@ def load_results(study: str | Path | Store) -> pl.DataFrame:
 
     Files are stacked with missing columns as null; when a (trial_id, step) pair appears more than once
     (a re-measured checkpoint) the row written last wins. NaN in float metrics is turned into null so
-    means and tests skip it. An unreadable file is skipped with a warning naming it. Cost: reads every
+    means and tests skip it. Functions rows without a target_scale (written before the axis existed) get 1,
+    the scale they trained at. An unreadable file is skipped with a warning naming it. Cost: reads every
     file once (twice when one is unreadable: the second pass finds which).
     """
     store = _store(study)
@@ -100,6 +101,12 @@ def load_results(study: str | Path | Store) -> pl.DataFrame:
         return pl.DataFrame()
     if "task" not in df.columns and "dataset" in df.columns:
         df = df.with_columns(task=pl.col("dataset"))
+    if "family" in df.columns and (df["family"] == "functions").any():
+        # Functions rows written before the target_scale axis existed trained the protocol's target (scale 1):
+        # left null beside newer rows of the same block, target_scale would look like a varying hyperparameter.
+        scale = pl.col("target_scale") if "target_scale" in df.columns else pl.lit(None, pl.Float64)
+        df = df.with_columns(target_scale=pl.when(pl.col("family") == "functions").then(scale.fill_null(1.0))
+                             .otherwise(scale))
     if {"trial_id", "step"} <= set(df.columns):
         df = df.unique(subset=["trial_id", "step"], keep="last", maintain_order=True)
     floats = [c for c, t in df.schema.items() if t in (pl.Float32, pl.Float64)]

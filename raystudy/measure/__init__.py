@@ -91,7 +91,11 @@ def measure_checkpoint(store: Store, path: str, device: str | torch.device = "cp
             row["gen_gap"] = test.loss - train.loss
         row.update(geometry_columns(trial, task, model, loss_fn, on))
     if trial.family == "functions":
-        row.update(target_complexity=_complexity(trial.task), target_variance=float(task.y_train.double().var()))
+        # The raw complexity of the target as trained (scale^2 x the protocol's: the number the paper would
+        # report) beside the scale-free one, so an analysis can tell amplitude from shape.
+        row.update(target_complexity=trial.target_scale**2 * _complexity(trial.task),
+                   target_shape_complexity=_shape_complexity(trial.task),
+                   target_variance=float(task.y_train.double().var()))
     row["wall_s"] = time.perf_counter() - t0
     return row
 
@@ -101,6 +105,7 @@ def _identity(trial: Trial, state: dict[str, Any]) -> dict[str, Any]:
             "weight_decay", "sam_rho", "augment", "factor", "label_noise", "momentum", "optimizer", "schedule",
             "epochs")
     row = {k: getattr(trial, k) for k in keys}
+    row["target_scale"] = trial.target_scale if trial.family == "functions" else None  # no target elsewhere
     row.update(step=int(state["step"]), epoch=int(state["epoch"]), final=state["epoch"] == trial.epochs,
                train_loss_running=_finite_or_none(state.get("train_loss_running")),
                train_loss_curve=[{"epoch": int(e), "loss": _finite_or_none(v)} for e, v in state.get("train_loss_curve", [])],
@@ -143,3 +148,9 @@ def _task(trial: Trial) -> Task:
 def _complexity(name: str) -> float:
     from raystudy.tasks.functions import target_complexity
     return target_complexity(name)
+
+
+@lru_cache(maxsize=None)
+def _shape_complexity(name: str) -> float:
+    from raystudy.tasks.functions import target_shape_complexity
+    return target_shape_complexity(name)

@@ -14,7 +14,7 @@ from . import cifar, circles, digits, functions, tinyimagenet
 from .base import CorruptionSet, Task, apply_label_noise, batches, derive_seed
 from .datasets import check_available, describe
 from .files import DatasetError, resolve_root
-from .functions import FUNCTIONS, target_complexity
+from .functions import FUNCTIONS, target_complexity, target_shape_complexity
 
 FAMILIES: tuple[str, ...] = ("functions", "circles", "images")
 
@@ -63,7 +63,8 @@ def train_size(family: str, name: str, n_train: int | None = None) -> int:
 def load_task(family: str, name: str, *, seed: int, **params: Any) -> Task:
     """Build task ``name`` of ``family`` for trial ``seed`` with family-specific ``params``.
 
-    ``functions``: ``n_train``, ``n_test`` (the points depend on ``seed``).
+    ``functions``: ``n_train``, ``n_test`` (the points depend on ``seed``), ``target_scale`` (targets
+    are ``target_scale * f``; default 1, the protocol's).
     ``circles``: ``factor``, ``label_noise``, ``data_seed``, ``n_samples`` (``seed`` ignored).
     ``images``/``digits``: ``label_noise``, ``data_seed`` (``seed`` and ``data_root`` ignored).
     ``images``/``cifar10``, ``cifar100``, ``tinyimagenet``: ``data_root`` (None ->
@@ -96,4 +97,5 @@ __all__ = [
     "train_size",
     "resolve_root",
     "target_complexity",
+    "target_shape_complexity",
 ]
