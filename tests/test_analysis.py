@@ -247,3 +247,11 @@ def test_learning_curves_average_seeds_per_epoch():
     assert set(data["n_seeds"]) == {2}
     assert vl_convert.vegalite_to_svg(chart_spec(chart)).startswith("<svg")
     assert charts.learning_curves(pl.DataFrame(rows).drop("train_loss_curve")) is None
+
+
+def test_report_says_where_the_hessian_saw_fewer_samples():
+    from raystudy.analysis.sections import hessian_sample_note, overview
+    rows = pl.DataFrame({"block": ["a", "a", "b"], "hessian_n": [128, 128, 256], "measure_n": [256, 256, 256]})
+    assert hessian_sample_note(rows) == "block a: Hessian on n=128, other geometry metrics on n=256"
+    assert hessian_sample_note(rows.filter(pl.col("block") == "b")) == ""
+    assert "the same samples as the other geometry metrics" in overview(rows.filter(pl.col("block") == "b"), "s")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from raystudy.spec import StudyError, Trial, canonical_regime, expand, load_study
+from raystudy.spec import StudyError, Trial, Verdicts, canonical_regime, expand, load_study, verdict_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "studies" / "smoke.yaml"
@@ -547,3 +547,43 @@ def test_readme_lists_every_result_column_and_metric():
     missing = [c.name for c in COLUMNS if f"{c.name}" not in readme]
     assert not missing, f"README lacks columns {missing}"
     assert all(m in readme for m in METRICS)
+
+
+def test_readme_verdicts_section_shows_the_defaults():
+    """The README's annotated study file lists every field of every family (it is no single valid study); its
+    verdicts section is, and states the defaults."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    example = readme.split("## The study file", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
+    assert verdict_settings(example, "README.md") == Verdicts()
+
+
+@pytest.mark.parametrize("body, message", [
+    ("verdicts: {alpha: 0.5}", "verdicts.alpha: Input should be less than 0.5"),
+    ("verdicts: {sharpness: {metrics: [ece]}}", "verdicts.sharpness.metrics[0]: unknown metric 'ece' for this group"),
+    ("verdicts: {safety: {metrics: [ece, ece]}}", "verdicts.safety.metrics[1]: 'ece' is listed twice"),
+    ("verdicts: {safety: {metrics: [ece], combine: any}}", "verdicts.safety.combine: Input should be 'all' or"),
+    ("verdicts: {sharpness: {metrics: []}}", "verdicts.sharpness.metrics: List should have at least 1 item"),
+    ("verdicts: {sharpness: {metrics: [sam_sharpness@x]}}", "the radius after @ must be a number > 0"),
+    ("verdicts: {fit_tolerance: 0}", "verdicts.fit_tolerance: Input should be greater than 0"),
+    ("verdicts: {primary: [ece]}", "verdicts.primary: unknown key"),
+])
+def test_verdict_settings_are_validated_with_one_line(write_study, body, message):
+    path = write_study(f"""
+        name: s
+        {body}
+        blocks:
+          - {{name: c, family: circles, task: circles, factor: 0.5, model: mlp, lr: 0.1, epochs: 1}}
+        """)
+    with pytest.raises(StudyError) as err:
+        load_study(path)
+    assert str(err.value).startswith(f"{path}: ") and message in str(err.value) and "\n" not in str(err.value)
+    # The report reads the same section from the study file as run, with the same one-line errors.
+    with pytest.raises(StudyError, match="verdicts"):
+        verdict_settings(path.read_text(), str(path))
+
+
+def test_verdict_settings_from_the_study_file_as_run():
+    assert verdict_settings("name: s\nblocks: []\n", "s.yaml") == Verdicts()  # other fields are not checked here
+    declared = verdict_settings("name: s\nverdicts: {sharpness: {metrics: [sam_sharpness@5e-3], combine: majority}}",
+                                "s.yaml")
+    assert declared.sharpness.metrics == ["sam_sharpness@5e-3"] and declared.sharpness.combine == "majority"

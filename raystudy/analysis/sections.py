@@ -43,6 +43,7 @@ def overview(df: pl.DataFrame, study_dir: str | Path) -> str:
         "geometry measured on": measurement_note(df) or "not recorded",
         "split / BN mode / augmented / samples": " / ".join(
             _distinct(df, c) for c in ("measured_on", "bn_mode", "augmented", "measure_n")),
+        "Hessian sample": hessian_sample_note(df) or "the same samples as the other geometry metrics",
     }
     counts = {
         "blocks": _distinct(df, "block"),
@@ -54,6 +55,21 @@ def overview(df: pl.DataFrame, study_dir: str | Path) -> str:
         "wall time summed over rows": f"{df['wall_s'].sum():.1f} s" if "wall_s" in df.columns else "not recorded",
     }
     return (f"<h2>Provenance</h2>{definition_list(provenance)}<h2>Counts</h2>{definition_list(counts)}")
+
+
+def hessian_sample_note(df: pl.DataFrame) -> str:
+    """Where the Hessian metrics saw fewer samples than the other geometry metrics (a study's choice of
+    ``hessian.max_samples``): 'block digits_cnn: Hessian on n=128, other geometry metrics on n=256'; empty when
+    every block measured the Hessian on the same sample."""
+    if not {"hessian_n", "measure_n"} <= set(df.columns):
+        return ""
+    rows = df.drop_nulls(["hessian_n", "measure_n"]).filter(pl.col("hessian_n") < pl.col("measure_n"))
+    if rows.is_empty():
+        return ""
+    by = rows.group_by("block" if "block" in rows.columns else pl.lit("all").alias("block")).agg(
+        pl.col("hessian_n").unique().sort(), pl.col("measure_n").unique().sort()).sort("block")
+    return "; ".join(f"block {b}: Hessian on n={'/'.join(map(str, h))}, other geometry metrics on "
+                     f"n={'/'.join(map(str, m))}" for b, h, m in by.iter_rows())
 
 
 def _drop_constant(frame: pl.DataFrame) -> pl.DataFrame:
@@ -126,6 +142,10 @@ def verdict_section(judgement: Judgement, df: pl.DataFrame, figures) -> list[str
            f"only when the declared metrics say so, otherwise it is inconclusive, with the reason. "
            f"{escape(settings_text(judgement.settings, judgement.settings_note))} "
            'The same verdicts are in <a href="verdicts.json">verdicts.json</a>.</p>']
+    if note := hessian_sample_note(df):
+        out.append(f'<p class="warn">The Hessian metrics saw a smaller sample than the other geometry metrics, as '
+                   f"the study chose (hessian.max_samples): {escape(note)}. Curvature on a subsample is biased "
+                   "upwards for small n.</p>")
     drawn = set()
     for v in found:
         where = f" (block {escape(v.block)})" if v.block else ""
