@@ -116,3 +116,28 @@ def test_cli_not_a_study_directory(tmp_path, make_dir):
     assert result.returncode == 2
     assert result.stderr == f"{target}: no results/ directory (not a study directory?)\n"
     assert result.stdout == "" and not (target / "report").exists()
+
+
+def test_crafted_rows_cannot_inject_the_page_or_read_outside_the_study(tmp_path):
+    """A Parquet file dropped into a shared bucket is data: its strings are escaped everywhere on the page, and a
+    predictions path pointing outside the study is never followed (a warning names it)."""
+    import polars as pl
+
+    study = write_study(tmp_path)
+    evil = "<script>alert(1)</script>"
+    rows = [dict(study="toy", block="<img src=x onerror=alert(2)>", family="images", task=evil, model=evil,
+                 regime=regime, seed=seed, trial_id=f"{evil}-{regime}-{seed}", step=10, epoch=10, final=True,
+                 status="ok", test_acc=0.9, train_acc=0.95, gen_gap=5.0, ece=0.1, fisher_rao=1.0 + seed,
+                 predictions="../../../../etc/passwd" if seed == 0 else f"results/x/../../../etc/{seed}.predictions.npz")
+            for regime in ("base", "sam") for seed in range(3)]
+    pl.DataFrame(rows).write_parquet(study / "results" / "crafted.parquet")
+    with pytest.warns(UserWarning, match="not a predictions file inside the study"):
+        page = build_report(study)
+    html = page.read_text()
+    blocks = re.findall(r'<script type="application/json" class="vl-spec">(.*?)</script>', html, flags=re.S)
+    assert blocks and not any("</" in b for b in blocks)  # chart data is JSON that cannot close its block
+    outside = re.sub(r'<script type="(application/json|module)"[^>]*>.*?</script>', "", html, flags=re.S)
+    assert "<script" not in outside and "<img" not in outside  # every string from rows escaped as text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html  # shown, as text
+    verdicts = json.loads((page.parent / "verdicts.json").read_text())
+    assert any(v["block"] == "<img src=x onerror=alert(2)>" for v in verdicts)  # JSON keeps the data as data

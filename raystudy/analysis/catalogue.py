@@ -32,8 +32,9 @@ def report_charts(df: pl.DataFrame) -> list[ReportChart]:
                         "(log step axis, step 0 not shown)."))
         if metric != "sam_sharpness":  # SAM-sharpness is the verdict's own chart
             entries.append((f"functions_{metric}_vs_complexity", functions_complexity_vs_sharpness(df, metric),
-                            f"Family A: final {label} against the measured complexity of the target, one point "
-                            "per function x seed - does sharpness follow the function being learned?"))
+                            f"Family A, raw numbers as the paper reports them: final {label} against the target's "
+                            "raw complexity (mean ||grad f||^2), one point per function x seed; both grow with the "
+                            "target's amplitude, so the verdict uses the scale-free chart at the top."))
     entries += [
         ("learning_curves", learning_curves(df),
          "Learning curves: each block's running training loss per epoch, mean over seeds, one line per regime "

@@ -4,6 +4,7 @@ regime-vs-base test of consistency runs on the pairs themselves (``consistency_t
 from __future__ import annotations
 
 import itertools
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -15,6 +16,19 @@ from raystudy.analysis.results import final_rows, ok_rows
 from raystudy.safety.consistency import disagreement, js_divergence
 
 Read = Callable[[str], tuple[np.ndarray, np.ndarray]]  # relative path -> (classes (N,), probabilities (N, C))
+
+
+def readable(df: pl.DataFrame, read: Read) -> tuple[pl.DataFrame, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """The rows of ``df`` whose stored predictions read (a path outside the study, a missing or damaged file is
+    left out with a warning naming it, never followed), and the predictions by path. Cost: reads each file once."""
+    loaded: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for path in df["predictions"].drop_nulls().unique(maintain_order=True):
+        try:
+            loaded[path] = read(path)
+        except Exception as err:  # a crafted or damaged row must not stop the report  # noqa: BLE001
+            warnings.warn(f"predictions {path!r} skipped: {str(err).splitlines()[0] if str(err) else type(err).__name__}",
+                          stacklevel=2)
+    return df.filter(pl.col("predictions").is_in(list(loaded))), loaded
 
 
 def add_consistency(df: pl.DataFrame, read: Read) -> pl.DataFrame:
@@ -29,12 +43,12 @@ def add_consistency(df: pl.DataFrame, read: Read) -> pl.DataFrame:
     config, condition = comparison_keys(df)
     keys = [*config, *condition, "epoch"]
     values: dict[tuple[str, int], tuple[float, float]] = {}
-    stored = df.filter(pl.col("predictions").is_not_null())
-    for group in stored.partition_by(keys, maintain_order=True):
+    stored, files = readable(df.filter(pl.col("predictions").is_not_null()), read)
+    for group in stored.partition_by(keys, maintain_order=True) if not stored.is_empty() else []:
         rows = group.unique(subset=["seed"], keep="last").sort("seed")
         if rows.height < 2:
             continue
-        loaded = [read(p) for p in rows["predictions"]]
+        loaded = [files[p] for p in rows["predictions"]]
         sums = np.zeros((rows.height, 2))
         for i, j in itertools.combinations(range(rows.height), 2):
             pair = (disagreement(_t(loaded[i][0]), _t(loaded[j][0])),
@@ -63,22 +77,21 @@ def consistency_tests(df: pl.DataFrame, read: Read) -> pl.DataFrame:
     pair counted once. Columns: the configuration and condition keys of ``aggregate.comparison_keys``, metric,
     n_pairs (seeds), mean_diff (regime minus base mean pairwise value), p (one-sided, "less": the regime's models
     agree more), p_reverse, method. Empty without two shared seeds anywhere. Cost: (2k)(2k - 1) / 2 comparisons
-    of N x C arrays per regime (base's own pairs computed once), each predictions file read once.
+    of N x C arrays per regime (base's own pairs computed once), each predictions file read once (one that does
+    not read is left out with a warning, see ``readable``).
     """
     rows = ok_rows(final_rows(df))
     if rows.is_empty() or "predictions" not in rows.columns or "regime" not in rows.columns:
         return pl.DataFrame()
-    rows = rows.filter(pl.col("predictions").is_not_null())
+    rows, loaded = readable(rows.filter(pl.col("predictions").is_not_null()), read)
+    if rows.is_empty():
+        return pl.DataFrame()
     config, condition = comparison_keys(df)
-    loaded: dict[str, tuple] = {}
     pair_cache: dict[tuple[str, str], tuple[float, float]] = {}
 
     def pair(a: str, b: str) -> tuple[float, float]:
         key = (a, b) if a <= b else (b, a)
         if key not in pair_cache:
-            for p in key:
-                if p not in loaded:
-                    loaded[p] = read(p)
             pa, pb = loaded[key[0]], loaded[key[1]]
             pair_cache[key] = (disagreement(_t(pa[0]), _t(pb[0])), js_divergence(_t(pa[1]), _t(pb[1])))
         return pair_cache[key]

@@ -88,8 +88,9 @@ def block_sections(df: pl.DataFrame, pair_tests: pl.DataFrame | None = None) -> 
                 "seeds); n_nonfinite counts diverged trials.</p>"]
     for block in sorted(df["block"].drop_nulls().unique().to_list()):
         rows = df.filter(pl.col("block") == block)
-        part = [f"<p>family {_distinct(rows, 'family')}; tasks {_distinct(rows, 'task')}; models "
-                f"{_distinct(rows, 'model')}; regimes {_distinct(rows, 'regime')}; seeds {_distinct(rows, 'seed')}</p>"]
+        part = ["<p>" + escape(f"family {_distinct(rows, 'family')}; tasks {_distinct(rows, 'task')}; models "
+                               f"{_distinct(rows, 'model')}; regimes {_distinct(rows, 'regime')}; seeds "
+                               f"{_distinct(rows, 'seed')}") + "</p>"]
         mine = summary.filter(pl.col("block") == block) if not summary.is_empty() else summary
         if mine.is_empty():
             part.append("<p>No trial of this block has reached its final checkpoint yet.</p>")

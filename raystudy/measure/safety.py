@@ -55,7 +55,13 @@ def write_predictions(store: Store, trial_id: str, epoch: int, logits: torch.Ten
 
 def read_predictions(store: Store, relative: str) -> tuple[np.ndarray, np.ndarray]:
     """(classes (N,) int64, probabilities (N, C) float64 renormalised after float16 storage) of a stored
-    file, given its path relative to the study root."""
-    with np.load(io.BytesIO(store.read_bytes(store.path(*relative.split("/"))))) as f:
+    file, given its path relative to the study root as a row records it. The path comes from a file anyone
+    with write access to the bucket could have crafted: ValueError unless it names a predictions file inside
+    the study's results/ folder (no '..', no absolute path), so nothing outside the study is ever read."""
+    parts = str(relative).split("/")
+    if (len(parts) < 3 or parts[0] != "results" or any(p in ("", ".", "..") or "\\" in p for p in parts)
+            or not parts[-1].endswith(".predictions.npz")):
+        raise ValueError(f"{relative!r} is not a predictions file inside the study's results/ folder")
+    with np.load(io.BytesIO(store.read_bytes(store.path(*parts))), allow_pickle=False) as f:
         pred, probs = f["pred"].astype(np.int64), f["probs"].astype(np.float64)
     return pred, probs / probs.sum(axis=1, keepdims=True)
