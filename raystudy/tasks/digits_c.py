@@ -26,8 +26,8 @@ NAME = f"digits-c-v{DIGITS_C_VERSION}"
 
 # Per corruption, the parameter at severities 1..5. Units: intensity is [0, 1], lengths are pixels.
 SEVERITY: dict[str, tuple[float, ...]] = {
-    "gaussian_noise": (0.1, 0.2, 0.3, 0.4, 0.5),           # noise std (rises)
-    "shot_noise": (20, 10, 6, 3, 1.5),                     # Poisson counts at intensity 1 (falls)
+    "gaussian_noise": (0.1, 0.2, 0.3, 0.4, 0.5),          # noise std (rises)
+    "shot_noise": (20, 10, 6, 3, 1.5),                    # Poisson counts at intensity 1 (falls)
     "impulse_noise": (0.03, 0.06, 0.10, 0.17, 0.27),      # fraction of pixels set to 0 or 1 (rises)
     "gaussian_blur": (0.4, 0.6, 0.8, 1.0, 1.2),           # kernel std, zero padding (rises)
     "contrast": (0.6, 0.45, 0.35, 0.25, 0.15),            # c in (x - mean) * c + mean, per-image mean (falls)
