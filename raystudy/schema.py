@@ -74,6 +74,9 @@ COLUMNS: tuple[Column, ...] = (
     Column("corruption_acc", F, "safety", "mean accuracy over every corruption x severity of the task's -C set"),
     Column("corruption_acc_by", pl.List(CORRUPTION_ACC), "safety",
            "accuracy on each corruption x severity: corruption, severity, acc, n (images)"),
+    Column("corruption_set", S, "provenance",
+           "the corruption set behind corruption_acc, with its generator's version if made in memory "
+           "(cifar10-c, digits-c-v1); null when not measured"),
     Column("disagreement", F, "safety",
            "1 - argmax agreement on the test set with each other seed of the same configuration, mean over them "
            "(computed by the analysis from the stored predictions)"),

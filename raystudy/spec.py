@@ -123,7 +123,7 @@ class Complexity(_Strict):
 
 class Corruption(_Strict):
     """The ``corruption`` metric: accuracy on every corruption x severity of the task's -C set, each on its
-    first ``max_samples`` images (None = all 10,000)."""
+    first ``max_samples`` images (None = all: 10,000 for CIFAR-10-C, 450 for digits-c)."""
     max_samples: int | None = Field(None, ge=1)
 
 
@@ -230,6 +230,8 @@ class Block(_Strict):
             bad = [m for m in self.metrics if m in CLASSIFICATION_METRICS]
             if bad:
                 raise _field_error("metrics", f"{', '.join(bad)} need a classification task, not 'functions'")
+        if self.family == "circles" and "corruption" in self.metrics:  # only image tasks have corruption sets
+            raise _field_error("metrics", "corruption needs an images task with a corruption set, not 'circles'")
         if self.family == "circles" and self.factor is None:
             raise _field_error("factor", "circles blocks need a factor (inner/outer radius ratio in (0, 1))")
         if self.family != "circles" and self.factor is not None:

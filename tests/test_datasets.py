@@ -15,6 +15,7 @@ from dataset_files import (
     write_tinyimagenet, write_tinyimagenet_c,
 )
 from raystudy.tasks import DatasetError, check_available, describe, load_task, resolve_root
+from raystudy.tasks.datasets import DATASETS, ImageDataset
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +188,7 @@ def test_tinyimagenet_c(tiny_root):
     assert torch.equal(x3, x[:3]) and torch.equal(y3, y[:3])
 
 
-def test_check_available_and_describe(cifar_root, tiny_root, tmp_path):
+def test_check_available_and_describe(cifar_root, tiny_root, tmp_path, monkeypatch):
     assert describe("cifar10") == ((3, 32, 32), 10) and describe("cifar100") == ((3, 32, 32), 100)
     assert describe("tinyimagenet") == ((3, 64, 64), 200) and describe("digits") == ((1, 8, 8), 10)
     root = cifar_root[0]
@@ -198,8 +199,10 @@ def test_check_available_and_describe(cifar_root, tiny_root, tmp_path):
         check_available("cifar100", str(root), corruptions=True)  # CIFAR-100-C not written
     assert one_line(err.value) == (f"{root / 'CIFAR-100-C'}: missing; run: python -m raystudy.data fetch "
                                    f"cifar100-c --root {root}")
+    assert check_available("digits", str(tmp_path), corruptions=True) is None  # digits-c is generated, no files
+    monkeypatch.setitem(DATASETS, "plain", ImageDataset("plain", (1, 8, 8), 10, None, None, 10))
     with pytest.raises(ValueError, match="no corruption"):
-        check_available("digits", str(tmp_path), corruptions=True)
+        check_available("plain", str(tmp_path), corruptions=True)
     with pytest.raises(KeyError, match="tinyimagenet"):
         describe("svhn")
 

@@ -70,3 +70,16 @@ def test_a_logger_whose_package_is_missing_is_refused(write_study, tmp_path, cap
         assert main([str(path), "--logger", "mlflow"]) == 2
         err = capsys.readouterr().err.strip()
         assert err == f"{path}: loggers: mlflow needs the mlflow package, which is not installed (uv add mlflow)"
+
+
+def test_corruption_metric_on_digits_passes_and_on_circles_is_refused(write_study, tmp_path, capsys):
+    """digits has a generated corruption set (digits-c, no files); circles has none, refused at load time."""
+    from raystudy.preflight import preflight
+    from raystudy.spec import load_study
+    path = _study(write_study, extra=f"    data_root: {tmp_path}/nodata\n    metrics: [corruption, consistency]\n")
+    preflight(load_study(path), path)
+    path = _study(write_study, family="circles", task="circles", extra="    factor: 0.5\n    metrics: [corruption]\n")
+    assert main([str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"{path}: blocks[0].metrics: corruption needs an images task with a corruption set, not 'circles'"
+    assert not (tmp_path / "runs").exists()

@@ -479,6 +479,23 @@ def test_every_shipped_study_file_is_valid(path):
     assert expand(load_study(path))
 
 
+def test_digits_study_is_family_c_paired_over_ten_seeds_and_passes_preflight():
+    """studies/digits.yaml: 2 models x 6 regimes x 10 seeds = 120 trials, every regime of a seed present (the
+    paired tests need it), corruption measured on digits-c, the Hessian on the other metrics' sample."""
+    from raystudy.preflight import preflight
+    path = Path(__file__).parent.parent / "studies" / "digits.yaml"
+    study = load_study(path)
+    preflight(study, path)
+    trials = expand(study)
+    assert len(trials) == 120
+    cells = collections.Counter((t.model, t.regime) for t in trials)
+    assert set(cells.values()) == {10} and len(cells) == 12
+    assert {t.regime for t in trials} == {"base", "sam", "aug", "aug+sam", "wd", "wd+sam"}
+    for block in study.blocks:
+        assert {"corruption", "consistency", "hessian", "sam_sharpness"} <= set(block.metrics)
+        assert block.hessian.max_samples is None
+
+
 def test_an_axis_the_regime_does_not_use_neither_names_nor_multiplies_it(write_study):
     """A SAM-radius sweep trains base (and wd) once per seed, not once per radius."""
     trials = expand(load_study(write_study("""

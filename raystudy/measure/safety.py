@@ -20,7 +20,8 @@ def corruption_columns(task: Task, model: nn.Module, loss_fn, on: OnDevice, max_
                        ) -> dict[str, Any]:
     """Accuracy on every (corruption, severity) set of the task's -C release, each on its first
     ``max_samples`` images (None = all): ``corruption_acc`` (mean over sets, every set weighted equally, as
-    the paper averages) and ``corruption_acc_by``. Cost: one eval pass per set (95 for CIFAR-10-C).
+    the paper averages), ``corruption_acc_by`` and ``corruption_set`` (the set's name, e.g. digits-c-v1,
+    so a row says which release or generator version it was measured on). Cost: one eval pass per set (95 for CIFAR-10-C).
     Raises ValueError when the task has no corruption set (the plan-time check should have said so)."""
     sets = task.corruptions
     if sets is None:
@@ -30,7 +31,8 @@ def corruption_columns(task: Task, model: nn.Module, loss_fn, on: OnDevice, max_
         x, y = sets.load(corruption, severity, max_samples)
         acc = evaluate(model, loss_fn, on(x, y)).accuracy
         by.append({"corruption": corruption, "severity": int(severity), "acc": acc, "n": len(y)})
-    return {"corruption_acc": float(np.mean([b["acc"] for b in by])), "corruption_acc_by": by}
+    return {"corruption_acc": float(np.mean([b["acc"] for b in by])), "corruption_acc_by": by,
+            "corruption_set": sets.name}
 
 
 def predictions_path(trial_id: str, epoch: int) -> str:

@@ -19,7 +19,8 @@ from .files import DatasetError, resolve_root
 @dataclass(frozen=True)
 class ImageDataset:
     """One image task: its input shape ``(C, H, W)``, number of classes, the release it loads, its
-    -C release (None when there is none) and its training-set size (for cost estimates)."""
+    -C release (None when there is none), its training-set size (for cost estimates), and whether its
+    loader generates a corruption set in memory instead (digits-c: no files to check)."""
 
     name: str
     in_shape: tuple[int, int, int]
@@ -27,10 +28,12 @@ class ImageDataset:
     release: str | None
     corruptions_release: str | None
     n_train: int
+    generated_corruptions: bool = False
 
 
 DATASETS: dict[str, ImageDataset] = {
-    "digits": ImageDataset("digits", (1, 8, 8), 10, None, None, 1347),  # ships with scikit-learn; 75% split
+    # Ships with scikit-learn (75% split); digits-c is made from its test split (tasks.digits_c).
+    "digits": ImageDataset("digits", (1, 8, 8), 10, None, None, 1347, generated_corruptions=True),
     "cifar10": ImageDataset("cifar10", cifar.IN_SHAPE, 10, "cifar10", "cifar10-c", 50_000),
     "cifar100": ImageDataset("cifar100", cifar.IN_SHAPE, 100, "cifar100", "cifar100-c", 50_000),
     "tinyimagenet": ImageDataset("tinyimagenet", tinyimagenet.IN_SHAPE, tinyimagenet.N_CLASSES,
@@ -99,11 +102,12 @@ def check_available(name: str, data_root: str | None = None, corruptions: bool =
     Tiny-ImageNet. Returns the release folder (None for ``digits``, which needs no files). Raises
     ``DatasetError`` naming the path, e.g. ``/data/cifar-10-batches-py/data_batch_3: missing; run:
     python -m raystudy.data fetch cifar10 --root /data``; ``KeyError`` for an unknown name;
-    ``ValueError`` when ``corruptions`` is asked of a task without a -C set.
+    ``ValueError`` when ``corruptions`` is asked of a task without a -C set. A generated set
+    (digits-c) needs no check.
     """
     ds = _dataset(name)
     folder = check_release(ds.release, data_root) if ds.release else None
-    if corruptions:
+    if corruptions and not ds.generated_corruptions:
         if ds.corruptions_release is None:
             raise ValueError(f"images task {name!r} has no corruption (-C) test set")
         check_release(ds.corruptions_release, data_root)
