@@ -56,7 +56,7 @@ def test_page_is_offline_and_complete(report):
     assert "<h2>Does sharpness track generalisation and safety?</h2>" in html
     assert "Family A (block functions): <span class=\"verdict inconclusive\">inconclusive</span>" in html
     assert "Family B (block circles): <span class=\"verdict supported\">supported</span>" in html
-    assert "sharpness relative to the target variance" in html and "Settings (defaults (no study.yaml" in html
+    assert "sharpness relative to the target variance" in html and "Settings (the defaults: no study.yaml" in html
     assert '<a href="verdicts.json">verdicts.json</a>' in html
     assert outside.count("<svg") == len(CHARTS) == html.count("<figcaption>") == html.count('class="vl-spec"')
     ids = re.findall(r'\bid="([^"]+)"', html)
@@ -81,7 +81,7 @@ def test_verdicts_json_beside_the_page_and_verdicts_only(report, tmp_path):
         ("A", "functions", "inconclusive"), ("B", "circles", "supported"), ("C", "digits", "inconclusive")]
     for v in written:
         assert v["method"] and v["why"] and v["claim"] and v["n_seeds"] >= 2 and v["statistics"]
-        assert v["settings"]["alpha"] == 0.05 and v["settings_source"].startswith("defaults")
+        assert v["settings"]["alpha"] == 0.05 and v["settings_source"].startswith("the defaults")
     # --verdicts-only: the same verdicts, no page, no charts, settings from the study file as run.
     study = write_study(tmp_path)
     (study / "study.yaml").write_text("name: toy\nverdicts: {alpha: 0.01, sharpness: {metrics: [fisher_rao]}}\n")

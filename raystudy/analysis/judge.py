@@ -38,13 +38,13 @@ def declared_settings(store: Store) -> tuple[Verdicts, str]:
     the report states which settings decided."""
     path = store.path("study.yaml")
     if not store.exists(path):
-        return Verdicts(), "defaults (no study.yaml in the study folder)"
+        return Verdicts(), "the defaults: no study.yaml in the study folder"
     try:
         text = store.read_bytes(path).decode("utf-8")
         settings = verdict_settings(text, store.uri_of(path))
     except (StudyError, UnicodeDecodeError) as err:
-        return Verdicts(), f"defaults (the study file's verdicts section could not be read: {err})"
-    return settings, "declared in study.yaml" if "verdicts" in text else "defaults (study.yaml declares none)"
+        return Verdicts(), f"the defaults: the study file's verdicts section could not be read: {err}"
+    return settings, "declared in study.yaml" if "verdicts" in text else "the defaults: study.yaml declares none"
 
 
 def judge(store: Store, rows: pl.DataFrame | None = None) -> Judgement:
