@@ -43,25 +43,23 @@ def _functions_long(df: pl.DataFrame, settings: Verdicts) -> pl.DataFrame:
 def functions_verdict_chart(df: pl.DataFrame, settings: Verdicts) -> alt.Chart | None:
     """Family A's verdict chart: final SAM-sharpness / target variance against the target's shape complexity
     (log axes; both invariant to the target's amplitude), one point per target x seed, faceted by radius; a
-    target the verdict left out (not fitted) is drawn as a hollow cross."""
+    target the verdict left out (not fitted) is drawn as a cross."""
     long = _functions_long(df, settings)
     if long.is_empty():
         return None
-    chart = alt.Chart(long).mark_point(size=60).encode(
+    chart = alt.Chart(long).mark_point(size=60, filled=True, opacity=0.85).encode(
         x=alt.X("shape_complexity:Q", scale=scale_for(long["shape_complexity"]),
                 title="target shape complexity (mean ||grad f||^2 / Var f)"),
         y=alt.Y("relative:Q", scale=scale_for(long["relative"]), title="SAM-sharpness / target variance"),
         color=alt.Color("task:N", title="target function"),
         shape=alt.Shape("kept:N", title="verdict", scale=alt.Scale(domain=["kept", "excluded: not fitted"],
                                                                     range=["circle", "cross"])),
-        fill=alt.Fill("kept:N", legend=None, scale=alt.Scale(domain=["kept", "excluded: not fitted"],
-                                                             range=["currentColor", "transparent"])),
         tooltip=["trial_id", "target", "seed", "kept", alt.Tooltip("rho:Q", format="g"),
                  alt.Tooltip("shape_complexity:Q", format=".4g"), alt.Tooltip("relative:Q", format=".4g"),
                  alt.Tooltip("raw:Q", title="raw SAM-sharpness", format=".4g")],
     ).properties(width=WIDTH, height=HEIGHT)
     if long["rho"].n_unique() > 1:
-        chart = chart.facet(facet=alt.Facet("rho:O", title="perturbation radius rho"), columns=3).resolve_scale(
+        chart = chart.facet(facet=alt.Facet("rho:O", title="perturbation radius rho"), columns=2).resolve_scale(
             y="independent")
     rows = ok_rows(final_rows(df)).filter(pl.col("family") == "functions")
     return chart.properties(title=chart_title(rows, "Family A: scale-free sharpness vs the target's shape complexity"))
