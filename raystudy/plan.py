@@ -25,6 +25,7 @@ class Plan:
     to_train: list[Trial]  # not every checkpoint exists yet
     to_measure: list[str]  # checkpoints without a current result row
     damaged: list[str]  # result files that are not complete Parquet files: "path: problem", re-measured
+    measured: int = 0  # checkpoints of the study's trials with a current row already
 
 
 def open_store(study: Study, study_path: str, storage: str | None = None) -> Store:
@@ -79,7 +80,8 @@ def plan(study_path: str, fresh: bool = False, storage: str | None = None, remea
         to_measure += unmeasured
         if not set(t.checkpoints) <= epochs:
             to_train.append(t)
-    return Plan(study, trials, store, to_train, to_measure, damaged)
+    current = sum((t.trial_id, e) in done for t in trials for e in t.checkpoints)
+    return Plan(study, trials, store, to_train, to_measure, damaged, current)
 
 
 def _set_aside(store: Store, path: str, err: CheckpointError) -> str:

@@ -18,22 +18,41 @@ from raystudy.preflight import preflight
 from raystudy.spec import StudyError, expand, load_study
 
 
-def connect(address: str | None, num_cpus: int | None) -> str:
+def quiet_ray(verbose: int) -> None:
+    """Ray's own console output only when asked for (``-vv``): its INFO logging, the token-auth and packaging
+    notices. And no second environment: under ``uv run`` Ray would rebuild the driver's uv environment for
+    its workers on every run (~18 s); the workers of a local instance, and the nodes of a cluster.yaml
+    cluster, already run this locked environment. ``RAY_ENABLE_UV_RUN_RUNTIME_ENV=1`` brings it back."""
+    import logging
+
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    from ray._private import ray_constants
+    ray_constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV = os.environ["RAY_ENABLE_UV_RUN_RUNTIME_ENV"] not in ("0", "false")
+    if verbose < 3:
+        for name in ("ray", "ray.tune", "ray.train", "ray.data"):
+            logging.getLogger(name).setLevel(logging.WARNING if verbose >= 2 else logging.ERROR)
+
+
+def connect(address: str | None, num_cpus: int | None, verbose: int = 1) -> str:
     """Join the cluster asked for (``--address``, ``RAY_ADDRESS``) or one started with ``ray start`` on
     this machine; otherwise start a new local Ray instance of our own, even when another program (another
-    study) runs one here: joining it would share its CPUs and die with it. Returns what it did, in words."""
+    study) runs one here: joining it would share its CPUs and die with it. Worker output reaches this
+    console only at ``verbose >= 3`` (``-vv``): failures reach it anyway, as one line per trial or
+    checkpoint. Returns what it did, in words."""
     import ray
     from ray._private.services import find_bootstrap_address, find_gcs_addresses
 
     if ray.is_initialized():
         return "using the Ray instance this process already holds"
+    quiet_ray(verbose)
+    logs = {"log_to_driver": verbose >= 3, "logging_level": "INFO" if verbose >= 3 else "ERROR"}
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, **logs)
         return f"joined the Ray cluster at {address}"
     started = find_bootstrap_address(None)  # written by `ray start` only, not by another program's ray.init
     if started and started in find_gcs_addresses():
-        ray.init(address=started, log_to_driver=True)
+        ray.init(address=started, **logs)
         return f"joined the cluster `ray start` runs at {started}"
     # A one-machine instance on the loopback address: its GCS, raylet and metrics endpoint (the study's own
     # metrics among them, served without a token) listen on 127.0.0.1 only, not on every interface. Ray
@@ -41,7 +60,7 @@ def connect(address: str | None, num_cpus: int | None) -> str:
     from ray._private import ray_constants
     os.environ.setdefault(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, "0")  # for the processes Ray starts
     ray_constants.ENABLE_RAY_CLUSTER = os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] != "0"  # read at import
-    ray.init(address="local", num_cpus=num_cpus, log_to_driver=True)
+    ray.init(address="local", num_cpus=num_cpus, **logs)
     return f"started a local Ray instance ({int(ray.cluster_resources().get('CPU', 0))} CPUs)"
 
 
@@ -53,11 +72,12 @@ def check_cluster(p: Plan, study_path: str) -> list[str]:
     return check_resources(p.study, study_path, nodes, types)
 
 
-def say_measured(out: dict) -> None:
+def say_measured(out: dict) -> str:
+    """The ``[measured]`` line of one checkpoint (printed with ``-v``)."""
     bits = [f"{k}={out[k]:.4g}" for k in ("test_acc", "test_loss", "sam_sharpness", "hessian_lambda_max")
             if isinstance(out.get(k), float)]
-    print(f"[measured] {out['trial_id']} epoch {out['epoch']} ({out['status']}, {out['wall_s']:.1f}s) "
-          + " ".join(bits), flush=True)
+    return (f"[measured] {out['trial_id']} epoch {out['epoch']} ({out['status']}, {out['wall_s']:.1f}s) "
+            + " ".join(bits))
 
 
 @dataclass
@@ -70,52 +90,70 @@ class Outcome:
 def execute(p: Plan, address: str | None = None, num_cpus: int | None = None, verbose: int = 1,
             study_path: str = "study") -> Outcome:
     """Train what is left and measure every checkpoint, through Ray. Raises StudyError, before any trial
-    or measuring actor starts, when the cluster can never provide what the study asks for."""
+    or measuring actor starts, when the cluster can never provide what the study asks for.
+
+    ``verbose``: 0 prints nothing, 1 the progress line, 2 also a ``[measured]`` line per checkpoint,
+    3 also Tune's own output (a status table every 30 s, every trial's configuration and result) and Ray's
+    logs, 4 Tune at its most detailed."""
     from raystudy.cluster import metrics
     from raystudy.cluster.pool import MeasurePool
+    from raystudy.cluster.progress import Progress
     from raystudy.cluster.trials import run_trials
 
-    joined = connect(address, num_cpus)
-    if verbose:
+    joined = connect(address, num_cpus, verbose)
+    if verbose >= 2:
         print(f"ray: {joined}", flush=True)
     for warning in check_cluster(p, study_path):
         print(f"warning: {warning}", file=sys.stderr, flush=True)
     metrics.set_study(p.study.name)
+    progress = Progress(len(p.trials), sum(len(t.checkpoints) for t in p.trials),
+                        trials_done=len(p.trials) - len(p.to_train), checkpoints_done=p.measured,
+                        out=sys.stdout if verbose else open(os.devnull, "w"))
+
+    def on_result(out: dict) -> None:
+        if verbose >= 2:
+            progress.say(say_measured(out))
+        progress.checkpoint_measured(ok=True)
+
     a = p.study.analysis
     pool = MeasurePool(p.store.uri, trials={t.trial_id: t.to_dict() for t in p.trials}, size=a.actors,
-                       cpus=a.cpus, gpus=a.gpus)
+                       cpus=a.cpus, gpus=a.gpus, on_result=on_result,
+                       on_error=lambda line: progress.checkpoint_measured(ok=False))
     failed, interrupted = {}, []
     try:
         for path in p.to_measure:
             pool.submit(path)
         if p.to_train:
-            failed, interrupted = run_trials(p.to_train, p.store, pool, say_measured, verbose=verbose,
+            failed, interrupted = run_trials(p.to_train, p.store, pool, verbose=max(verbose - 2, 0),
                                              cap=p.study.max_concurrent_trials, max_failures=p.study.max_failures,
-                                             logger_names=tuple(p.study.loggers))
+                                             logger_names=tuple(p.study.loggers),
+                                             on_trial_end=lambda bad: progress.trial_ended(failed=bad),
+                                             tick=progress.tick)
         if not interrupted:  # after a Ctrl-C stop now: unmeasured checkpoints wait for the rerun
-            pool.drain(say_measured)
+            pool.drain(progress.tick)
             # A checkpoint saved just before a trial died never reached Tune: sweep storage once more.
             for path in still_unmeasured(p):
                 pool.submit(path)
-            pool.drain(say_measured)
+            pool.drain(progress.tick)
     finally:
+        progress.close()
         pool.shutdown()
     return Outcome(failed, list(pool.errors), interrupted)
 
 
-def summarise(p: Plan) -> None:
-    """The closing summary: rows on storage, and each claim's verdict in one line, as the report's
-    verdicts.json states them (written by the report just built)."""
+def summarise(p: Plan, report: object) -> None:
+    """The closing lines: rows on storage, the report's location, then each claim's verdict in one line,
+    as the report's verdicts.json states them."""
     import json
 
     from raystudy.analysis.judge import VERDICTS_FILE
     from raystudy.analysis.results import final_rows, load_results
     df = load_results(p.store)
-    if df.is_empty():
-        return
-    not_ok = df.filter(df["status"] != "ok").height if "status" in df.columns else 0
-    print(f"summary: {final_rows(df)['trial_id'].n_unique()} of {len(p.trials)} trials finished, {df.height} "
-          f"checkpoints measured ({not_ok} not ok)", flush=True)
+    if not df.is_empty():
+        not_ok = df.filter(df["status"] != "ok").height if "status" in df.columns else 0
+        print(f"summary: {final_rows(df)['trial_id'].n_unique()} of {len(p.trials)} trials finished, {df.height} "
+              f"checkpoints measured ({not_ok} not ok)", flush=True)
+    print(f"report: {report}", flush=True)
     path = f"{p.store.path('report')}/{VERDICTS_FILE}"
     if p.store.exists(path):
         for v in json.loads(p.store.read_bytes(path)):
@@ -157,7 +195,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="also send Tune's per-epoch results here (repeatable; adds to the study's loggers)")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the grid and an estimate of training device-hours; start nothing")
+    talk = parser.add_mutually_exclusive_group()
+    talk.add_argument("-q", "--quiet", action="store_true", help="print only the closing summary")
+    talk.add_argument("-v", "--verbose", action="count", default=0,
+                      help="-v: a [measured] line per checkpoint; -vv: also Tune's and Ray's own output "
+                           "(status tables, every trial's configuration and result, worker logs)")
     args = parser.parse_args(argv)
+    args.verbosity = 0 if args.quiet else 1 + args.verbose
     t0 = time.perf_counter()
     if args.dry_run:
         return dry_run(args.study)
@@ -182,30 +226,41 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(p: Plan, args: argparse.Namespace, t0: float) -> int:
-    print(f"study {p.study.name}: {len(p.trials)} trials, {len(p.to_train)} to train, "
-          f"{len(p.to_measure)} checkpoints to measure first -> {p.store.uri}", flush=True)
+    say = print if args.verbosity else (lambda *a, **k: None)
+    say(f"study {p.study.name}: {len(p.trials)} trials, {len(p.to_train)} to train, "
+        f"{len(p.to_measure)} checkpoints to measure first -> {p.store.uri}", flush=True)
     for line in p.damaged:
         print(f"damaged result: {line}", file=sys.stderr, flush=True)
-    try:
-        out = execute(p, args.address, args.num_cpus, study_path=args.study)
-    except KeyboardInterrupt:
-        out = Outcome({}, [], ["(driver)"])
+    if p.to_train or p.to_measure:
+        try:
+            out = execute(p, args.address, args.num_cpus, verbose=args.verbosity, study_path=args.study)
+        except KeyboardInterrupt:
+            out = Outcome({}, [], ["(driver)"])
+    else:  # nothing to train or measure: no Ray at all
+        out = Outcome({}, [], [])
     if out.interrupted:
         print(f"interrupted: {len(out.interrupted)} trials unfinished; rerun the same command to resume",
               file=sys.stderr)
         return 130
+    report = None
     if not args.no_report:
+        from raystudy.analysis.freshness import report_is_current
         from raystudy.report import build_report
-        print(f"report: {build_report(p.store.uri)}")
-        summarise(p)
-    print(f"done in {time.perf_counter() - t0:.0f}s", flush=True)
+        if out.failed or out.measure_errors or not report_is_current(p.store):
+            report = build_report(p.store.uri)
+        else:  # a report built from exactly these rows (and this study file) is already there
+            report = f"{p.store.uri_of(p.store.path('report'))}/index.html (current: built from these rows)"
     for tid, err in out.failed.items():
         print(f"failed: {tid}: {err}", file=sys.stderr)
     for err in out.measure_errors:
         print(f"not measured: {err}", file=sys.stderr)
+    print(f"done in {time.perf_counter() - t0:.0f}s", flush=True)
+    if report is not None:  # the answer last: where the report is, and the verdicts
+        summarise(p, report)
     if any("corrupt checkpoint" in e for e in out.measure_errors):
         return 2
     return 1 if out.failed or out.measure_errors else 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -10,6 +10,7 @@ import polars as pl
 
 from raystudy.analysis.catalogue import report_charts
 from raystudy.analysis.consistency import add_consistency
+from raystudy.analysis.freshness import fingerprint, record_built_from
 from raystudy.analysis.html import chart_spec, figure, inline_svg, page, png_bytes
 from raystudy.analysis.judge import judge, write_verdicts
 from raystudy.analysis.results import load_results
@@ -51,6 +52,7 @@ def write_report(study: str | Path) -> Path | str:
     per chart.
     """
     store = Store(study)
+    built_from = fingerprint(store)  # before reading: rows written meanwhile make the report stale
     rows = load_results(store)
     judgement = judge(store, rows)
     write_verdicts(store, judgement)
@@ -64,4 +66,5 @@ def write_report(study: str | Path) -> Path | str:
         body = (verdict_section(judgement, df, figures) + stale_batchnorm(df) + correlation_section(df, figures)
                 + [overview(df, store.uri)] + block_sections(df, judgement.pair_tests) + chart_sections(df, figures))
     store.write_text(f"{out}/index.html", page(f"raystudy report: {name or store.name}", body))
+    record_built_from(store, built_from)
     return Path(f"{out}/index.html") if store.local else store.uri_of(f"{out}/index.html")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import ray
 
@@ -51,7 +51,9 @@ class _Job:
 @dataclass
 class MeasurePool:
     """``trials``: trial id -> the trial as the study file says now (``Trial.to_dict``), so a checkpoint is
-    measured under the current measurement settings, not those it was trained with."""
+    measured under the current measurement settings, not those it was trained with. ``on_result(out)`` is
+    called for every checkpoint measured and ``on_error(line)`` for every one that could not be, whichever
+    call (submit, pump, drain) collected it: no result goes unreported."""
     store_uri: str
     trials: dict[str, dict[str, Any]] = field(default_factory=dict)
     size: int = 1
@@ -60,6 +62,8 @@ class MeasurePool:
     queue: list[_Job] = field(default_factory=list)
     done: list[dict[str, Any]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    on_result: Callable[[dict[str, Any]], None] | None = None
+    on_error: Callable[[str], None] | None = None
 
     def __post_init__(self) -> None:
         self._idle = [self._new_actor() for _ in range(self.size)]
@@ -74,11 +78,12 @@ class MeasurePool:
     def depth(self) -> int:
         return len(self.queue) + len(self._running)
 
-    def submit(self, path: str) -> None:
-        if path not in self._seen:  # Tune may repeat a result; measure each checkpoint once
+    def submit(self, path: str) -> list[dict[str, Any]]:
+        """Queue a checkpoint (once: Tune may repeat a result) and pump; returns what ``pump`` collected."""
+        if path not in self._seen:
             self._seen.add(path)
             self.queue.append(_Job(path))
-        self.pump()
+        return self.pump()
 
     def pump(self) -> list[dict[str, Any]]:
         """Start queued work on idle actors and return results finished since the last call."""
@@ -108,28 +113,36 @@ class MeasurePool:
             if job.tries < 2:
                 self.queue.append(job)
             else:
-                self.errors.append(f"{job.path}: measuring process died twice")
+                self._error(f"{job.path}: measuring process died twice")
             return []
         except ray.exceptions.RayTaskError as err:
             self._idle.append(actor)
-            self.errors.append(f"{job.path}: measurement failed: {str(err.cause).splitlines()[0]}")
+            self._error(f"{job.path}: measurement failed: {str(err.cause).splitlines()[0]}")
             return []
         self._idle.append(actor)
         if "error" in out:
-            self.errors.append(out["error"])
+            self._error(out["error"])
             return []
         metrics.measured(time.perf_counter() - t0)
         self.done.append(out)
+        if self.on_result:
+            self.on_result(out)
         return [out]
 
-    def drain(self, on_result=None) -> None:
-        """Block until every queued checkpoint is measured."""
+    def _error(self, line: str) -> None:
+        self.errors.append(line)
+        if self.on_error:
+            self.on_error(line)
+
+    def drain(self, tick: Callable[[], None] | None = None) -> None:
+        """Block until every queued checkpoint is measured (results go to ``on_result``); ``tick()`` is
+        called about once a second meanwhile (the progress line)."""
         while self.depth:
             if self._running:
                 ray.wait(list(self._running), num_returns=1, timeout=1.0)
-            for out in self.pump():
-                if on_result:
-                    on_result(out)
+            self.pump()
+            if tick:
+                tick()
 
     def shutdown(self) -> None:
         for actor in self._idle + [a for a, _, _ in self._running.values()]:

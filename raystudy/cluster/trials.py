@@ -12,9 +12,11 @@ Train's for real workers) and its loop resumes from the trial's resume point on 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from typing import Any
+import os
+from typing import Any, Callable
 
 import ray
 from ray import train, tune
@@ -123,31 +125,36 @@ def max_concurrent(trials: list[Trial], pool_cpus: float, pool_gpus: float, cap:
 
 
 class FeedPool(tune.Callback):
-    """Hands every reported checkpoint to the analysis pool the moment Tune sees it."""
+    """Hands every reported checkpoint to the analysis pool the moment Tune sees it (the pool reports what
+    it measured itself); ``on_trial_end(failed)`` hears of every trial that ends, ``tick()`` of every
+    step of Tune's loop (the progress line)."""
 
-    def __init__(self, pool: MeasurePool, say):
-        self.pool, self.say = pool, say
+    def __init__(self, pool: MeasurePool, on_trial_end: Callable[[bool], None] | None = None,
+                 tick: Callable[[], None] | None = None):
+        self.pool, self.on_trial_end, self.tick = pool, on_trial_end, tick
         self.ended: set[str] = set()  # trial ids that completed or errored (the rest were interrupted)
-
-    def _pump(self) -> None:
-        for out in self.pool.pump():
-            self.say(out)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if result.get("checkpoint"):
             self.pool.submit(result["checkpoint"])
-        self._pump()
+        self.pool.pump()
 
     def on_step_end(self, iteration, trials, **info):
-        self._pump()
+        self.pool.pump()
+        if self.tick:
+            self.tick()
+
+    def _ended(self, trial, failed: bool) -> None:
+        self.ended.add(trial.config["trial_id"])
+        metrics.trial_finished(failed=failed)
+        if self.on_trial_end:
+            self.on_trial_end(failed)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.ended.add(trial.config["trial_id"])
-        metrics.trial_finished()
+        self._ended(trial, failed=False)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.ended.add(trial.config["trial_id"])
-        metrics.trial_finished(failed=True)
+        self._ended(trial, failed=True)
 
 
 def loggers(names: list[str], study: str) -> list[tune.Callback]:
@@ -163,13 +170,16 @@ def loggers(names: list[str], study: str) -> list[tune.Callback]:
     return out
 
 
-def run_trials(trials: list[Trial], store: Store, pool: MeasurePool, say, verbose: int = 1,
-               cap: int | None = None, max_failures: int = 2, logger_names: tuple[str, ...] = ()
+def run_trials(trials: list[Trial], store: Store, pool: MeasurePool, verbose: int = 0,
+               cap: int | None = None, max_failures: int = 2, logger_names: tuple[str, ...] = (),
+               on_trial_end: Callable[[bool], None] | None = None, tick: Callable[[], None] | None = None,
                ) -> tuple[dict[str, str], list[str]]:
     """Train ``trials`` with Ray Tune, feeding checkpoints to ``pool``; a trial whose process dies (or
     whose training raises) is retried up to ``max_failures`` times (the study's ``max_failures``), each
-    time from its last resume point. Returns ``({trial_id: error}`` for the trials that failed after
-    their retries, ``[trial_id]`` of those a Ctrl-C stopped before they ended)."""
+    time from its last resume point. ``verbose`` is Tune's own console verbosity (0 silent, 1 a status
+    table every 30 s, 2 every trial's configuration and results); ``on_trial_end``/``tick`` feed the
+    progress line. Returns ``({trial_id: error}`` for the trials that failed after their retries,
+    ``[trial_id]`` of those a Ctrl-C stopped before they ended)."""
     by_id = {t.trial_id: t.to_dict() for t in trials}
     local = sum(t.resources["workers"] == 0 for t in trials)
     if local and verbose:
@@ -177,7 +187,7 @@ def run_trials(trials: list[Trial], store: Store, pool: MeasurePool, say, verbos
               "trial's process, no worker start-up", flush=True)
     trainable = tune.with_parameters(run_trial, trials=by_id, store_uri=store.uri, max_failures=max_failures)
     trainable = tune.with_resources(trainable, lambda config: trial_resources(by_id[config["trial_id"]]))
-    feed = FeedPool(pool, say)
+    feed = FeedPool(pool, on_trial_end, tick)
     tuner = tune.Tuner(
         trainable,
         param_space={"trial_id": tune.grid_search(list(by_id))},
@@ -192,7 +202,11 @@ def run_trials(trials: list[Trial], store: Store, pool: MeasurePool, say, verbos
                                   verbose=verbose, callbacks=[feed, *loggers(list(logger_names), trials[0].study)],
                                   failure_config=tune.FailureConfig(max_failures=max_failures)),
     )
-    grid = tuner.fit()
+    # Tune prints its experiment banner and TensorBoard hint whatever ``verbose`` says
+    # (ray/tune/experimental/output.py): silenced with the rest at 0. The progress line and the [measured]
+    # lines hold their own handle on stdout, so they still show.
+    with contextlib.redirect_stdout(open(os.devnull, "w")) if not verbose else contextlib.nullcontext():
+        grid = tuner.fit()
     failed = {}
     for result in grid:
         if result.error is not None:

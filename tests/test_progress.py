@@ -1,0 +1,121 @@
+"""The console: one progress line (in place on a terminal, throttled in a log), the closing lines, and a
+rerun with nothing to do that starts no Ray and rebuilds no report."""
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from raystudy.cluster.progress import Progress
+
+
+class Clock:
+    def __init__(self):
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_line_counts_failures_and_eta():
+    clock = Clock()
+    p = Progress(trials=4, checkpoints=12, trials_done=1, checkpoints_done=3, out=io.StringIO(), tty=False,
+                 clock=clock)
+    assert p.line() == "trials 1/4  checkpoints 3/12  0 failed  0s  ETA -"
+    clock.t += 30
+    p.checkpoint_measured()
+    p.checkpoint_measured()
+    p.checkpoint_measured(ok=False)
+    p.trial_ended(failed=True)
+    # 2 checkpoints in 30 s, 7 left: 105 s. Resumed rows do not count toward the rate.
+    assert p.line() == "trials 2/4  checkpoints 5/12  1 failed  1 not measured  30s  ETA 1m45s"
+
+
+def test_log_output_is_throttled():
+    clock, out = Clock(), io.StringIO()
+    p = Progress(trials=2, checkpoints=100, out=out, tty=False, every_s=10, clock=clock)
+    for _ in range(50):  # 50 results within 5 s: one line, not 50
+        clock.t += 0.1
+        p.checkpoint_measured()
+    clock.t += 10
+    p.checkpoint_measured()
+    p.close()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3 and lines[-1].startswith("trials 0/2  checkpoints 51/100")
+
+
+def test_terminal_line_is_redrawn_in_place_and_messages_keep_it():
+    clock, out = Clock(), io.StringIO()
+    p = Progress(trials=1, checkpoints=2, out=out, tty=True, clock=clock)
+    p.checkpoint_measured()
+    p.say("[measured] t epoch 1")
+    p.checkpoint_measured()
+    p.close()
+    text = out.getvalue()
+    assert text.count("\n") == 2  # the message and the final line; every redraw is "\r"
+    assert "\r\033[K[measured] t epoch 1\n" in text and text.endswith("checkpoints 2/2  0 failed  0s  done\n")
+
+
+STUDY = """\
+name: mini
+storage: {storage}
+analysis: {{actors: 1, cpus: 1}}
+blocks:
+  - name: fn
+    family: functions
+    task: [sphere, rastrigin]
+    model: mlp
+    model_args: {{hidden: [8]}}
+    seed: [0, 1]
+    optimizer: adam
+    lr: 0.01
+    epochs: 4
+    checkpoints: [0, 2, 4]
+    n_train: 64
+    n_test: 64
+    sharpness: {{rhos: [0.005], draws: 4}}
+"""
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    code = textwrap.dedent(f"""
+        import sys
+        from raystudy.run import main
+        code = main({list(args)!r})
+        print("RAY_IMPORTED", "ray" in sys.modules)
+        sys.exit(code)
+    """)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=cwd)
+
+
+@pytest.mark.slow
+def test_console_reads_like_a_summary_and_a_noop_rerun_starts_nothing(tmp_path):
+    study = tmp_path / "mini.yaml"
+    study.write_text(STUDY.format(storage=tmp_path / "runs"))
+    first = _cli(str(study), "--num-cpus", "2", "-v", cwd=tmp_path)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    out = first.stdout.splitlines()
+    assert "Traceback" not in first.stdout + first.stderr and not first.stderr.strip(), first.stderr
+    assert sum(line.startswith("[measured]") for line in out) == 12  # one per checkpoint, none lost
+    assert not any("Configuration for experiment" in line or "tensorboard" in line.lower() for line in out)
+    assert len(out) < 40, "\n".join(out)
+    assert out[-3].startswith("report: ") and out[-2].startswith("verdict A (fn): ")  # the answer last
+    assert out[-4].startswith("summary: 4 of 4 trials finished, 12 checkpoints measured")
+    report = tmp_path / "runs" / "mini" / "report" / "index.html"
+    built = report.stat().st_mtime_ns
+
+    again = _cli(str(study), "-q", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    lines = again.stdout.splitlines()
+    assert lines[-1] == "RAY_IMPORTED False"  # nothing to train or measure: Ray never started
+    assert any("(current: built from these rows)" in line for line in lines)
+    assert report.stat().st_mtime_ns == built and not lines[0].startswith("study mini")  # -q: summary only
+
+    (tmp_path / "runs" / "mini" / "results").joinpath("stray.parquet").write_bytes(b"")  # rows changed
+    from raystudy.analysis.freshness import report_is_current
+    from raystudy.storage import Store
+    assert not report_is_current(Store(tmp_path / "runs" / "mini"))
