@@ -1,5 +1,11 @@
+import os
 import textwrap
 from pathlib import Path
+
+# Under `uv run pytest` Ray would rebuild this uv environment for the workers of every Ray instance a test
+# starts (~10-20 s each); the workers of a local instance run this same environment already. (The CLI sets
+# the same default for itself: raystudy.run.quiet_ray.) Set before any test module imports Ray.
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
 import pytest
 import torch
