@@ -17,8 +17,9 @@ import torch
 from torch import Tensor, nn
 
 from raystudy.geometry.data import Batch, LossFn
-from raystudy.geometry.hvp import HessianOperator, as_operator
+from raystudy.geometry.hvp import as_operator
 from raystudy.geometry.lanczos import BASIS_MEMORY_BYTES
+from raystudy.geometry.operator import LinearOperator, Products
 from raystudy.geometry.trace import rademacher
 
 
@@ -51,7 +52,7 @@ class DensityResult:
     backend: str
 
 
-def _lanczos_runs(op: HessianOperator, V0: Tensor, n_steps: int, reorth: bool
+def _lanczos_runs(op: Products, V0: Tensor, n_steps: int, reorth: bool
                   ) -> list[tuple[Tensor, Tensor, float]]:
     """Lanczos from each row of V0 (unit rows), all runs in one block per step. Returns per run the
     diagonal alpha (m,), off-diagonal beta (m-1,) of T and the last beta (the residual coupling)."""
@@ -97,7 +98,7 @@ def _lanczos_runs(op: HessianOperator, V0: Tensor, n_steps: int, reorth: bool
             for k in range(r)]
 
 
-def slq_density(op: HessianOperator, n_runs: int = 10, n_steps: int = 80, seed: int = 0,
+def slq_density(op: LinearOperator, n_runs: int = 10, n_steps: int = 80, seed: int = 0,
                 grid: Tensor | None = None, sigma: float | None = None, n_grid: int = 1001,
                 memory_bytes: int = BASIS_MEMORY_BYTES) -> DensityResult:
     """Spectral density of ``op`` by SLQ (see ``DensityResult``).
@@ -108,7 +109,7 @@ def slq_density(op: HessianOperator, n_runs: int = 10, n_steps: int = 80, seed: 
     sigma: 1% of the spread of the nodes; default grid: n_grid points over nodes ± 6 sigma.
     Cost: n_runs x n_steps Hessian-vector products (fewer when a run spans an invariant subspace).
     """
-    start, n0 = time.perf_counter(), op.n_hvp
+    start, op = time.perf_counter(), Products(op)
     if n_runs < 1 or n_steps < 1:
         raise ValueError(f"n_runs={n_runs} and n_steps={n_steps} must be at least 1")
     n_steps = min(n_steps, op.dim)
@@ -143,11 +144,11 @@ def slq_density(op: HessianOperator, n_runs: int = 10, n_steps: int = 80, seed: 
     top_run, bottom_run = max(top), min(bottom)
     return DensityResult(nodes, weights, grid, density, sigma, (float(m1.mean()), float(m2.mean())),
                          (se(m1), se(m2)), top_run[0], top_run[1], bottom_run[0], bottom_run[1],
-                         op.dim * float(m1.mean()), op.dim * se(m1), op.n_hvp - n0,
+                         op.dim * float(m1.mean()), op.dim * se(m1), op.n_hvp,
                          time.perf_counter() - start, reorth, op.backend)
 
 
-def hessian_density(model: nn.Module | HessianOperator, loss_fn: LossFn | None = None,
+def hessian_density(model: nn.Module | LinearOperator, loss_fn: LossFn | None = None,
                     data: Iterable[Batch] | None = None, n_runs: int = 10, n_steps: int = 80,
                     seed: int = 0, grid: Tensor | None = None, sigma: float | None = None,
                     **op_kwargs) -> DensityResult:

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from raystudy.geometry.data import Batch, LossFn, as_batches, model_device, n_samples
 from raystudy.geometry.hessian_scope import all_eval, select_params
+from raystudy.geometry.operator import LinearOperator, as_linear_operator
 
 BACKENDS = ("auto", "rev-rev", "fwd-rev")
 
@@ -225,13 +226,15 @@ class HessianOperator:
         return total
 
 
-def as_operator(model_or_op: nn.Module | HessianOperator, loss_fn: LossFn | None,
-                data: Iterable[Batch] | None, **op_kwargs) -> HessianOperator:
-    """A prebuilt operator as is, else ``HessianOperator(model, loss_fn, data, **op_kwargs)``."""
-    if isinstance(model_or_op, HessianOperator):
+def as_operator(model_or_op: nn.Module | LinearOperator, loss_fn: LossFn | None,
+                data: Iterable[Batch] | None, **op_kwargs) -> LinearOperator:
+    """A prebuilt operator (any ``LinearOperator``: a ``HessianOperator``, a ``DenseOperator``, a
+    square torch matrix; a numpy matrix becomes a ``DenseOperator``) as is, else
+    ``HessianOperator(model, loss_fn, data, **op_kwargs)`` (one forward pass over ``data``)."""
+    if not isinstance(model_or_op, nn.Module):
         if op_kwargs:
             raise ValueError(f"operator options {sorted(op_kwargs)} given with a prebuilt operator")
-        return model_or_op
+        return as_linear_operator(model_or_op)
     if loss_fn is None or data is None:
-        raise ValueError("loss_fn and data are required unless a HessianOperator is passed")
+        raise ValueError("loss_fn and data are required unless a prebuilt operator is passed")
     return HessianOperator(model_or_op, loss_fn, data, **op_kwargs)

@@ -17,7 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from raystudy.geometry.data import Batch, LossFn
-from raystudy.geometry.hvp import HessianOperator, as_operator
+from raystudy.geometry.hvp import as_operator
+from raystudy.geometry.operator import LinearOperator, Products
 from raystudy.geometry.tall import tall_svd
 
 WHICH = ("largest", "smallest", "both")
@@ -85,7 +86,7 @@ def _wanted(theta: Tensor, k: int, which: str) -> Tensor:
     return torch.tensor(list(idx[which]), dtype=torch.long)
 
 
-def lanczos_eigenvalues(op: HessianOperator, k: int = 1, which: str = "largest", tol: float = 1e-4,
+def lanczos_eigenvalues(op: LinearOperator, k: int = 1, which: str = "largest", tol: float = 1e-4,
                         max_hvp: int | None = None, seed: int = 0, block_size: int = 1,
                         max_basis: int | None = None, eigenvectors: bool = False,
                         memory_bytes: int = BASIS_MEMORY_BYTES) -> EigenResult:
@@ -96,7 +97,7 @@ def lanczos_eigenvalues(op: HessianOperator, k: int = 1, which: str = "largest",
     Cost: ``block_size`` Hv per iteration until every wanted pair converges or ``max_hvp`` (default
     max(1000, 30 max_basis)) is spent; memory: (max_basis + block_size) vectors of ``op.dim``.
     """
-    start, n0 = time.perf_counter(), op.n_hvp
+    start, op = time.perf_counter(), Products(op)
     dim, b = op.dim, block_size
     if which not in WHICH:
         raise ValueError(f"which={which!r}: expected one of {WHICH}")
@@ -135,7 +136,7 @@ def lanczos_eigenvalues(op: HessianOperator, k: int = 1, which: str = "largest",
         res = (coupling @ S).norm(dim=0)  # residual of every Ritz pair
         want = _wanted(theta, min(k, j // (2 if which == "both" else 1)), which)
         ok = res[want] <= torch.maximum(tol * theta[want].abs(), torch.tensor(100 * eps * scale))
-        spent = op.n_hvp - n0
+        spent = op.n_hvp
         if p_next == 0 or (len(want) == n_want and bool(ok.all())) or spent + p_next > max_hvp:
             break
         if j + p_next > m:  # the next block would not fit: thick restart
@@ -152,11 +153,11 @@ def lanczos_eigenvalues(op: HessianOperator, k: int = 1, which: str = "largest",
     if p_next == 0:  # the basis spans the whole space: the Ritz pairs are exact
         res[:] = 0.0
         ok = torch.ones(len(want), dtype=torch.bool)
-    return EigenResult(theta[want], res[want], ok, vectors, op.n_hvp - n0,
+    return EigenResult(theta[want], res[want], ok, vectors, op.n_hvp,
                        time.perf_counter() - start, op.backend)
 
 
-def hessian_eigenvalues(model: nn.Module | HessianOperator, loss_fn: LossFn | None = None,
+def hessian_eigenvalues(model: nn.Module | LinearOperator, loss_fn: LossFn | None = None,
                         data: Iterable[Batch] | None = None, k: int = 1, which: str = "largest",
                         tol: float = 1e-4, max_hvp: int | None = None, seed: int = 0,
                         block_size: int = 1, eigenvectors: bool = False, **op_kwargs) -> EigenResult:

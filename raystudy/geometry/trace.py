@@ -24,8 +24,9 @@ import torch
 from torch import Tensor, nn
 
 from raystudy.geometry.data import Batch, LossFn
-from raystudy.geometry.hvp import HessianOperator, as_operator
+from raystudy.geometry.hvp import as_operator
 from raystudy.geometry.lanczos import BASIS_MEMORY_BYTES, orthogonalise
+from raystudy.geometry.operator import LinearOperator, Products
 from raystudy.geometry.tall import gram, orthonormal_basis
 
 METHODS = ("hutch++", "hutchinson")
@@ -53,7 +54,7 @@ class TraceResult:
     backend: str
 
 
-def rademacher(n: int, dim: int, gen: torch.Generator, op: HessianOperator) -> Tensor:
+def rademacher(n: int, dim: int, gen: torch.Generator, op: Products) -> Tensor:
     """(n, dim) random signs on the operator's device and dtype, drawn from ``gen`` on the CPU."""
     z = torch.randint(0, 2, (n, dim), generator=gen, dtype=torch.int8)
     return (z.to(op.dtype) * 2 - 1).to(op.device)
@@ -74,7 +75,7 @@ def _need(samples: Tensor, goal: Goal, offset: float) -> float:
     return max(MIN_PROBES, min(var_up / scale**2, 1e12)) - n
 
 
-def _hutchinson(op: HessianOperator, budget: int, gen: torch.Generator, Q: Tensor | None,
+def _hutchinson(op: Products, budget: int, gen: torch.Generator, Q: Tensor | None,
                 goal: Goal | None, offset: float, samples: Tensor | None = None) -> Tensor:
     """Samples zᵀPHPz (P = I - QᵀQ, or I), appended to ``samples``, until ``budget`` new probes are
     spent or the standard error of offset + mean reaches ``goal``. Blocks are sized by the probes
@@ -142,14 +143,14 @@ def _sketch_pays(Y: Tensor, x: Tensor, rank: int, left: int, goal: Goal | None, 
     return v_sketch / (left - rank) < v_plain / (left + c)
 
 
-def _capture(op: HessianOperator, Q: Tensor | None, new: Tensor) -> tuple[Tensor, float]:
+def _capture(op: Products, Q: Tensor | None, new: Tensor) -> tuple[Tensor, float]:
     """Q extended by the orthonormal rows ``new`` and tr(new H newᵀ). Costs len(new) Hv (blocks
     of H newᵀ are reduced to their trace at once, never stored)."""
     tr = sum(float((blk * op.apply(blk)).sum()) for blk in new.split(op.max_block))
     return (new if Q is None else torch.cat([Q, new])), tr
 
 
-def _adaptive_sketch(op: HessianOperator, n_hvp: int, gen: torch.Generator, goal: Goal | None,
+def _adaptive_sketch(op: Products, n_hvp: int, gen: torch.Generator, goal: Goal | None,
                      cap: int, spent: Callable[[], int]
                      ) -> tuple[Tensor | None, float, Tensor | None]:
     """Rounds of up to SKETCH_ROUND residual probes: each is judged by ``_sketch_pays`` and either
@@ -178,7 +179,7 @@ def _adaptive_sketch(op: HessianOperator, n_hvp: int, gen: torch.Generator, goal
     return Q, low_rank, None
 
 
-def trace_estimate(op: HessianOperator, n_hvp: int = 100, method: str = "hutch++",
+def trace_estimate(op: LinearOperator, n_hvp: int = 100, method: str = "hutch++",
                    target_stderr: float | None = None, seed: int = 0, sketch: int | None = None,
                    target_abs: float | None = None, memory_bytes: int = BASIS_MEMORY_BYTES
                    ) -> TraceResult:
@@ -202,7 +203,7 @@ def trace_estimate(op: HessianOperator, n_hvp: int = 100, method: str = "hutch++
     eigenvalues get captured. sketch_rank = 0 in the result: plain Hutchinson was run.
     Rank is capped by ``memory_bytes`` (Q is stored) and by dim.
     """
-    start, n0 = time.perf_counter(), op.n_hvp
+    start, op = time.perf_counter(), Products(op)
     if method not in METHODS:
         raise ValueError(f"method={method!r}: expected one of {METHODS}")
     if n_hvp < 2:
@@ -212,7 +213,7 @@ def trace_estimate(op: HessianOperator, n_hvp: int = 100, method: str = "hutch++
     goal = None if target_stderr is None and target_abs is None else (
         lambda est: max((target_stderr or 0.0) * abs(est), target_abs or 0.0))
     gen = torch.Generator().manual_seed(seed)
-    spent = lambda: op.n_hvp - n0
+    spent = lambda: op.n_hvp
     Q, low_rank, samples = None, 0.0, None
     cap = min(max(memory_bytes // (op.dim * op.dtype.itemsize), 1), op.dim, (n_hvp - 2) // 2)
     if method == "hutch++" and sketch is not None:
@@ -232,7 +233,7 @@ def trace_estimate(op: HessianOperator, n_hvp: int = 100, method: str = "hutch++
                        0 if Q is None else len(Q), op.backend)
 
 
-def hessian_trace(model: nn.Module | HessianOperator, loss_fn: LossFn | None = None,
+def hessian_trace(model: nn.Module | LinearOperator, loss_fn: LossFn | None = None,
                   data: Iterable[Batch] | None = None, n_hvp: int = 100, method: str = "hutch++",
                   target_stderr: float | None = None, seed: int = 0, sketch: int | None = None,
                   target_abs: float | None = None, **op_kwargs) -> TraceResult:
