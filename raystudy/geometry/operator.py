@@ -45,8 +45,8 @@ class DenseOperator:
             not copied), so it must not change while an estimator runs.
         max_block: most probes per product the estimators send at once.
 
-    ``A @ x``, ``matvec`` and ``matmat`` cost one matrix-vector product per column (n² multiply-adds
-    each), counted in ``n_hvp``; memory: A itself.
+    Cost: ``A @ x``, ``matvec`` and ``matmat`` take one matrix-vector product per column (n²
+    multiply-adds each), counted in ``n_hvp``; memory: A itself.
     """
 
     backend = "dense"
@@ -71,14 +71,29 @@ class DenseOperator:
         return self.A.device
 
     def matvec(self, v: Tensor) -> Tensor:
-        """A v for v of shape (n,) -> (n,). Costs 1 product."""
+        """A v.
+
+        Args:
+            v: (n,) vector (cast to A's device and dtype).
+
+        Returns:
+            (n,) tensor. Cost: 1 product (n² multiply-adds).
+        """
         return self @ v
 
     def matmat(self, V: Tensor) -> Tensor:
-        """A V for V of shape (n, k) -> (n, k). Costs k products."""
+        """A V.
+
+        Args:
+            V: (n, k) columns (cast to A's device and dtype).
+
+        Returns:
+            (n, k) tensor. Cost: k products (k n² multiply-adds).
+        """
         return self @ V
 
     def __matmul__(self, x: Tensor) -> Tensor:
+        """``matvec`` for x (n,), ``matmat`` for x (n, k). Cost: 1 or k products."""
         if x.ndim not in (1, 2) or x.shape[0] != self.A.shape[0]:
             raise ValueError(f"expected shape ({self.A.shape[0]},) or ({self.A.shape[0]}, k), "
                              f"got {tuple(x.shape)}")
@@ -87,8 +102,20 @@ class DenseOperator:
 
 
 def as_linear_operator(A: Any) -> LinearOperator:
-    """``A`` if it conforms to ``LinearOperator``; a numpy array as a ``DenseOperator``; else a
-    clear ValueError. Costs nothing (no copy)."""
+    """An operator the estimators accept.
+
+    Args:
+        A: a ``LinearOperator`` (``HessianOperator``, ``DenseOperator``, a square torch matrix)
+            or a square numpy array.
+
+    Returns:
+        ``A`` itself if it conforms, a numpy array wrapped as a ``DenseOperator``.
+
+    Raises:
+        ValueError: not an operator (e.g. a model, a list) or not square.
+
+    Cost: nothing (no copy).
+    """
     if isinstance(A, np.ndarray):
         return DenseOperator(A)
     if isinstance(A, torch.nn.Module) or not isinstance(A, LinearOperator):
@@ -107,6 +134,9 @@ class Products:
     Attributes: ``dim`` (n), ``dtype``, ``device``, ``max_block`` (the operator's, else
     DEFAULT_BLOCK), ``n_hvp`` (products spent through this view), ``backend`` (the operator's own
     name for how it multiplies, e.g. "rev-rev", read after the products since a Hessian may switch).
+
+    Cost: the operator's own per product, plus a transpose view each way (no copy for a
+    ``HessianOperator``).
     """
 
     def __init__(self, op: Any):
@@ -121,7 +151,19 @@ class Products:
         return str(getattr(self.op, "backend", type(self.op).__name__))
 
     def apply(self, X: Tensor) -> Tensor:
-        """A applied to each row of X: (k, dim) -> (k, dim). Costs k products (one block)."""
+        """A applied to each row of X, as one block (``op @ X.T``).
+
+        Args:
+            X: (k, dim) probes as rows.
+
+        Returns:
+            (k, dim) tensor, row i = A X[i], on the operator's device and dtype.
+
+        Raises:
+            ValueError: X or the operator's result of the wrong shape.
+
+        Cost: k products, counted in ``n_hvp``.
+        """
         if X.ndim != 2 or X.shape[1] != self.dim:
             raise ValueError(f"probes must have shape (k, {self.dim}), got {tuple(X.shape)}")
         out = self.op @ X.T  # rows -> columns and back: views for HessianOperator, no copy

@@ -55,7 +55,18 @@ class TraceResult:
 
 
 def rademacher(n: int, dim: int, gen: torch.Generator, op: Products) -> Tensor:
-    """(n, dim) random signs on the operator's device and dtype, drawn from ``gen`` on the CPU."""
+    """Rademacher probes: random signs +-1, drawn from ``gen`` on the CPU.
+
+    Args:
+        n, dim: probes and their length.
+        gen: CPU generator (the global RNG is untouched).
+        op: anything with ``dtype`` and ``device`` (a ``Products`` view, an operator).
+
+    Returns:
+        (n, dim) tensor on the operator's device and dtype.
+
+    Cost: n dim random bits (int8 on the CPU) and one copy to the device.
+    """
     z = torch.randint(0, 2, (n, dim), generator=gen, dtype=torch.int8)
     return (z.to(op.dtype) * 2 - 1).to(op.device)
 
@@ -183,7 +194,7 @@ def trace_estimate(op: LinearOperator, n_hvp: int = 100, method: str = "hutch++"
                    target_stderr: float | None = None, seed: int = 0, sketch: int | None = None,
                    target_abs: float | None = None, memory_bytes: int = BASIS_MEMORY_BYTES
                    ) -> TraceResult:
-    """tr(H) of ``op`` with its standard error (see ``TraceResult``).
+    """tr(A) of a symmetric operator with its standard error (see ``TraceResult``).
 
     n_hvp: the budget of Hessian-vector products; all of it is spent unless a target is met first.
     Targets: stop once stderr <= max(target_stderr x |estimate|, target_abs), judged from the 10th
@@ -202,6 +213,26 @@ def trace_estimate(op: LinearOperator, n_hvp: int = 100, method: str = "hutch++"
     (a network at initialisation) thus gets plain Hutchinson on the same probes, a few dominant
     eigenvalues get captured. sketch_rank = 0 in the result: plain Hutchinson was run.
     Rank is capped by ``memory_bytes`` (Q is stored) and by dim.
+
+    Args:
+        op: a symmetric ``LinearOperator`` (n x n): a ``HessianOperator``, a ``DenseOperator``, a
+            square torch matrix (a numpy one is wrapped).
+        n_hvp: product budget (>= 2).
+        method: "hutch++" or "hutchinson".
+        target_stderr: relative standard error at which to stop (> 0), or None.
+        seed: seeds the CPU generator of the probes (the global RNG is untouched).
+        sketch: classic Hutch++ with this many sketch probes; None adapts (see above).
+        target_abs: absolute standard error at which to stop (> 0), or None.
+        memory_bytes: cap on the stored sketch basis Q.
+
+    Returns:
+        :class:`TraceResult`: estimate and stderr (operator units: loss / parameter² for a
+        Hessian), n_hvp, wall_s, method, n_probes, sketch_rank, backend.
+
+    Raises:
+        ValueError: a bad method, budget or target, or a non-finite product.
+
+    Cost: at most ``n_hvp`` products; memory: Q (sketch_rank x n) plus a block of probes.
     """
     start, op = time.perf_counter(), Products(op)
     if method not in METHODS:
@@ -239,8 +270,17 @@ def hessian_trace(model: nn.Module | LinearOperator, loss_fn: LossFn | None = No
                   target_abs: float | None = None, **op_kwargs) -> TraceResult:
     """Trace of the loss Hessian of ``model`` on ``data`` with its standard error.
 
-    ``model`` may be a prebuilt ``HessianOperator`` (omit loss_fn and data); op_kwargs go to
-    ``HessianOperator``. Cost: at most ``n_hvp`` Hessian-vector products (see ``trace_estimate``).
+    Args:
+        model: the network, or a prebuilt ``LinearOperator`` (omit loss_fn, data, op_kwargs).
+        loss_fn, data: see ``HessianOperator``.
+        n_hvp, method, target_stderr, seed, sketch, target_abs: see ``trace_estimate``.
+        **op_kwargs: ``HessianOperator`` options.
+
+    Returns:
+        :class:`TraceResult` (loss / parameter² units), wall_s including the operator's
+        construction.
+
+    Cost: at most ``n_hvp`` Hessian-vector products (+ one forward pass to build the operator).
     """
     start = time.perf_counter()
     op = as_operator(model, loss_fn, data, **op_kwargs)
