@@ -81,7 +81,8 @@ def test_trace_exact_cases_and_stderr(A):
     diag = trace_estimate(DenseOperator(np.diag(d)), n_hvp=20, method="hutchinson")
     assert math.isclose(diag.estimate, d.sum(), abs_tol=1e-10) and diag.stderr < 1e-12
     full = trace_estimate(DenseOperator(A), n_hvp=2 * DIM + 2, sketch=DIM)  # 2 spare: the cap
-    assert math.isclose(full.estimate, np.trace(A), abs_tol=1e-9) and full.sketch_rank == DIM and full.stderr == 0
+    assert math.isclose(full.estimate, np.trace(A), abs_tol=1e-9)
+    assert full.sketch_rank == DIM and full.stderr == 0
     for method in ("hutchinson", "hutch++"):
         op = DenseOperator(A)
         r = trace_estimate(op, n_hvp=40, method=method, seed=3)
@@ -101,7 +102,8 @@ def test_density_moments_and_nodes_exact_on_diagonal():
     g = r.grid.numpy()
     ref = np.exp(-0.5 * ((g[:, None] - ev) / 0.3) ** 2).sum(1) / (len(ev) * 0.3 * math.sqrt(2 * math.pi))
     assert np.allclose(r.density.numpy(), ref, atol=1e-8)
-    assert math.isclose(r.lambda_max, ev[-1], abs_tol=1e-8) and math.isclose(r.lambda_min, ev[0], abs_tol=1e-8)
+    assert math.isclose(r.lambda_max, ev[-1], abs_tol=1e-8)
+    assert math.isclose(r.lambda_min, ev[0], abs_tol=1e-8)
 
 
 def test_density_moments_within_stderr(A):

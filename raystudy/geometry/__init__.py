@@ -2,7 +2,9 @@
 
 Every function takes ``(model, loss_fn, data, ...)`` with ``data`` an iterable of
 ``(inputs, targets)`` batches; losses are sample-weighted means over all batches and the model is
-measured in eval mode (see :mod:`raystudy.geometry.data`).
+measured in eval mode (see :mod:`raystudy.geometry.data`). The curvature estimators
+(``lanczos_eigenvalues``, ``trace_estimate``, ``slq_density``) take any square ``LinearOperator``
+(:mod:`raystudy.geometry.operator`): the loss Hessian, a ``DenseOperator`` or a torch matrix.
 """
 from raystudy.geometry.adaptive import AdaptiveSharpness, adaptive_sharpness
 from raystudy.geometry.fisher_rao import count_weight_layers, fisher_rao_norm
