@@ -124,11 +124,16 @@ def test_hessian_operator_conforms_and_matches_dense(mlp):
     assert torch.allclose(op @ V[:, 0], H @ V[:, 0], atol=1e-10)
     assert torch.allclose(op @ V, H @ V, atol=1e-10) and torch.allclose(op.matmat(V), H @ V, atol=1e-10)
     assert torch.allclose(Products(op).apply(V.T), (H @ V).T, atol=1e-10)
-    dense = DenseOperator(H)
-    for run in (lambda o: trace_estimate(o, n_hvp=24, seed=5).estimate,
-                lambda o: slq_density(o, n_runs=2, n_steps=10, seed=5).moments[1],
-                lambda o: lanczos_eigenvalues(o, k=2, which="both", max_hvp=12, seed=5).eigenvalues):
-        assert np.allclose(run(op), run(dense), rtol=1e-8, atol=1e-10)
+    dense, spent, before = DenseOperator(H), 0, op.n_hvp
+    for run, value in ((lambda o: trace_estimate(o, n_hvp=24, seed=5), lambda r: r.estimate),
+                       (lambda o: slq_density(o, n_runs=2, n_steps=10, seed=5), lambda r: r.moments),
+                       (lambda o: lanczos_eigenvalues(o, k=2, which="both", max_hvp=12, seed=5),
+                        lambda r: r.eigenvalues)):
+        on_h, on_dense = run(op), run(dense)
+        assert np.allclose(value(on_h), value(on_dense), rtol=1e-8, atol=1e-10)
+        assert on_h.n_hvp == on_dense.n_hvp and on_h.backend == "rev-rev"
+        spent += on_h.n_hvp
+    assert op.n_hvp - before == spent == dense.n_hvp  # a shared operator's count adds up
 
 
 def test_seeds_and_global_rng(A):
