@@ -192,7 +192,29 @@ def adaptive_sharpness(
     ``n_restarts * n_iter`` backward passes over ``data``. Average case: ``n_draws`` draws of u;
     cost ``1 + n_draws`` forward passes, no backward. Random numbers come from
     ``torch.Generator().manual_seed(seed)`` on the CPU; the model (parameters and buffers) and the
-    global RNG are left as they were. Raises ``ValueError`` on bad arguments.
+    global RNG are left as they were. Memory: a few flat copies of the d perturbed parameters
+    (w, c, u, the gradient, the best point).
+
+    Args:
+        model: the network; measured in eval mode (restored after), never modified.
+        loss_fn: ``loss_fn(outputs, targets)`` -> batch-mean loss.
+        data: iterable of ``(inputs, targets)`` batches.
+        rho: radius of the ball of u (> 0): relative to |w| when ``adaptive``, else in parameter
+            units.
+        kind: "worst" or "average".
+        norm: "l2" or "linf", the ball's norm.
+        adaptive: scale perturbations by c = |w| elementwise (else c = 1).
+        m: samples per m-batch for the worst case (None: all of ``data``).
+        n_iter, n_restarts: ascent steps and starts per m-batch (worst case).
+        n_draws: draws of u (average case).
+        seed: seeds the CPU generator of restarts and draws.
+        perturb: "all" parameters or "weights" only (no biases, no normalisation parameters).
+
+    Returns:
+        :class:`AdaptiveSharpness`, ``mean`` in loss units (not divided by rho).
+
+    Raises:
+        ValueError: on bad arguments, empty data or no parameter to perturb.
     """
     if kind not in ("worst", "average") or norm not in ("l2", "linf") or perturb not in ("all", "weights"):
         raise ValueError(f"kind must be worst|average, norm l2|linf, perturb all|weights: {kind}, {norm}, {perturb}")

@@ -17,8 +17,9 @@ import torch
 from torch import Tensor, nn
 
 from raystudy.geometry.data import Batch, LossFn
-from raystudy.geometry.hvp import HessianOperator, as_operator
+from raystudy.geometry.hvp import as_operator
 from raystudy.geometry.lanczos import BASIS_MEMORY_BYTES
+from raystudy.geometry.operator import LinearOperator, Products
 from raystudy.geometry.trace import rademacher
 
 
@@ -51,7 +52,7 @@ class DensityResult:
     backend: str
 
 
-def _lanczos_runs(op: HessianOperator, V0: Tensor, n_steps: int, reorth: bool
+def _lanczos_runs(op: Products, V0: Tensor, n_steps: int, reorth: bool
                   ) -> list[tuple[Tensor, Tensor, float]]:
     """Lanczos from each row of V0 (unit rows), all runs in one block per step. Returns per run the
     diagonal alpha (m,), off-diagonal beta (m-1,) of T and the last beta (the residual coupling)."""
@@ -97,18 +98,37 @@ def _lanczos_runs(op: HessianOperator, V0: Tensor, n_steps: int, reorth: bool
             for k in range(r)]
 
 
-def slq_density(op: HessianOperator, n_runs: int = 10, n_steps: int = 80, seed: int = 0,
+def slq_density(op: LinearOperator, n_runs: int = 10, n_steps: int = 80, seed: int = 0,
                 grid: Tensor | None = None, sigma: float | None = None, n_grid: int = 1001,
                 memory_bytes: int = BASIS_MEMORY_BYTES) -> DensityResult:
-    """Spectral density of ``op`` by SLQ (see ``DensityResult``).
+    """Spectral density of a symmetric operator by SLQ (see ``DensityResult``).
 
     Rademacher start vectors; ``n_steps`` is capped at dim. Runs are fully reorthogonalised when
     their bases fit ``memory_bytes`` (in groups if need be), else they use the plain three-term
     recurrence (Papyan's choice; quadrature stays accurate, the Ritz values may repeat). Default
     sigma: 1% of the spread of the nodes; default grid: n_grid points over nodes ± 6 sigma.
-    Cost: n_runs x n_steps Hessian-vector products (fewer when a run spans an invariant subspace).
+    Cost: n_runs x n_steps products (fewer when a run spans an invariant subspace); memory:
+    n_steps vectors of length n per run held at once (reorthogonalised), or 3 per run (plain).
+
+    Args:
+        op: a symmetric ``LinearOperator`` (n x n): a ``HessianOperator``, a ``DenseOperator``, a
+            square torch matrix (a numpy one is wrapped).
+        n_runs: start vectors (independent quadratures).
+        n_steps: Lanczos steps per run (capped at n).
+        seed: seeds the CPU generator of the start vectors (the global RNG is untouched).
+        grid: (G,) eigenvalue points to evaluate the density at (default above).
+        sigma: Gaussian width in eigenvalue units (default above).
+        n_grid: points of the default grid.
+        memory_bytes: cap on the stored Lanczos bases.
+
+    Returns:
+        :class:`DensityResult`: per-run nodes and weights, grid and density (G,) (per eigenvalue
+        unit, integrating to 1), moments of the spectrum, extreme Ritz values, trace, n_hvp.
+
+    Raises:
+        ValueError: n_runs or n_steps < 1, or a non-finite product.
     """
-    start, n0 = time.perf_counter(), op.n_hvp
+    start, op = time.perf_counter(), Products(op)
     if n_runs < 1 or n_steps < 1:
         raise ValueError(f"n_runs={n_runs} and n_steps={n_steps} must be at least 1")
     n_steps = min(n_steps, op.dim)
@@ -143,18 +163,27 @@ def slq_density(op: HessianOperator, n_runs: int = 10, n_steps: int = 80, seed: 
     top_run, bottom_run = max(top), min(bottom)
     return DensityResult(nodes, weights, grid, density, sigma, (float(m1.mean()), float(m2.mean())),
                          (se(m1), se(m2)), top_run[0], top_run[1], bottom_run[0], bottom_run[1],
-                         op.dim * float(m1.mean()), op.dim * se(m1), op.n_hvp - n0,
+                         op.dim * float(m1.mean()), op.dim * se(m1), op.n_hvp,
                          time.perf_counter() - start, reorth, op.backend)
 
 
-def hessian_density(model: nn.Module | HessianOperator, loss_fn: LossFn | None = None,
+def hessian_density(model: nn.Module | LinearOperator, loss_fn: LossFn | None = None,
                     data: Iterable[Batch] | None = None, n_runs: int = 10, n_steps: int = 80,
                     seed: int = 0, grid: Tensor | None = None, sigma: float | None = None,
                     **op_kwargs) -> DensityResult:
     """Spectral density, λ_max and trace of the loss Hessian of ``model`` on ``data`` by SLQ.
 
-    ``model`` may be a prebuilt ``HessianOperator`` (omit loss_fn and data); op_kwargs go to
-    ``HessianOperator``. Cost: n_runs x n_steps Hessian-vector products (see ``slq_density``).
+    Args:
+        model: the network, or a prebuilt ``LinearOperator`` (omit loss_fn, data, op_kwargs).
+        loss_fn, data: see ``HessianOperator``.
+        n_runs, n_steps, seed, grid, sigma: see ``slq_density``.
+        **op_kwargs: ``HessianOperator`` options.
+
+    Returns:
+        :class:`DensityResult` (eigenvalues in loss / parameter² units), wall_s including the
+        operator's construction.
+
+    Cost: n_runs x n_steps Hessian-vector products (+ one forward pass to build the operator).
     """
     start = time.perf_counter()
     op = as_operator(model, loss_fn, data, **op_kwargs)

@@ -14,17 +14,23 @@ WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, n
 
 
 def count_weight_layers(model: nn.Module) -> int:
-    """Number of ``nn.Linear`` / ``nn.Conv1d/2d/3d`` / ``nn.Embedding`` modules in ``model`` (an int).
+    """Number of ``nn.Linear`` / ``nn.Conv1d/2d/3d`` / ``nn.Embedding`` modules in ``model``.
 
     Subclasses count (e.g. the ``out_proj`` of ``nn.MultiheadAttention``); raw ``nn.Parameter``
-    weights outside such modules (its ``in_proj_weight``) do not. Cost: one walk over the modules.
+    weights outside such modules (its ``in_proj_weight``) do not.
+
+    Args:
+        model: any module.
+
+    Returns:
+        The count L (an int). Cost: one walk over the modules.
     """
     return sum(isinstance(m, WEIGHT_LAYERS) for m in model.modules())
 
 
 @torch.no_grad()
 def fisher_rao_norm(model: nn.Module, data: Iterable[Batch]) -> float:
-    """Fisher–Rao norm of ``model`` under cross-entropy on ``data`` (a float, dimensionless).
+    """Fisher–Rao norm of ``model`` under cross-entropy on ``data``.
 
     ``FR = sqrt((L+1)^2 * mean_i (<softmax(f_i), f_i> - f_i[y_i])^2)`` with ``f_i`` the logits of
     sample ``i`` (shape ``C``), ``y_i`` its class index, the mean over *all* samples of all batches
@@ -37,8 +43,18 @@ def fisher_rao_norm(model: nn.Module, data: Iterable[Batch]) -> float:
     code applies (L+1) to the weight-layer count. We keep (L+1) for comparability with its numbers:
     the result is ``(L+1)/L`` times the Euler-exact value for such networks.
 
-    The model is measured in eval mode (BatchNorm uses running statistics) and its mode restored.
-    Cost: one forward pass over ``data``, no gradients.
+    Args:
+        model: a classifier returning (n, C) logits; measured in eval mode (BatchNorm uses
+            running statistics), its mode restored after.
+        data: iterable of ``(inputs, targets)`` batches, targets (n,) class indices.
+
+    Returns:
+        FR, a float (dimensionless, >= 0).
+
+    Raises:
+        ValueError: empty data, or outputs that are not (n, C) logits.
+
+    Cost: one forward pass over ``data``, no gradients; memory: one batch's logits in float64.
     """
     batches = as_batches(data)
     total = n_samples(batches)

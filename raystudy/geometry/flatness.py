@@ -28,18 +28,38 @@ class FlatnessResult:
 
 
 def constant_features(feats: Tensor) -> Tensor:
-    """(m,) bool: which columns of ``feats`` (N, m), as computed by the model, are constant over the
-    N samples: std <= tol x rms with tol = min(CONSTANT_FEATURE_ULPS x eps(feats.dtype), 1e-3).
+    """Which features are constant over the data: std <= tol x rms, with
+    tol = min(CONSTANT_FEATURE_ULPS x eps(feats.dtype), 1e-3).
+
     A dead ReLU unit (exact zeros: std = rms = 0) is constant; so is a unit constant in exact
-    arithmetic whose float evaluation jitters by a few ulps (a real feature varies far more)."""
+    arithmetic whose float evaluation jitters by a few ulps (a real feature varies far more).
+
+    Args:
+        feats: (N, m) features as the model computed them (their dtype sets the tolerance).
+
+    Returns:
+        (m,) bool tensor, True where column k is constant over the N samples.
+
+    Cost: O(N m) in float64 (one float64 copy of ``feats``).
+    """
     tol = min(CONSTANT_FEATURE_ULPS * torch.finfo(feats.dtype).eps, 1e-3)
     f = feats.double()
     return f.std(dim=0, correction=0) <= tol * f.pow(2).mean(dim=0).sqrt()
 
 
 def default_classifier(model: nn.Module) -> nn.Linear:
-    """The ``nn.Linear`` producing the outputs: ``model.classifier`` if it is one, else the last
-    ``nn.Linear`` in ``model.modules()``. Raises ``ValueError`` if there is none."""
+    """The ``nn.Linear`` producing the outputs.
+
+    Args:
+        model: any module.
+
+    Returns:
+        ``model.classifier`` if it is an ``nn.Linear``, else the last ``nn.Linear`` in
+        ``model.modules()``.
+
+    Raises:
+        ValueError: if the model has no ``nn.Linear``. Cost: one walk over the modules.
+    """
     head = getattr(model, "classifier", None)
     if isinstance(head, nn.Linear):
         return head
@@ -93,8 +113,17 @@ def relative_flatness(
     classifier: nn.Linear | None = None,
     normalise_features: bool = True,
 ) -> float:
-    """Relative flatness kappa of ``model``'s classifier layer on ``data`` (a float, loss units):
-    ``relative_flatness_result(...).kappa``, see there."""
+    """Relative flatness kappa of ``model``'s classifier layer on ``data``.
+
+    Args:
+        model, loss_fn, data, classifier, normalise_features: as in
+            :func:`relative_flatness_result`.
+
+    Returns:
+        kappa, a float in loss units (``relative_flatness_result(...).kappa``).
+
+    Cost: as :func:`relative_flatness_result` (one forward pass, N per-sample C x C Hessians).
+    """
     return relative_flatness_result(model, loss_fn, data, classifier, normalise_features).kappa
 
 
@@ -126,6 +155,21 @@ def relative_flatness_result(
     n's loss in its logits. Cost: one forward pass over ``data`` (eval mode, restored after) plus N
     per-sample C x C Hessians (``vmap(jacrev(jacrev))``: C backward passes through the loss each),
     instead of the dense (C*m)^2 Hessian. Memory: the N x m features. The model is not modified.
+
+    Args:
+        model: the network; its classifier's output must be the model's (N, C) output.
+        loss_fn: ``loss_fn(logits, targets)`` -> batch-mean loss; must support a double backward.
+        data: iterable of ``(inputs, targets)`` batches (N samples in all).
+        classifier: the layer whose weight W (C x m) is measured; default
+            :func:`default_classifier`.
+        normalise_features: divide each feature by its std over ``data`` (the protocol).
+
+    Returns:
+        :class:`FlatnessResult`: kappa (loss units), n_features (m), n_constant (excluded features).
+
+    Raises:
+        ValueError: empty data, a classifier that runs other than once per forward pass, or
+            whose output is not the model's.
     """
     batches = as_batches(data)
     total = n_samples(batches)

@@ -10,7 +10,14 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 @contextlib.contextmanager
 def all_eval(model: nn.Module) -> Iterator[None]:
-    """Eval mode for the duration; restores every submodule's own flag (mixed modes survive)."""
+    """Eval mode for the duration; restores every submodule's own flag (mixed modes survive).
+
+    Args:
+        model: any module.
+
+    Yields:
+        None, with every submodule in eval mode. Cost: one walk over the modules.
+    """
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
@@ -21,8 +28,21 @@ def all_eval(model: nn.Module) -> Iterator[None]:
 
 
 def select_params(model: nn.Module, params: str | Sequence[str] | None) -> list[str]:
-    """Names of the parameters H is taken over: None/"all" = every trainable parameter, "no_bn" =
-    all but BatchNorm affine weights, or an explicit list of names (e.g. one layer's)."""
+    """Names of the parameters H is taken over.
+
+    Args:
+        model: any module with parameters.
+        params: None/"all" = every trainable parameter, "no_bn" = all but BatchNorm affine
+            weights, or an explicit list of names (e.g. one layer's).
+
+    Returns:
+        The names, in ``model.named_parameters()`` order, without duplicates.
+
+    Raises:
+        ValueError: an unknown selector or name, or no trainable parameter selected.
+
+    Cost: one walk over the parameters (and modules for "no_bn").
+    """
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     if params is None or params == "all":
         names = trainable

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from raystudy.geometry.data import Batch, LossFn, as_batches, model_device, n_samples
 from raystudy.geometry.hessian_scope import all_eval, select_params
+from raystudy.geometry.operator import LinearOperator, as_linear_operator
 
 BACKENDS = ("auto", "rev-rev", "fwd-rev")
 
@@ -37,6 +38,10 @@ def _counter(saved: dict[int, int]):
 
 class HessianOperator:
     """H of the mean loss over ``data`` w.r.t. the selected parameters, as a (dim x dim) operator.
+
+    A ``LinearOperator`` (``geometry.operator``): ``shape`` (dim, dim), ``dtype`` and ``device`` of
+    the selected parameters, ``op @ v`` for v (dim,) or a block V (dim, k). H is in loss units per
+    parameter unit squared.
 
     Args:
         model: left untouched: parameters are read, never written; no ``.grad`` is set; the train/eval
@@ -60,9 +65,19 @@ class HessianOperator:
             Uncached, a block of probes still shares each batch's forward and first backward.
         max_block: most probes pushed through the model at once (bounds vmap's memory).
 
-    Construction costs one forward pass over the data (the loss is checked to be finite), plus the
-    timing products of "auto" off the CPU. Each probe then costs one Hessian-vector product, counted
-    in ``n_hvp``. Products are deterministic on the CPU: same probes, same numbers.
+    Attributes:
+        dim: number of selected parameter scalars; ``loss``: L at the current parameters (float);
+        ``n_hvp``: products spent so far; ``backend``: the one in use; ``max_block``.
+
+    Raises:
+        ValueError: an unknown backend or parameter selection, empty data, or a non-finite loss.
+
+    Cost: construction takes one forward pass over the data (the loss is checked to be finite), plus the
+    timing products of "auto" off the CPU (4 x 4 Hv per backend, ``time_backends``). Each probe
+    then costs one Hessian-vector product (rev-rev ~1.2-2.7x a gradient on the CPU), counted in
+    ``n_hvp``. Memory: the data on the device, a block of ``max_block`` probes through the model,
+    and the cached gradient graphs when ``cache_graph``. Products are deterministic on the CPU:
+    same probes, same numbers.
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, data: Iterable[Batch],
@@ -115,7 +130,16 @@ class HessianOperator:
         return [c.view(len(X), *s) for c, s in zip(X.split(self.numels, dim=1), self.shapes)]
 
     def apply(self, X: Tensor) -> Tensor:
-        """H X for a block of probes X: (k, dim) -> (k, dim), one row per probe. Costs k Hv."""
+        """H X for a block of probes, one row per probe (the estimators' native layout).
+
+        Args:
+            X: (k, dim) probes, any device/dtype (cast to the operator's).
+
+        Returns:
+            (k, dim) tensor, row i = H X[i], on the operator's device and dtype.
+
+        Cost: k Hv, run ``max_block`` rows at a time; counted in ``n_hvp``.
+        """
         if X.ndim != 2 or X.shape[1] != self.dim:
             raise ValueError(f"probes must have shape (k, {self.dim}), got {tuple(X.shape)}")
         X = X.to(self.device, self.dtype).contiguous()
@@ -124,14 +148,29 @@ class HessianOperator:
         return torch.cat(outs)
 
     def matvec(self, v: Tensor) -> Tensor:
-        """H v for v of shape (dim,) -> (dim,). Costs 1 Hv."""
+        """H v.
+
+        Args:
+            v: (dim,) vector.
+
+        Returns:
+            (dim,) tensor on the operator's device and dtype. Cost: 1 Hv.
+        """
         return self.apply(v.reshape(1, -1))[0]
 
     def matmat(self, V: Tensor) -> Tensor:
-        """H V for V of shape (dim, k) -> (dim, k), the k columns as one block. Costs k Hv."""
+        """H V, the k columns as one block.
+
+        Args:
+            V: (dim, k) columns.
+
+        Returns:
+            (dim, k) tensor on the operator's device and dtype. Cost: k Hv.
+        """
         return self.apply(V.T).T
 
     def __matmul__(self, v: Tensor) -> Tensor:
+        """``matvec`` for v (dim,), ``matmat`` for v (dim, k). Cost: 1 or k Hv."""
         return self.matvec(v) if v.ndim == 1 else self.matmat(v)
 
     def _apply_block(self, X: Tensor) -> Tensor:
@@ -152,8 +191,17 @@ class HessianOperator:
         return self._fwd_rev(X) if backend == "fwd-rev" else self._rev_rev(X)
 
     def time_backends(self, k: int = 4) -> dict[str, float]:
-        """Seconds per Hv of each backend on a block of k probes, timed after a warm-up block
-        (inf where a backend fails). Costs 4k Hv, counted in ``n_hvp``; the backend is unchanged."""
+        """Seconds per Hv of each backend on a block of k probes, timed after a warm-up block.
+
+        Args:
+            k: probes per timed block (drawn from a fixed seed; the global RNG is untouched).
+
+        Returns:
+            backend name -> seconds per Hv (inf where the backend fails).
+
+        Cost: 4k Hv (a warm-up and a timed block per backend), counted in ``n_hvp``; the backend
+        in use is unchanged.
+        """
         X = torch.randn(k, self.dim, generator=torch.Generator().manual_seed(0), dtype=self.dtype)
         X, times = X.to(self.device), {}
         for backend in BACKENDS[1:]:
@@ -225,13 +273,30 @@ class HessianOperator:
         return total
 
 
-def as_operator(model_or_op: nn.Module | HessianOperator, loss_fn: LossFn | None,
-                data: Iterable[Batch] | None, **op_kwargs) -> HessianOperator:
-    """A prebuilt operator as is, else ``HessianOperator(model, loss_fn, data, **op_kwargs)``."""
-    if isinstance(model_or_op, HessianOperator):
+def as_operator(model_or_op: nn.Module | LinearOperator, loss_fn: LossFn | None,
+                data: Iterable[Batch] | None, **op_kwargs) -> LinearOperator:
+    """The operator the estimators' model-level entry points work on.
+
+    Args:
+        model_or_op: a model, or a prebuilt operator (any ``LinearOperator``: a
+            ``HessianOperator``, a ``DenseOperator``, a square torch matrix; a numpy matrix
+            becomes a ``DenseOperator``).
+        loss_fn, data: required with a model, see ``HessianOperator``.
+        **op_kwargs: ``HessianOperator`` options; only with a model.
+
+    Returns:
+        The prebuilt operator as is, else ``HessianOperator(model, loss_fn, data, **op_kwargs)``.
+
+    Raises:
+        ValueError: options with a prebuilt operator, a model without loss_fn/data, or
+            something that is not an operator.
+
+    Cost: nothing for a prebuilt operator, else one forward pass over ``data``.
+    """
+    if not isinstance(model_or_op, nn.Module):
         if op_kwargs:
             raise ValueError(f"operator options {sorted(op_kwargs)} given with a prebuilt operator")
-        return model_or_op
+        return as_linear_operator(model_or_op)
     if loss_fn is None or data is None:
-        raise ValueError("loss_fn and data are required unless a HessianOperator is passed")
+        raise ValueError("loss_fn and data are required unless a prebuilt operator is passed")
     return HessianOperator(model_or_op, loss_fn, data, **op_kwargs)

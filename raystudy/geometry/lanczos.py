@@ -17,7 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from raystudy.geometry.data import Batch, LossFn
-from raystudy.geometry.hvp import HessianOperator, as_operator
+from raystudy.geometry.hvp import as_operator
+from raystudy.geometry.operator import LinearOperator, Products
 from raystudy.geometry.tall import tall_svd
 
 WHICH = ("largest", "smallest", "both")
@@ -51,7 +52,17 @@ class EigenResult:
 
 
 def orthogonalise(W: Tensor, V: Tensor) -> Tensor:
-    """Remove V's (rows, orthonormal) span from W's rows, twice (CGS2); returns the coefficients."""
+    """Remove V's span from W's rows in place, twice (classical Gram-Schmidt, CGS2).
+
+    Args:
+        W: (p, dim) rows, modified in place.
+        V: (j, dim) orthonormal rows, same device and dtype.
+
+    Returns:
+        (j, p) coefficients C (both passes summed): W_before = W_after + C.T @ V.
+
+    Cost: 4 j p dim multiply-adds; memory: two (j, p) matrices.
+    """
     C = V @ W.T
     W -= C.T @ V
     C2 = V @ W.T
@@ -85,18 +96,40 @@ def _wanted(theta: Tensor, k: int, which: str) -> Tensor:
     return torch.tensor(list(idx[which]), dtype=torch.long)
 
 
-def lanczos_eigenvalues(op: HessianOperator, k: int = 1, which: str = "largest", tol: float = 1e-4,
+def lanczos_eigenvalues(op: LinearOperator, k: int = 1, which: str = "largest", tol: float = 1e-4,
                         max_hvp: int | None = None, seed: int = 0, block_size: int = 1,
                         max_basis: int | None = None, eigenvectors: bool = False,
                         memory_bytes: int = BASIS_MEMORY_BYTES) -> EigenResult:
-    """The k largest / smallest (most negative) / both eigenvalues of ``op`` (see ``EigenResult``).
+    """The k largest / smallest (most negative) / both eigenvalues of a symmetric operator.
 
     A pair is converged when ||H y - θ y|| <= max(tol |θ|, 100 eps ||H||), so its relative error is at
     most ``tol`` (in practice ~res²/gap, far less); the floor is what working precision can resolve.
     Cost: ``block_size`` Hv per iteration until every wanted pair converges or ``max_hvp`` (default
     max(1000, 30 max_basis)) is spent; memory: (max_basis + block_size) vectors of ``op.dim``.
+
+    Args:
+        op: a symmetric ``LinearOperator`` (n x n): a ``HessianOperator``, a ``DenseOperator``, a
+            square torch matrix (a numpy one is wrapped).
+        k: eigenvalues wanted at each requested end.
+        which: "largest", "smallest" or "both".
+        tol: relative residual tolerance of a converged pair.
+        max_hvp: product budget (default above).
+        seed: seeds the CPU generator of the start block (the global RNG is untouched).
+        block_size: probes per product block (>= the multiplicity to resolve).
+        max_basis: Krylov basis rows kept before a thick restart (default from k, block_size
+            and ``memory_bytes``).
+        eigenvectors: also return the Ritz vectors.
+        memory_bytes: cap on the stored basis.
+
+    Returns:
+        :class:`EigenResult`: eigenvalues (k, or 2k for "both"; ascending, in the operator's units:
+        loss / parameter² for a Hessian), residuals, converged flags, eigenvectors (n, k) or None,
+        n_hvp (products spent), wall_s, backend.
+
+    Raises:
+        ValueError: bad which/k/tol/block_size, a basis too small, or a non-finite product.
     """
-    start, n0 = time.perf_counter(), op.n_hvp
+    start, op = time.perf_counter(), Products(op)
     dim, b = op.dim, block_size
     if which not in WHICH:
         raise ValueError(f"which={which!r}: expected one of {WHICH}")
@@ -135,7 +168,7 @@ def lanczos_eigenvalues(op: HessianOperator, k: int = 1, which: str = "largest",
         res = (coupling @ S).norm(dim=0)  # residual of every Ritz pair
         want = _wanted(theta, min(k, j // (2 if which == "both" else 1)), which)
         ok = res[want] <= torch.maximum(tol * theta[want].abs(), torch.tensor(100 * eps * scale))
-        spent = op.n_hvp - n0
+        spent = op.n_hvp
         if p_next == 0 or (len(want) == n_want and bool(ok.all())) or spent + p_next > max_hvp:
             break
         if j + p_next > m:  # the next block would not fit: thick restart
@@ -152,19 +185,28 @@ def lanczos_eigenvalues(op: HessianOperator, k: int = 1, which: str = "largest",
     if p_next == 0:  # the basis spans the whole space: the Ritz pairs are exact
         res[:] = 0.0
         ok = torch.ones(len(want), dtype=torch.bool)
-    return EigenResult(theta[want], res[want], ok, vectors, op.n_hvp - n0,
+    return EigenResult(theta[want], res[want], ok, vectors, op.n_hvp,
                        time.perf_counter() - start, op.backend)
 
 
-def hessian_eigenvalues(model: nn.Module | HessianOperator, loss_fn: LossFn | None = None,
+def hessian_eigenvalues(model: nn.Module | LinearOperator, loss_fn: LossFn | None = None,
                         data: Iterable[Batch] | None = None, k: int = 1, which: str = "largest",
                         tol: float = 1e-4, max_hvp: int | None = None, seed: int = 0,
                         block_size: int = 1, eigenvectors: bool = False, **op_kwargs) -> EigenResult:
     """Top-k / bottom-k / both-ends eigenvalues of the loss Hessian of ``model`` on ``data``.
 
-    ``model`` may be a prebuilt ``HessianOperator`` (then omit loss_fn, data and op_kwargs), so several
-    estimators share one operator; op_kwargs (params, dtype, backend, ...) go to ``HessianOperator``.
-    Returns ``EigenResult``; cost as in ``lanczos_eigenvalues`` (+ one forward pass to build the op).
+    Args:
+        model: the network, or a prebuilt ``LinearOperator`` (a ``HessianOperator`` shared by
+            several estimators, a dense matrix; then omit loss_fn, data and op_kwargs).
+        loss_fn, data: see ``HessianOperator``.
+        k, which, tol, max_hvp, seed, block_size, eigenvectors: see ``lanczos_eigenvalues``.
+        **op_kwargs: ``HessianOperator`` options (params, dtype, backend, ...).
+
+    Returns:
+        :class:`EigenResult` (eigenvalues in loss / parameter² units), wall_s including the
+        operator's construction.
+
+    Cost: as ``lanczos_eigenvalues`` (+ one forward pass to build the operator).
     """
     start = time.perf_counter()
     op = as_operator(model, loss_fn, data, **op_kwargs)

@@ -144,7 +144,26 @@ def sam_sharpness_sweep(
     needs a float64 copy of the model and data. Draws run ``chunk_size`` at a time (default: up
     to 64, bounded so a chunk of parameter sets holds at most 2^26 elements) through
     ``torch.func.vmap``; if the model cannot be vmapped (``vectorise=False`` or vmap raises) they
-    run one by one.
+    run one by one. Memory: one chunk of perturbed parameter sets (chunk x d elements).
+
+    Args:
+        model: the network; measured in eval mode (restored after), never modified.
+        loss_fn: ``loss_fn(outputs, targets)`` -> batch-mean loss.
+        data: iterable of ``(inputs, targets)`` batches.
+        rhos: radii (> 0), in the units of the parameters (the draw's L2 norm is ~rho).
+        n_draws: perturbations per radius (shared by all radii).
+        seed: seeds the CPU generator of the draws.
+        chunk_size: draws evaluated at once (default: see above).
+        vectorise: try ``torch.func.vmap`` over a chunk of draws.
+        precision: "auto", "native" or "float64" (see above).
+
+    Returns:
+        One :class:`SharpnessEstimate` per rho, in the order of ``rhos``; values in loss units per
+        unit of rho.
+
+    Raises:
+        ValueError: n_draws < 1, no or a non-positive rho, an unknown precision, empty data, or a
+            model without trainable parameters.
     """
     if n_draws < 1 or not rhos or any(r <= 0 for r in rhos):
         raise ValueError(f"need n_draws >= 1 and every rho > 0, got n_draws={n_draws}, rhos={list(rhos)}")
@@ -212,7 +231,17 @@ def sam_sharpness(
     vectorise: bool = True,
     precision: str = "auto",
 ) -> SharpnessEstimate:
-    """SAM-sharpness at one radius ``rho``: see :func:`sam_sharpness_sweep` (same draws, same cost
-    with one rho: ``1 + n_draws`` forward passes over ``data``, plus an "auto" pilot)."""
+    """SAM-sharpness at one radius ``rho``: see :func:`sam_sharpness_sweep` (same draws).
+
+    Args:
+        model, loss_fn, data, n_draws, seed, chunk_size, vectorise, precision: as in
+            :func:`sam_sharpness_sweep`.
+        rho: the radius (> 0), in parameter units.
+
+    Returns:
+        One :class:`SharpnessEstimate` (loss units per unit of rho).
+
+    Cost: ``1 + n_draws`` forward passes over ``data``, plus an "auto" pilot's 1 + PILOT_DRAWS.
+    """
     return sam_sharpness_sweep(model, loss_fn, data, [rho], n_draws, seed, chunk_size, vectorise,
                                precision)[0]

@@ -13,11 +13,17 @@ from torch import Tensor
 
 
 def tall_svd(A: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Thin SVD of the rows of ``A`` (k, dim): ``A = Zh.T @ diag(S) @ Q``.
+    """Thin SVD of the rows of ``A``: ``A = Zh.T @ diag(S) @ Q``.
 
-    Returns Q (m, dim) with orthonormal rows (A's device and dtype), S (m,) descending and Zh (m, k),
-    both float64 on the CPU; m = min(k, dim). Cost: one QR of the (dim x k) matrix (O(dim k²) on
-    A's device), an SVD of an (m x k) matrix on the CPU, one (m x m) @ (m x dim) product.
+    Args:
+        A: (k, dim) rows, k << dim.
+
+    Returns:
+        Q (m, dim) with orthonormal rows (A's device and dtype), S (m,) descending and Zh (m, k),
+        both float64 on the CPU; m = min(k, dim).
+
+    Cost: one QR of the (dim x k) matrix (O(dim k²) on A's device), an SVD of an (m x k) matrix
+    on the CPU, one (m x m) @ (m x dim) product.
     """
     Q0, R0 = torch.linalg.qr(A.T)  # (dim, m), (m, k): the only operation on the tall matrix
     U, S, Zh = torch.linalg.svd(R0.double().cpu(), full_matrices=False)
@@ -25,17 +31,34 @@ def tall_svd(A: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def orthonormal_basis(A: Tensor, floor: float) -> Tensor:
-    """Orthonormal rows (r, dim), r <= k, spanning the directions of the rows of ``A`` (k, dim)
-    whose singular value exceeds ``floor`` (below it the span is rounding noise).
-    Cost: as :func:`tall_svd`."""
+    """An orthonormal basis of the significant span of A's rows.
+
+    Args:
+        A: (k, dim) rows.
+        floor: singular values at or below it are dropped (rounding noise), in A's units.
+
+    Returns:
+        (r, dim) orthonormal rows, r <= k, spanning the directions of A whose singular value
+        exceeds ``floor``; A's device and dtype.
+
+    Cost: as :func:`tall_svd`.
+    """
     Q, S, _ = tall_svd(A)
     return Q[:int((S > floor).sum())]
 
 
 def gram(A: Tensor, chunk: int = 2**20) -> Tensor:
-    """``A @ A.T`` for rows A (k, dim), accumulated in float64 over column chunks of ``chunk``
-    (a float64 copy of at most k x chunk elements at a time); (k, k) float64 on the CPU.
-    Cost: k² dim multiply-adds on A's device."""
+    """The Gram matrix ``A @ A.T``, accumulated in float64.
+
+    Args:
+        A: (k, dim) rows.
+        chunk: columns converted to float64 at a time.
+
+    Returns:
+        (k, k) float64 tensor on the CPU.
+
+    Cost: k² dim multiply-adds on A's device; memory: a float64 copy of k x chunk elements.
+    """
     out = torch.zeros(len(A), len(A), dtype=torch.float64, device=A.device)
     for part in A.split(chunk, dim=1):
         part = part.double()

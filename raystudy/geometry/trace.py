@@ -24,8 +24,9 @@ import torch
 from torch import Tensor, nn
 
 from raystudy.geometry.data import Batch, LossFn
-from raystudy.geometry.hvp import HessianOperator, as_operator
+from raystudy.geometry.hvp import as_operator
 from raystudy.geometry.lanczos import BASIS_MEMORY_BYTES, orthogonalise
+from raystudy.geometry.operator import LinearOperator, Products
 from raystudy.geometry.tall import gram, orthonormal_basis
 
 METHODS = ("hutch++", "hutchinson")
@@ -53,8 +54,19 @@ class TraceResult:
     backend: str
 
 
-def rademacher(n: int, dim: int, gen: torch.Generator, op: HessianOperator) -> Tensor:
-    """(n, dim) random signs on the operator's device and dtype, drawn from ``gen`` on the CPU."""
+def rademacher(n: int, dim: int, gen: torch.Generator, op: Products) -> Tensor:
+    """Rademacher probes: random signs +-1, drawn from ``gen`` on the CPU.
+
+    Args:
+        n, dim: probes and their length.
+        gen: CPU generator (the global RNG is untouched).
+        op: anything with ``dtype`` and ``device`` (a ``Products`` view, an operator).
+
+    Returns:
+        (n, dim) tensor on the operator's device and dtype.
+
+    Cost: n dim random bits (int8 on the CPU) and one copy to the device.
+    """
     z = torch.randint(0, 2, (n, dim), generator=gen, dtype=torch.int8)
     return (z.to(op.dtype) * 2 - 1).to(op.device)
 
@@ -74,7 +86,7 @@ def _need(samples: Tensor, goal: Goal, offset: float) -> float:
     return max(MIN_PROBES, min(var_up / scale**2, 1e12)) - n
 
 
-def _hutchinson(op: HessianOperator, budget: int, gen: torch.Generator, Q: Tensor | None,
+def _hutchinson(op: Products, budget: int, gen: torch.Generator, Q: Tensor | None,
                 goal: Goal | None, offset: float, samples: Tensor | None = None) -> Tensor:
     """Samples zᵀPHPz (P = I - QᵀQ, or I), appended to ``samples``, until ``budget`` new probes are
     spent or the standard error of offset + mean reaches ``goal``. Blocks are sized by the probes
@@ -142,14 +154,14 @@ def _sketch_pays(Y: Tensor, x: Tensor, rank: int, left: int, goal: Goal | None, 
     return v_sketch / (left - rank) < v_plain / (left + c)
 
 
-def _capture(op: HessianOperator, Q: Tensor | None, new: Tensor) -> tuple[Tensor, float]:
+def _capture(op: Products, Q: Tensor | None, new: Tensor) -> tuple[Tensor, float]:
     """Q extended by the orthonormal rows ``new`` and tr(new H newᵀ). Costs len(new) Hv (blocks
     of H newᵀ are reduced to their trace at once, never stored)."""
     tr = sum(float((blk * op.apply(blk)).sum()) for blk in new.split(op.max_block))
     return (new if Q is None else torch.cat([Q, new])), tr
 
 
-def _adaptive_sketch(op: HessianOperator, n_hvp: int, gen: torch.Generator, goal: Goal | None,
+def _adaptive_sketch(op: Products, n_hvp: int, gen: torch.Generator, goal: Goal | None,
                      cap: int, spent: Callable[[], int]
                      ) -> tuple[Tensor | None, float, Tensor | None]:
     """Rounds of up to SKETCH_ROUND residual probes: each is judged by ``_sketch_pays`` and either
@@ -178,11 +190,11 @@ def _adaptive_sketch(op: HessianOperator, n_hvp: int, gen: torch.Generator, goal
     return Q, low_rank, None
 
 
-def trace_estimate(op: HessianOperator, n_hvp: int = 100, method: str = "hutch++",
+def trace_estimate(op: LinearOperator, n_hvp: int = 100, method: str = "hutch++",
                    target_stderr: float | None = None, seed: int = 0, sketch: int | None = None,
                    target_abs: float | None = None, memory_bytes: int = BASIS_MEMORY_BYTES
                    ) -> TraceResult:
-    """tr(H) of ``op`` with its standard error (see ``TraceResult``).
+    """tr(A) of a symmetric operator with its standard error (see ``TraceResult``).
 
     n_hvp: the budget of Hessian-vector products; all of it is spent unless a target is met first.
     Targets: stop once stderr <= max(target_stderr x |estimate|, target_abs), judged from the 10th
@@ -201,8 +213,28 @@ def trace_estimate(op: HessianOperator, n_hvp: int = 100, method: str = "hutch++
     (a network at initialisation) thus gets plain Hutchinson on the same probes, a few dominant
     eigenvalues get captured. sketch_rank = 0 in the result: plain Hutchinson was run.
     Rank is capped by ``memory_bytes`` (Q is stored) and by dim.
+
+    Args:
+        op: a symmetric ``LinearOperator`` (n x n): a ``HessianOperator``, a ``DenseOperator``, a
+            square torch matrix (a numpy one is wrapped).
+        n_hvp: product budget (>= 2).
+        method: "hutch++" or "hutchinson".
+        target_stderr: relative standard error at which to stop (> 0), or None.
+        seed: seeds the CPU generator of the probes (the global RNG is untouched).
+        sketch: classic Hutch++ with this many sketch probes; None adapts (see above).
+        target_abs: absolute standard error at which to stop (> 0), or None.
+        memory_bytes: cap on the stored sketch basis Q.
+
+    Returns:
+        :class:`TraceResult`: estimate and stderr (operator units: loss / parameter² for a
+        Hessian), n_hvp, wall_s, method, n_probes, sketch_rank, backend.
+
+    Raises:
+        ValueError: a bad method, budget or target, or a non-finite product.
+
+    Cost: at most ``n_hvp`` products; memory: Q (sketch_rank x n) plus a block of probes.
     """
-    start, n0 = time.perf_counter(), op.n_hvp
+    start, op = time.perf_counter(), Products(op)
     if method not in METHODS:
         raise ValueError(f"method={method!r}: expected one of {METHODS}")
     if n_hvp < 2:
@@ -212,7 +244,7 @@ def trace_estimate(op: HessianOperator, n_hvp: int = 100, method: str = "hutch++
     goal = None if target_stderr is None and target_abs is None else (
         lambda est: max((target_stderr or 0.0) * abs(est), target_abs or 0.0))
     gen = torch.Generator().manual_seed(seed)
-    spent = lambda: op.n_hvp - n0
+    spent = lambda: op.n_hvp
     Q, low_rank, samples = None, 0.0, None
     cap = min(max(memory_bytes // (op.dim * op.dtype.itemsize), 1), op.dim, (n_hvp - 2) // 2)
     if method == "hutch++" and sketch is not None:
@@ -232,14 +264,23 @@ def trace_estimate(op: HessianOperator, n_hvp: int = 100, method: str = "hutch++
                        0 if Q is None else len(Q), op.backend)
 
 
-def hessian_trace(model: nn.Module | HessianOperator, loss_fn: LossFn | None = None,
+def hessian_trace(model: nn.Module | LinearOperator, loss_fn: LossFn | None = None,
                   data: Iterable[Batch] | None = None, n_hvp: int = 100, method: str = "hutch++",
                   target_stderr: float | None = None, seed: int = 0, sketch: int | None = None,
                   target_abs: float | None = None, **op_kwargs) -> TraceResult:
     """Trace of the loss Hessian of ``model`` on ``data`` with its standard error.
 
-    ``model`` may be a prebuilt ``HessianOperator`` (omit loss_fn and data); op_kwargs go to
-    ``HessianOperator``. Cost: at most ``n_hvp`` Hessian-vector products (see ``trace_estimate``).
+    Args:
+        model: the network, or a prebuilt ``LinearOperator`` (omit loss_fn, data, op_kwargs).
+        loss_fn, data: see ``HessianOperator``.
+        n_hvp, method, target_stderr, seed, sketch, target_abs: see ``trace_estimate``.
+        **op_kwargs: ``HessianOperator`` options.
+
+    Returns:
+        :class:`TraceResult` (loss / parameter² units), wall_s including the operator's
+        construction.
+
+    Cost: at most ``n_hvp`` Hessian-vector products (+ one forward pass to build the operator).
     """
     start = time.perf_counter()
     op = as_operator(model, loss_fn, data, **op_kwargs)

@@ -6,14 +6,25 @@ from torch import Tensor
 
 
 def expected_calibration_error(probs: Tensor, targets: Tensor, n_bins: int = 15) -> float:
-    """Top-label L1 ECE of predicted probabilities ``probs`` (N x C) for class indices ``targets`` (N,).
+    """Top-label L1 expected calibration error, ``sum_b (n_b / N) * |acc_b - conf_b|``.
 
-    Returns ``sum_b (n_b / N) * |acc_b - conf_b|`` (a fraction in [0, 1]): the confidence of a
-    sample is its largest probability, bin b holds confidences in ``(b/n_bins, (b+1)/n_bins]``,
+    The confidence of a sample is its largest probability, bin b holds confidences in ``(b/n_bins, (b+1)/n_bins]``,
     ``acc_b`` / ``conf_b`` are the bin's accuracy and mean confidence, empty bins count 0.
     A confidence of exactly 1.0 lands in the last bin (torchmetrics' ``MulticlassCalibrationError``
     drops it, its issue #3510; on data without bin-edge confidences the two agree).
-    Cost: O(N * C), no model call. Raises ``ValueError`` on values outside [0, 1] (logits passed).
+
+    Args:
+        probs: (N, C) predicted probabilities (any device; read in float64 on the CPU).
+        targets: (N,) class indices.
+        n_bins: equal-width confidence bins.
+
+    Returns:
+        ECE, a float fraction in [0, 1].
+
+    Raises:
+        ValueError: mismatched or empty shapes, or values outside [0, 1] (logits passed).
+
+    Cost: O(N * C), no model call.
     """
     if probs.ndim != 2 or len(probs) != len(targets) or len(probs) == 0:
         raise ValueError(f"expected probs (N, C) and targets (N,), got {tuple(probs.shape)}, {tuple(targets.shape)}")

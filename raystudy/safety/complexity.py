@@ -50,9 +50,23 @@ class InputGradientNorm:
 def input_gradient_norm(model: nn.Module, data: Iterable[Batch]) -> InputGradientNorm:
     """E_x ||d f(x) / dx||_F over every sample of ``data``.
 
-    Per batch: one forward pass and C backward passes, one per output coordinate c, each giving
-    row c of every sample's Jacobian at once (eval mode makes samples independent). A loop rather
-    than ``vmap(jacrev)``: the same arithmetic, one batch's graph in memory, and any model runs.
+    A loop over output coordinates rather than ``vmap(jacrev)``: the same arithmetic, one batch's
+    graph in memory, and any model runs.
+
+    Args:
+        model: the network, run in eval mode (restored after), never modified.
+        data: iterable of ``(inputs, targets)`` batches; floating-point inputs (n, ...) in the
+            model's input units; targets unused.
+
+    Returns:
+        :class:`InputGradientNorm` in output units per input unit.
+
+    Raises:
+        ValueError: empty data or non-float inputs.
+
+    Cost: per batch one forward pass and C backward passes (C outputs), each giving row c of
+    every sample's Jacobian at once (eval mode makes samples independent); memory: one batch's
+    autograd graph.
     """
     norms, n_outputs, n_backward = [], None, 0
     with eval_mode(model), torch.enable_grad():
@@ -107,11 +121,28 @@ def pattern_changes(
     model: nn.Module, point: Tensor, direction: Tensor, length: float, n_points: int, chunk_size: int = 1024
 ) -> int:
     """Activation-pattern changes along the segment ``point + t * direction``, t in [-length/2,
-    length/2] (``direction`` as given, normally unit norm; ``point`` one sample, no batch dim),
-    sampled at ``n_points`` evenly spaced t: the number of consecutive pairs whose ReLU pattern
-    differs. Each change means at least one kink between the pair, so this is a lower bound on the
-    kinks crossed, exact when consecutive kinks are more than one spacing (length / (n_points-1))
-    apart. Cost: ``n_points`` forward samples, run ``chunk_size`` at a time, no gradients."""
+    length/2], sampled at ``n_points`` evenly spaced t.
+
+    Each change means at least one kink between the pair, so this is a lower bound on the kinks
+    crossed, exact when consecutive kinks are more than one spacing (length / (n_points-1)) apart.
+
+    Args:
+        model: a ReLU network (``nn.ReLU`` modules), run in eval mode (restored after).
+        point: one sample, no batch dimension, floating point, input units.
+        direction: same shape as ``point``, used as given (normally unit norm).
+        length: segment length in input units (times ||direction||).
+        n_points: samples along the segment (>= 2).
+        chunk_size: samples per forward pass.
+
+    Returns:
+        The number of consecutive pairs whose ReLU pattern differs (an int).
+
+    Raises:
+        ValueError: a model without ``nn.ReLU`` modules (or none that ran), non-float inputs.
+
+    Cost: ``n_points`` forward samples, run ``chunk_size`` at a time, no gradients; memory:
+    n_points x n_units bools.
+    """
     patterns = _segment_patterns(model, point, direction, length, n_points, chunk_size)
     return int((patterns[1:] != patterns[:-1]).any(dim=1).sum())
 
@@ -154,8 +185,24 @@ def linear_region_density(
     length / (n_points - 1) merge (undercount): the defaults (1,025 points on a unit segment,
     resolution 2^-10 input units) resolve kinks ~1e-3 apart. Only ReLU units count; max-pool
     switches do not. Anchors and directions come from ``torch.Generator().manual_seed(seed)`` on
-    the CPU (global RNG untouched). Cost: ``n_lines * n_points`` forward samples, no gradients.
-    Raises ``ValueError`` for a model without ``nn.ReLU`` modules or non-float inputs.
+    the CPU (global RNG untouched).
+
+    Args:
+        model: a ReLU network, run in eval mode (restored after), never modified.
+        data: iterable of ``(inputs, targets)`` batches; floating-point inputs; targets unused.
+        n_lines: random lines (>= 1).
+        n_points: samples per line (>= 2).
+        length: segment length in input units (> 0).
+        seed: seeds the CPU generator of anchors and directions.
+        chunk_size: samples per forward pass.
+
+    Returns:
+        :class:`LinearRegionDensity`, mean/std/stderr in pattern changes per input unit.
+
+    Raises:
+        ValueError: bad counts or length, a model without ``nn.ReLU`` modules, non-float inputs.
+
+    Cost: ``n_lines * n_points`` forward samples, no gradients.
     """
     if n_lines < 1 or n_points < 2 or not length > 0:
         raise ValueError(f"need n_lines >= 1, n_points >= 2, length > 0; got {n_lines}, {n_points}, {length}")

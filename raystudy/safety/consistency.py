@@ -14,8 +14,16 @@ def _labels(pred: Tensor) -> Tensor:
 def disagreement(pred_a: Tensor, pred_b: Tensor) -> float:
     """Fraction of inputs whose predicted classes differ (a float in [0, 1]).
 
-    ``pred_a``, ``pred_b``: (N, C) outputs (logits or probabilities: argmax is taken) or (N,)
-    labels. Returns ``1 - mean(argmax a == argmax b)``. Cost: O(N * C).
+    Args:
+        pred_a, pred_b: (N, C) outputs (logits or probabilities: argmax is taken) or (N,) labels.
+
+    Returns:
+        ``1 - mean(argmax a == argmax b)``, a float fraction in [0, 1].
+
+    Raises:
+        ValueError: shapes that differ, are not (N,)/(N, C), or are empty.
+
+    Cost: O(N * C).
     """
     a, b = _labels(pred_a.detach().cpu()), _labels(pred_b.detach().cpu())
     if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
@@ -26,9 +34,18 @@ def disagreement(pred_a: Tensor, pred_b: Tensor) -> float:
 def js_divergence(probs_a: Tensor, probs_b: Tensor) -> float:
     """Mean over inputs of the Jensen–Shannon divergence between two predictive distributions.
 
-    ``probs_a``, ``probs_b``: (N, C) probabilities. ``JS(p, q) = KL(p||m)/2 + KL(q||m)/2`` with
-    ``m = (p + q)/2``, natural log, so the result is in nats, in [0, ln 2]; 0 log 0 = 0.
-    Cost: O(N * C).
+    ``JS(p, q) = KL(p||m)/2 + KL(q||m)/2`` with ``m = (p + q)/2``, natural log; 0 log 0 = 0.
+
+    Args:
+        probs_a, probs_b: (N, C) probabilities.
+
+    Returns:
+        The mean JS divergence in nats, a float in [0, ln 2].
+
+    Raises:
+        ValueError: shapes that differ or are not (N, C).
+
+    Cost: O(N * C) in float64.
     """
     if probs_a.shape != probs_b.shape or probs_a.ndim != 2:
         raise ValueError(f"expected two (N, C) inputs of equal shape, got {tuple(probs_a.shape)}, {tuple(probs_b.shape)}")
@@ -44,10 +61,20 @@ def js_divergence(probs_a: Tensor, probs_b: Tensor) -> float:
 def pairwise_consistency(outputs_by_seed: dict[int, Tensor], from_logits: bool = True) -> dict[str, float | int]:
     """Disagreement and JS divergence averaged over every ordered pair of seeds (i != j).
 
-    ``outputs_by_seed``: seed -> (N, C) outputs on the same N test inputs, logits (softmax applied)
-    or probabilities (``from_logits=False``). Returns ``{"disagreement", "js_divergence", "n_pairs"}``
-    with ``n_pairs = k (k - 1)`` for k seeds (90 for 10). Both measures are symmetric, so each
-    unordered pair is computed once and the mean over ordered pairs equals theirs.
+    Both measures are symmetric, so each unordered pair is computed once and the mean over
+    ordered pairs equals theirs.
+
+    Args:
+        outputs_by_seed: seed -> (N, C) outputs on the same N test inputs.
+        from_logits: the outputs are logits (softmax applied), else probabilities.
+
+    Returns:
+        ``{"disagreement": fraction in [0, 1], "js_divergence": nats, "n_pairs": k (k - 1)}`` for
+        k seeds (90 for 10).
+
+    Raises:
+        ValueError: fewer than 2 seeds, or outputs of mismatched shapes.
+
     Cost: k(k-1)/2 pair comparisons, O(N * C) each.
     """
     if len(outputs_by_seed) < 2:

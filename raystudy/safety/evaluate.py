@@ -29,9 +29,21 @@ class Evaluation:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loss_fn: LossFn, data: Iterable[Batch]) -> Evaluation:
-    """Evaluate ``model`` on ``data`` in eval mode (mode restored after): an :class:`Evaluation`.
+    """Evaluate ``model`` on ``data`` in eval mode (mode restored after).
 
-    Cost: one forward pass over ``data``, no gradients; keeps the N x C outputs on CPU.
+    Args:
+        model: the network, returning (n, C) logits or (n, 1) predictions.
+        loss_fn: ``loss_fn(outputs, targets)`` -> batch-mean loss.
+        data: iterable of ``(inputs, targets)`` batches (N samples in all).
+
+    Returns:
+        :class:`Evaluation`: loss (loss units), accuracy (fraction or None), outputs (N, C) and
+        targets on the CPU, n = N.
+
+    Raises:
+        ValueError: empty data.
+
+    Cost: one forward pass over ``data``, no gradients; memory: the N x C outputs on the CPU.
     """
     batches = as_batches(data)
     total = n_samples(batches)
