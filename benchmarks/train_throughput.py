@@ -156,6 +156,9 @@ def main() -> None:
     ap.add_argument("--precisions", help="comma-separated (default: fp32,bf16 on CUDA with bf16; fp32 on the CPU)")
     ap.add_argument("--compile", action="store_true", help="also time raystudy's loop with torch.compile")
     ap.add_argument("--no-sam", action="store_true")
+    ap.add_argument("--record", metavar="PROFILE",
+                    help="append our fastest base-step img/s to raystudy/throughput.json under this device profile "
+                         "(h100, a100, l4, ...), for --dry-run --device PROFILE")
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: 1 on the CPU, torch's own on CUDA)")
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -201,6 +204,13 @@ def main() -> None:
         ref = f"plain {label.split()[1]} fp32"
         cells = [(statistics.median(t[label]), statistics.median(t[ref])) for _, t in tables]
         print(f"{label:<28}" + "".join(f"{r:>11.0f}{r / r0:>7.2f}" for r, r0 in cells) + f"  {notes[label]}")
+    if args.record:  # a trial's step as the study would run it: ours, no SAM, uncompiled, per precision
+        from raystudy.cost import _config, record_throughput
+        for precision in precisions:
+            rate = statistics.median(rates[f"ours base {precision}"])
+            record_throughput(args.record, _config(args.model, args.model_args, (3, 32, 32), 10, args.batch, precision),
+                              rate, name.split(",")[0])
+            print(f"recorded {args.model} batch {args.batch} {precision}: {rate:,.0f} img/s under profile {args.record}")
 
 if __name__ == "__main__":
     main()

@@ -9,10 +9,12 @@ estimated (it depends on the metrics' settings; ``benchmarks/measure_cost.py`` t
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -28,8 +30,9 @@ class BlockCost:
     trials: int
     checkpoints: int
     images: float
-    throughput: dict[str, float]
+    throughput: dict[str, float | None]
     device_hours: float
+    unmeasured: list[str] = field(default_factory=list)  # configurations a device profile has no number for
 
 
 def throughput(model: str, model_args: dict, in_shape: tuple, out_dim: int, batch_size: int,
@@ -70,17 +73,58 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def study_cost(trials: list[Trial], device: torch.device) -> list[BlockCost]:
-    """Per block, in study order: counts, images and device-hours at throughput measured on ``device``.
-    Each distinct configuration is timed once (see ``throughput``)."""
-    speed: dict[tuple, float] = {}
+PROFILES = Path(__file__).with_name("throughput.json")
+
+
+def _config(model: str, model_args: dict, in_shape: tuple, out_dim: int, batch: int, precision: str) -> dict:
+    return {"model": model, "model_args": {k: v for k, v in model_args.items() if k not in ("pretrained", "pretrained_file")},
+            "in_shape": list(in_shape), "out_dim": out_dim, "batch": batch, "precision": precision}
+
+
+def profile_names(table: Path | None = None) -> list[str]:
+    """Device profiles the throughput table knows (``--dry-run --device NAME``)."""
+    return sorted(json.loads((table or PROFILES).read_text())["profiles"])
+
+
+def profile_throughput(profile: str, config: dict, table: Path | None = None) -> tuple[float, int] | None:
+    """Measured images/s of ``config`` (``_config``) on device ``profile`` and the batch it was measured at:
+    the same batch if recorded, else the nearest recorded batch of the same model, arguments, input and
+    precision (throughput per image changes little with batch once a GPU is busy). None if not measured."""
+    entries = json.loads((table or PROFILES).read_text())["profiles"][profile]["entries"]
+    same = [e for e in entries if all(e[k] == config[k] for k in ("model", "model_args", "in_shape", "out_dim",
+                                                                   "precision"))]
+    if not same:
+        return None
+    best = min(same, key=lambda e: (abs(e["batch"] - config["batch"]), -e["batch"]))
+    return float(best["img_per_s"]), int(best["batch"])
+
+
+def record_throughput(profile: str, config: dict, img_per_s: float, device: str, table: Path | None = None) -> None:
+    """Add (or replace) the measurement of ``config`` on ``profile`` in the table, with its provenance."""
+    table = table or PROFILES
+    data = json.loads(table.read_text())
+    prof = data["profiles"].setdefault(profile, {"device": device, "entries": []})
+    keep = [e for e in prof["entries"] if any(e[k] != config[k] for k in config)]
+    prof["entries"] = keep + [{**config, "img_per_s": round(img_per_s, 1), "device": device,
+                               "torch": torch.__version__, "measured": time.strftime("%Y-%m-%d"),
+                               "by": "benchmarks/train_throughput.py"}]
+    table.write_text(json.dumps(data, indent=1) + "\n")
+
+
+def study_cost(trials: list[Trial], device: torch.device, profile: str | None = None) -> list[BlockCost]:
+    """Per block, in study order: counts, images and device-hours at throughput measured on ``device``, or,
+    with ``profile``, as recorded for that device profile in the throughput table (a configuration it has
+    not measured gets no hours: ``BlockCost.unmeasured`` names it). Each distinct configuration is timed
+    (or looked up) once (see ``throughput``)."""
+    speed: dict[tuple, float | None] = {}
     by_block: dict[str, list[Trial]] = defaultdict(list)
     for t in trials:
         by_block[t.block].append(t)
     out = []
     for block, mine in by_block.items():
         images = seconds = 0.0
-        labels: dict[str, float] = {}
+        labels: dict[str, float | None] = {}
+        unmeasured: set[str] = set()
         for t in mine:
             in_shape, out_dim = tasks.task_shape(t.family, t.task)
             n = tasks.train_size(t.family, t.task, t.n_train)
@@ -88,28 +132,48 @@ def study_cost(trials: list[Trial], device: torch.device) -> list[BlockCost]:
             precision = getattr(t, "precision", "fp32")
             key = (t.model, repr(sorted(t.model_args.items())), in_shape, out_dim, batch, precision)
             if key not in speed:
-                speed[key] = throughput(t.model, t.model_args, in_shape, out_dim, batch, device, precision)
-            labels[f"{t.model} {'x'.join(map(str, in_shape))} -> {out_dim}, batch {batch}, {precision}"] = speed[key]
+                if profile is None:
+                    speed[key] = throughput(t.model, t.model_args, in_shape, out_dim, batch, device, precision)
+                else:
+                    found = profile_throughput(profile, _config(t.model, t.model_args, in_shape, out_dim, batch,
+                                                                precision))
+                    speed[key] = found[0] if found else None
+            label = f"{t.model} {'x'.join(map(str, in_shape))} -> {out_dim}, batch {batch}, {precision}"
+            labels[label] = speed[key]
             trained = t.epochs * n * (2 if t.sam_rho is not None else 1)
             images += trained
-            seconds += trained / speed[key]
+            if speed[key]:
+                seconds += trained / speed[key]
+            else:
+                unmeasured.add(label)
         out.append(BlockCost(block, len(mine), sum(len(t.checkpoints) for t in mine), images, labels,
-                             seconds / 3600))
+                             seconds / 3600, sorted(unmeasured)))
     return out
 
 
-def format_cost(costs: list[BlockCost], device: torch.device) -> str:
+def format_cost(costs: list[BlockCost], device: torch.device, profile: str | None = None) -> str:
     """The dry-run report: one line per block, its throughputs, and the totals."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    if profile:
+        name = f"{json.loads(PROFILES.read_text())['profiles'][profile]['device']} (profile {profile}, recorded throughput)"
+    else:
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (this machine)"
     lines = [f"{'block':<36}{'trials':>8}{'ckpts':>8}{'images':>12}{'train h':>10}"]
     for c in costs:
-        lines.append(f"{c.block:<36}{c.trials:>8}{c.checkpoints:>8}{c.images:>12.3g}{c.device_hours:>10.3g}")
-        lines += [f"    {label}: {v:,.0f} img/s" for label, v in c.throughput.items()]
+        hours = f"{c.device_hours:>10.3g}" if not c.unmeasured else f"{'?':>10}"
+        lines.append(f"{c.block:<36}{c.trials:>8}{c.checkpoints:>8}{c.images:>12.3g}{hours}")
+        lines += [f"    {label}: " + (f"{v:,.0f} img/s" if v else "not measured on this profile")
+                  for label, v in c.throughput.items()]
     total = sum(c.device_hours for c in costs)
+    missing = sorted({u for c in costs for u in c.unmeasured})
     lines.append(f"total: {sum(c.trials for c in costs)} trials, {sum(c.checkpoints for c in costs)} checkpoints, "
-                 f"{_hours(total)} of training on one {name} at the measured single-trial throughput "
-                 "(measurement not included; trials packed several to a GPU share it, so wall time on a "
+                 f"{_hours(total)} of training on one {name} at the single-trial throughput"
+                 + (" for the measured configurations only" if missing else "")
+                 + " (measurement not included; trials packed several to a GPU share it, so wall time on a "
                  "cluster is this divided by the number of GPUs, at best)")
+    if missing:
+        lines.append(f"not measured on {profile}: {len(missing)} configuration(s); on such a GPU run "
+                     "`python benchmarks/train_throughput.py --device cuda --model MODEL --batch B --record "
+                     f"{profile}` for each, or --dry-run --device cpu to time them here")
     return "\n".join(lines)
 
 

@@ -14,14 +14,17 @@ import importlib.util
 from pathlib import Path
 
 from raystudy import models, tasks
+from raystudy.tasks.datasets import DATASETS
 from raystudy.spec import Study, StudyError
 
 
 LOGGER_PACKAGES = {"tensorboard": "tensorboardX", "mlflow": "mlflow", "wandb": "wandb"}
 
 
-def preflight(study: Study, path: str | Path) -> None:
-    """Raise ``StudyError`` ("file: blocks[i].field: problem") on the first block that cannot run."""
+def preflight(study: Study, path: str | Path, missing: list[str] | None = None) -> None:
+    """Raise ``StudyError`` ("file: blocks[i].field: problem") on the first block that cannot run. With a
+    ``missing`` list (``--dry-run``: a plan may come before the download), a dataset release that is not
+    under the data root is appended to it by name instead of being an error."""
     for name in study.loggers:
         if importlib.util.find_spec(LOGGER_PACKAGES[name]) is None:
             raise StudyError(f"{path}: loggers: {name} needs the {LOGGER_PACKAGES[name]} package, which is not "
@@ -42,15 +45,20 @@ def preflight(study: Study, path: str | Path) -> None:
                     raise StudyError(f"{where}.hessian.top_k: {block.hessian.top_k} eigenvalues at each end need "
                                      f"2 x top_k <= the parameter count of {model} ({n_params})")
             if block.family == "images":
+                ds = DATASETS[task]
                 try:
                     tasks.check_available(task, block.data_root)
                 except tasks.DatasetError as err:
-                    raise StudyError(f"{where}.{'data_root' if block.data_root else 'task'}: {err}") from None
+                    if missing is None or ds.release is None:
+                        raise StudyError(f"{where}.{'data_root' if block.data_root else 'task'}: {err}") from None
+                    missing.append(ds.release)
                 if "corruption" in block.metrics:
                     try:
                         tasks.check_available(task, block.data_root, corruptions=True)
                     except ValueError as err:  # DatasetError, or a task that has no -C release at all
-                        raise StudyError(f"{where}.metrics: corruption: {err}") from None
+                        if missing is None or not isinstance(err, tasks.DatasetError) or not ds.corruptions_release:
+                            raise StudyError(f"{where}.metrics: corruption: {err}") from None
+                        missing.append(ds.corruptions_release)
 
 
 def _check_model(model: str, in_shape: tuple, out_dim: int, model_args: dict, where: str, task: str) -> int:

@@ -161,22 +161,40 @@ def summarise(p: Plan, report: object) -> None:
             print(f"verdict {v['family']}{block}: {v['outcome']} - {v['claim']}", flush=True)
 
 
-def dry_run(study_path: str) -> int:
-    """Validate the study (file and preflight), print its grid and the training cost measured on this
-    machine's device; write nothing, start nothing. Exit 0, or 2 on bad input."""
+def dry_run(study_path: str, device_name: str | None = None) -> int:
+    """Validate the study (file and preflight), print its grid, the datasets still to download and the
+    training cost: measured on this machine (``device_name`` None, "cpu" or "cuda") or read from the
+    throughput table's device profile (``h100``, ...). Writes nothing, starts nothing. Exit 0, or 2 on bad
+    input."""
     import torch
-    from raystudy.cost import format_cost, study_cost
+    from raystudy.cost import format_cost, profile_names, study_cost
+    from raystudy.data.releases import RELEASES
 
+    profile = device_name if device_name not in (None, "cpu", "cuda") else None
+    if profile and profile not in profile_names():
+        print(f"--device: unknown device profile {profile!r}; known: cpu, cuda, {', '.join(profile_names())}",
+              file=sys.stderr)
+        return 2
+    missing: list[str] = []
     try:
         study = load_study(study_path)
-        preflight(study, study_path)
+        preflight(study, study_path, missing=missing)
         trials = expand(study)
     except StudyError as err:
         print(err, file=sys.stderr)
         return 2
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device_name if device_name in ("cpu", "cuda") else
+                          "cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("--device cuda: no CUDA device here; name a profile (--device h100) to read recorded numbers",
+              file=sys.stderr)
+        return 2
     print(f"study {study.name}: {len(trials)} trials (dry run: nothing is started or written)", flush=True)
-    print(format_cost(study_cost(trials, device), device), flush=True)
+    for name in dict.fromkeys(missing):
+        size = RELEASES[name].size if name in RELEASES else None
+        print(f"dataset {name}: not downloaded yet" + (f" ({size / 1e9:.2f} GB)" if size else "")
+              + f"; fetch it with: python -m raystudy.data fetch {name}", flush=True)
+    print(format_cost(study_cost(trials, device, profile), device, profile), flush=True)
     return 0
 
 
@@ -194,7 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--logger", action="append", default=[], choices=["tensorboard", "mlflow", "wandb"],
                         help="also send Tune's per-epoch results here (repeatable; adds to the study's loggers)")
     parser.add_argument("--dry-run", action="store_true",
-                        help="print the grid and an estimate of training device-hours; start nothing")
+                        help="print the grid, missing datasets and the training device-hours; start nothing")
+    parser.add_argument("--device", metavar="NAME",
+                        help="with --dry-run: cpu or cuda (time it here), or a device profile of recorded "
+                             "throughputs (h100, a100, l4)")
     talk = parser.add_mutually_exclusive_group()
     talk.add_argument("-q", "--quiet", action="store_true", help="print only the closing summary")
     talk.add_argument("-v", "--verbose", action="count", default=0,
@@ -204,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     args.verbosity = 0 if args.quiet else 1 + args.verbose
     t0 = time.perf_counter()
     if args.dry_run:
-        return dry_run(args.study)
+        return dry_run(args.study, args.device)
     lock = []
 
     def take_lock(store) -> None:  # after the checks, before anything is written or deleted

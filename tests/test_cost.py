@@ -47,3 +47,59 @@ def test_dry_run_prints_and_writes_nothing(write_study, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "study dry: 12 trials" in out and "circles" in out and "img/s" in out and "total: 12 trials" in out
     assert not (tmp_path / "runs").exists()
+
+
+CIFAR = """
+name: gpu
+storage: {tmp}/runs
+blocks:
+  - name: c10
+    family: images
+    task: cifar10
+    data_root: {tmp}/empty
+    model: resnet18_cifar
+    regime: base
+    seed: [0, 1]
+    lr: 0.1
+    batch_size: 256
+    epochs: 10
+    metrics: [corruption]
+"""
+
+
+def test_dry_run_without_the_data_names_what_to_fetch(write_study, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    path = write_study(CIFAR)
+    assert main([str(path), "--dry-run", "--device", "h100"]) == 0
+    out = capsys.readouterr().out
+    assert "dataset cifar10: not downloaded yet (0.17 GB)" in out and "dataset cifar10-c: not downloaded yet" in out
+    assert "not measured on this profile" in out and "--record h100" in out  # no invented GPU numbers
+    assert not (tmp_path / "runs").exists()
+    # A real run still refuses the missing data, before anything starts.
+    assert main([str(path)]) == 2 and "missing" in capsys.readouterr().err
+
+
+def test_unknown_device_profile_is_one_line(write_study, capsys):
+    assert main([str(write_study(CIFAR)), "--dry-run", "--device", "tpu9"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("--device: unknown device profile 'tpu9'") and "h100" in err and "\n" not in err
+
+
+def test_recorded_throughput_becomes_gpu_hours(tmp_path, write_study, monkeypatch):
+    import json
+
+    from raystudy import cost
+    table = tmp_path / "throughput.json"
+    table.write_text(json.dumps({"format": 1, "profiles": {"h100": {"device": "H100", "entries": []}}}))
+    monkeypatch.setattr(cost, "PROFILES", table)
+    config = cost._config("resnet18_cifar", {}, (3, 32, 32), 10, 512, "fp32")
+    cost.record_throughput("h100", config, 20_000.0, "NVIDIA H100", table=table)
+    cost.record_throughput("h100", config, 25_000.0, "NVIDIA H100", table=table)  # re-measured: replaces
+    assert len(json.loads(table.read_text())["profiles"]["h100"]["entries"]) == 1
+    # batch 256 asked, 512 recorded: the nearest recorded batch of the same model, input and precision
+    assert cost.profile_throughput("h100", {**config, "batch": 256}, table) == (25_000.0, 512)
+    assert cost.profile_throughput("h100", {**config, "precision": "bf16"}, table) is None
+    (tmp_path / "empty").mkdir()
+    trials = expand(load_study(write_study(CIFAR)))
+    (block,) = study_cost(trials, torch.device("cpu"), profile="h100")
+    assert not block.unmeasured and block.device_hours == pytest.approx(2 * 10 * 50_000 / 25_000 / 3600)
