@@ -82,8 +82,9 @@ def execute(p: Plan, address: str | None = None, num_cpus: int | None = None, ve
         print(f"warning: {warning}", file=sys.stderr, flush=True)
     metrics.set_study(p.study.name)
     a = p.study.analysis
+    fence = p.store.fence.portable() if p.store.fence is not None else None  # the lock, for other processes
     pool = MeasurePool(p.store.uri, trials={t.trial_id: t.to_dict() for t in p.trials}, size=a.actors,
-                       cpus=a.cpus, gpus=a.gpus)
+                       cpus=a.cpus, gpus=a.gpus, fence=fence)
     failed, interrupted = {}, []
     try:
         for path in p.to_measure:
@@ -91,7 +92,7 @@ def execute(p: Plan, address: str | None = None, num_cpus: int | None = None, ve
         if p.to_train:
             failed, interrupted = run_trials(p.to_train, p.store, pool, say_measured, verbose=verbose,
                                              cap=p.study.max_concurrent_trials, max_failures=p.study.max_failures,
-                                             logger_names=tuple(p.study.loggers))
+                                             logger_names=tuple(p.study.loggers), fence=fence)
         if not interrupted:  # after a Ctrl-C stop now: unmeasured checkpoints wait for the rerun
             pool.drain(say_measured)
             # A checkpoint saved just before a trial died never reached Tune: sweep storage once more.
@@ -142,6 +143,14 @@ def dry_run(study_path: str) -> int:
     return 0
 
 
+def lock_lost(line: str) -> None:
+    """The study's lock was deleted or taken over (this run stalled past the stale limit): stop at once with
+    one line and exit 2, writing nothing more (no report, no release: the lock is someone else's now)."""
+    sys.stdout.flush()
+    print(line, file=sys.stderr, flush=True)
+    os._exit(2)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m raystudy.run", description=__doc__.splitlines()[0])
     parser.add_argument("study", help="study YAML file")
@@ -164,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     lock = []
 
     def take_lock(store) -> None:  # after the checks, before anything is written or deleted
-        lock.append(StudyLock(store).acquire())
+        lock.append(StudyLock(store, on_lost=lock_lost).acquire())
+        store.fence = lock[-1]  # every later write of this run checks that the lock is still ours
 
     try:
         try:

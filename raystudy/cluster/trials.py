@@ -46,6 +46,7 @@ def _train_worker(config: dict[str, Any]) -> None:
     from raystudy.train.loop import train_trial
 
     trial, store = Trial.from_dict(config["trial"]), Store(config["store"])
+    store.fence = config.get("fence")  # raystudy.lock.Fence: no checkpoint is written once the run lost its lock
     res = trial.resources
     torch.set_num_threads(max(1, int(res["cpus"])))  # oversubscribing cores slows every trial
     local = res["workers"] == 0
@@ -70,7 +71,8 @@ def _train_worker(config: dict[str, Any]) -> None:
     train_trial(trial, store, report=report, device=device, parallel=parallel)
 
 
-def run_trial(config: dict[str, Any], trials: dict[str, dict], store_uri: str, max_failures: int = 2) -> None:
+def run_trial(config: dict[str, Any], trials: dict[str, dict], store_uri: str, max_failures: int = 2,
+              fence=None) -> None:
     """Tune function trainable: one grid point, trained by a ``TorchTrainer``. With real workers, Train
     restarts a worker group that lost a worker up to ``max_failures`` times; the loop picks up from the
     trial's resume point either way (Tune retries a trial whose own process died, see ``run_trials``)."""
@@ -85,7 +87,7 @@ def run_trial(config: dict[str, Any], trials: dict[str, dict], store_uri: str, m
         callbacks, failure = [TuneReportCallback()], train.FailureConfig(max_failures=max_failures)
     trainer = TorchTrainer(
         _train_worker,
-        train_loop_config={"trial": trial, "store": store_uri},
+        train_loop_config={"trial": trial, "store": store_uri, "fence": fence},
         scaling_config=scaling,
         # Same name + storage on a rerun: Train picks the run up where it stopped. Train's state goes
         # through the study's own filesystem (local or object store), like everything else.
@@ -164,8 +166,8 @@ def loggers(names: list[str], study: str) -> list[tune.Callback]:
 
 
 def run_trials(trials: list[Trial], store: Store, pool: MeasurePool, say, verbose: int = 1,
-               cap: int | None = None, max_failures: int = 2, logger_names: tuple[str, ...] = ()
-               ) -> tuple[dict[str, str], list[str]]:
+               cap: int | None = None, max_failures: int = 2, logger_names: tuple[str, ...] = (),
+               fence=None) -> tuple[dict[str, str], list[str]]:
     """Train ``trials`` with Ray Tune, feeding checkpoints to ``pool``; a trial whose process dies (or
     whose training raises) is retried up to ``max_failures`` times (the study's ``max_failures``), each
     time from its last resume point. Returns ``({trial_id: error}`` for the trials that failed after
@@ -175,7 +177,8 @@ def run_trials(trials: list[Trial], store: Store, pool: MeasurePool, say, verbos
     if local and verbose:
         print(f"{local} of {len(trials)} trials train in Ray Train's local mode (workers: 0): inside their Tune "
               "trial's process, no worker start-up", flush=True)
-    trainable = tune.with_parameters(run_trial, trials=by_id, store_uri=store.uri, max_failures=max_failures)
+    trainable = tune.with_parameters(run_trial, trials=by_id, store_uri=store.uri, max_failures=max_failures,
+                                     fence=fence)
     trainable = tune.with_resources(trainable, lambda config: trial_resources(by_id[config["trial_id"]]))
     feed = FeedPool(pool, say)
     tuner = tune.Tuner(
