@@ -16,6 +16,7 @@ from raystudy.lock import StudyLock, StudyLocked
 from raystudy.plan import Plan, plan, still_unmeasured
 from raystudy.preflight import preflight
 from raystudy.spec import StudyError, expand, load_study
+from raystudy.storage import FENCES
 
 
 def connect(address: str | None, num_cpus: int | None) -> str:
@@ -82,7 +83,8 @@ def execute(p: Plan, address: str | None = None, num_cpus: int | None = None, ve
         print(f"warning: {warning}", file=sys.stderr, flush=True)
     metrics.set_study(p.study.name)
     a = p.study.analysis
-    fence = p.store.fence.portable() if p.store.fence is not None else None  # the lock, for other processes
+    held = FENCES.get(p.store.uri)
+    fence = held.portable() if held is not None else None  # the lock, for the trial and measuring processes
     pool = MeasurePool(p.store.uri, trials={t.trial_id: t.to_dict() for t in p.trials}, size=a.actors,
                        cpus=a.cpus, gpus=a.gpus, fence=fence)
     failed, interrupted = {}, []
@@ -174,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def take_lock(store) -> None:  # after the checks, before anything is written or deleted
         lock.append(StudyLock(store, on_lost=lock_lost).acquire())
-        store.fence = lock[-1]  # every later write of this run checks that the lock is still ours
+        FENCES[store.uri] = lock[-1]  # every later write of this run checks that the lock is still ours
 
     try:
         try:
@@ -188,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         for held in lock:
+            FENCES.pop(held.store.uri, None)
             held.release()
 
 

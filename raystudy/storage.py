@@ -29,6 +29,9 @@ REMOTE_SCHEMES = ("s3", "gs", "gcs")  # what pyarrow.fs reaches without extra na
 _DENIED = ("ACCESS_DENIED", "INVALID_ACCESS_KEY", "SIGNATURE_DOES_NOT_MATCH", "HTTP status 403",
            "PERMISSION_DENIED", "UNAUTHENTICATED", "access token", "credentials")
 CHECK_S = 20  # how long the storage check waits for an object store that does not answer, seconds
+# Root URI -> the fence of the study this process runs: every Store of that root built in this process (the
+# report's too) checks it before writing, like ``Store.fence``. Set and cleared by ``raystudy.run``.
+FENCES: dict[str, object] = {}
 
 
 class StorageError(ValueError):
@@ -144,8 +147,9 @@ class Store:
             raise
 
     def _fenced(self) -> None:
-        if self.fence is not None:
-            self.fence.check()
+        fence = self.fence if self.fence is not None else FENCES.get(self.uri)
+        if fence is not None:
+            fence.check()
 
     def write_text(self, path: str, text: str) -> None:
         self.write_bytes(path, text.encode())

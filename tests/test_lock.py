@@ -229,3 +229,84 @@ def test_s3_conditional_lock(capsys):
         assert json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())["token"] == third.token
         third.release()
         assert s3.list_objects_v2(Bucket=BUCKET, Prefix=key)["KeyCount"] == 0
+
+
+def test_a_new_store_of_the_study_is_fenced_too(tmp_path):
+    """The driver's report builds its own Store from the study's URI: the process-wide fence covers it."""
+    from raystudy.storage import FENCES
+    store = Store(tmp_path / "study")
+    lock = StudyLock(store, heartbeat_s=3600).acquire()
+    FENCES[store.uri] = lock
+    try:
+        Store(store.uri).write_text(store.path("a.txt"), "ok")
+        _lock_file(tmp_path).unlink()
+        with pytest.raises(LockLost):
+            Store(store.uri).write_text(store.path("b.txt"), "no")
+    finally:
+        FENCES.pop(store.uri)
+    assert (tmp_path / "study" / "a.txt").exists() and not (tmp_path / "study" / "b.txt").exists()
+
+
+CLI_STUDY = """
+name: fenced
+storage: {tmp}/runs
+analysis: {{actors: 1, cpus: 0.5}}
+blocks:
+  - name: c
+    family: circles
+    task: circles
+    factor: 0.4
+    model: mlp
+    model_args: {{hidden: [8]}}
+    seed: [0, 1]
+    shuffle_seed: 0
+    lr: 0.05
+    batch_size: 10
+    epochs: 400
+    checkpoints: {checkpoints}
+    metrics: [sam_sharpness]
+    sharpness: {{rhos: [0.01], draws: 5}}
+"""
+
+
+def _written(study: Path) -> set[Path]:
+    return {p for sub in ("results", "checkpoints", "report") for p in (study / sub).rglob("*")
+            if p.is_file() and not p.name.startswith(".")}
+
+
+@pytest.mark.slow
+def test_cli_stops_in_one_line_when_its_lock_is_taken_mid_run(tmp_path):
+    """The lock taken over mid-run (as after a SIGSTOP past the stale limit): the driver says so in one line
+    and exits 2; its trials and measurers write nothing more; the new holder's lock stays."""
+    import ray
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        path = tmp_path / "fenced.yaml"
+        path.write_text(CLI_STUDY.format(tmp=tmp_path, checkpoints=list(range(10, 400, 10))))
+        study, log = tmp_path / "runs" / "fenced", tmp_path / "driver.log"
+        fast = ("import sys, raystudy.lock as lock; lock.HEARTBEAT_S = 0.5; from raystudy.run import main; "
+                "sys.exit(main(sys.argv[1:]))")
+        with open(log, "w") as out:
+            proc = subprocess.Popen([sys.executable, "-c", fast, str(path), "--no-report"], stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True,
+                                    env={**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+                                         "PYTHONUNBUFFERED": "1"})
+        deadline = time.time() + 240
+        while not list((study / "results").rglob("*.parquet")):
+            assert time.time() < deadline and proc.poll() is None, log.read_text()
+            time.sleep(0.2)
+        other = _record(token="b" * 32)
+        tmp = study / ".taker.tmp"
+        tmp.write_bytes(other)
+        os.replace(tmp, study / "lock.json")  # the other run's takeover: one atomic replace
+        time.sleep(0.3)  # a write that passed its fence check before the takeover lands now
+        before = _written(study)
+        assert proc.wait(timeout=60) == 2, log.read_text()
+        time.sleep(2)  # trials and measurers of the dead driver: nothing more lands
+        lines = [line for line in log.read_text().splitlines() if "lost the study's lock" in line]
+        assert len(lines) == 1 and "taken over by pid 4242 on another-host" in lines[0], log.read_text()
+        assert log.read_text().strip().splitlines()[-1] == lines[0]
+        assert _written(study) <= before
+        assert (study / "lock.json").read_bytes() == other
+    finally:
+        ray.shutdown()
