@@ -89,7 +89,7 @@ class Fence:
     def check(self) -> None:
         if self.store_uri not in _BACKENDS:
             store = Store(self.store_uri)
-            _BACKENDS[self.store_uri] = (store, backend_for(store, store.path("lock.json")))
+            _BACKENDS[self.store_uri] = (store, backend_for(store, store.path("lock.json"), warn=False))
         store, backend = _BACKENDS[self.store_uri]
         _check(backend, self.token, store.uri_of(store.path("lock.json")))
 
@@ -191,8 +191,8 @@ class StudyLock:
                 self.beat()
             except LockLost:
                 return
-            except OSError:  # storage briefly unreachable: the next beat tries again
-                pass
+            except Exception:  # storage briefly unreachable (OSError, a dropped connection): the next beat
+                pass  # tries again; a traceback from this thread would only interleave with the run's output
 
     def release(self) -> None:
         """Stop the heartbeat and delete the lock if it is still ours (conditionally: never another's)."""

@@ -176,10 +176,14 @@ class S3Backend:
             raise OSError(f"s3://{self.bucket}/{self.key}: {first_line(err)}") from None
 
     def read(self) -> Seen | None:
+        from botocore.exceptions import BotoCoreError
         got = self._call("get_object")
         if got is None:
             return None
-        data = got["Body"].read(MAX_BYTES + 1)
+        try:
+            data = got["Body"].read(MAX_BYTES + 1)
+        except BotoCoreError as err:  # the connection dropped mid-body
+            raise OSError(f"s3://{self.bucket}/{self.key}: {first_line(err)}") from None
         date = got["ResponseMetadata"].get("HTTPHeaders", {}).get("date")
         now = parsedate_to_datetime(date).timestamp() if date else time.time()
         return Seen(data, got["ETag"], now - got["LastModified"].timestamp())
@@ -240,10 +244,11 @@ class BestEffortBackend:
     """Any other pyarrow filesystem: write, then read back (two runs racing within one round trip can both
     believe they won). Used only where no conditional write is available."""
 
-    def __init__(self, store: Store, path: str):
+    def __init__(self, store: Store, path: str, warn: bool = True):
         self.store, self.path = store, path
-        print(f"warning: {store.uri_of(path)}: the study lock is best effort here (no conditional writes; "
-              "install google-cloud-storage for an atomic lock on gs://)", file=sys.stderr, flush=True)
+        if warn:
+                print(f"warning: {store.uri_of(path)}: the study lock is best effort here (no conditional writes; "
+                  "install google-cloud-storage for an atomic lock on gs://)", file=sys.stderr, flush=True)
 
     def read(self) -> Seen | None:
         info = self.store.fs.get_file_info(self.path)
@@ -275,8 +280,9 @@ class BestEffortBackend:
         return True
 
 
-def backend_for(store: Store, path: str):
-    """The strongest backend the store's filesystem allows for the object at ``path`` (a path on ``store.fs``)."""
+def backend_for(store: Store, path: str, warn: bool = True):
+    """The strongest backend the store's filesystem allows for the object at ``path`` (a path on ``store.fs``);
+    ``warn``: say so (one line on stderr) when that is only the best-effort one."""
     if store.local:
         return LocalBackend(path)
     if store.uri.startswith("s3://"):
@@ -284,4 +290,4 @@ def backend_for(store: Store, path: str):
     try:
         return GCSBackend(path)
     except ImportError:
-        return BestEffortBackend(store, path)
+        return BestEffortBackend(store, path, warn)

@@ -170,7 +170,8 @@ def run_trials(trials: list[Trial], store: Store, pool: MeasurePool, say, verbos
                fence=None) -> tuple[dict[str, str], list[str]]:
     """Train ``trials`` with Ray Tune, feeding checkpoints to ``pool``; a trial whose process dies (or
     whose training raises) is retried up to ``max_failures`` times (the study's ``max_failures``), each
-    time from its last resume point. Returns ``({trial_id: error}`` for the trials that failed after
+    time from its last resume point. ``fence`` (raystudy.lock.Fence) is checked by every trial before each
+    checkpoint it writes. Returns ``({trial_id: error}`` for the trials that failed after
     their retries, ``[trial_id]`` of those a Ctrl-C stopped before they ended)."""
     by_id = {t.trial_id: t.to_dict() for t in trials}
     local = sum(t.resources["workers"] == 0 for t in trials)
