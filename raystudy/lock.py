@@ -116,6 +116,7 @@ class StudyLock:
         self.backend = backend_for(store, self.path)
         self.version: Any = None
         self._mutex = threading.Lock()  # one conditional write at a time: heartbeat vs release
+        self._told = threading.Lock()
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
 
@@ -179,10 +180,11 @@ class StudyLock:
         return Fence(self.store.uri, self.token)
 
     def _lose(self, line: str) -> None:
-        first = not self.lost
-        self.lost = self.lost or line
-        if first and self.on_lost is not None:
-            self.on_lost(self.lost)
+        with self._told:  # the heartbeat and a write can find the loss at once: on_lost runs once
+            first = not self.lost
+            self.lost = self.lost or line
+            if first and self.on_lost is not None:
+                self.on_lost(self.lost)
         raise LockLost(self.lost)
 
     def _heartbeat(self) -> None:

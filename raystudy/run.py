@@ -16,7 +16,7 @@ from raystudy.lock import StudyLock, StudyLocked
 from raystudy.plan import Plan, plan, still_unmeasured
 from raystudy.preflight import preflight
 from raystudy.spec import StudyError, expand, load_study
-from raystudy.storage import FENCES
+from raystudy.storage import FENCES, first_line
 
 
 def connect(address: str | None, num_cpus: int | None) -> str:
@@ -175,7 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     lock = []
 
     def take_lock(store) -> None:  # after the checks, before anything is written or deleted
-        lock.append(StudyLock(store, on_lost=lock_lost).acquire())
+        try:
+            lock.append(StudyLock(store, on_lost=lock_lost).acquire())
+        except OSError as err:  # disk full, storage unreachable: unusable storage at the start
+            raise StudyLocked(f"storage: cannot take the study's lock {store.uri_of(store.path('lock.json'))}: "
+                              f"{first_line(err)}") from None
         FENCES[store.uri] = lock[-1]  # every later write of this run checks that the lock is still ours
 
     try:

@@ -310,3 +310,23 @@ def test_cli_stops_in_one_line_when_its_lock_is_taken_mid_run(tmp_path):
         assert (study / "lock.json").read_bytes() == other
     finally:
         ray.shutdown()
+
+
+def test_disk_full_at_the_lock_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    """The disk fills up as the lock is written (ENOSPC from the system call, injected): one line naming
+    the lock, exit 2, before Ray starts and before anything else is written."""
+    import errno
+
+    import ray
+    from raystudy.run import main
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    path = tmp_path / "full.yaml"
+    path.write_text(CLI_STUDY.replace("name: fenced", "name: full").format(tmp=tmp_path, checkpoints=[10]))
+    monkeypatch.setattr(os, "link", full)
+    assert main([str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot take the study's lock" in err and "No space left" in err, err
+    assert not ray.is_initialized() and not (tmp_path / "runs" / "full" / "study.yaml").exists()
