@@ -73,11 +73,13 @@ class LocalBackend:
 
     def _current(self) -> tuple[bytes | None, Any, os.stat_result, str] | None:
         try:
-            st = os.stat(self.path)
+            st = os.lstat(self.path)
         except FileNotFoundError:
             return None
         if stat.S_ISDIR(st.st_mode):
             return None, ("dir", st.st_ino), st, "it is a directory"
+        if not stat.S_ISREG(st.st_mode):  # never written by a lock: a symbolic link (perhaps dangling), a FIFO
+            return None, ("other", st.st_ino, st.st_mtime_ns), st, "it is not a regular file"
         try:
             with open(self.path, "rb") as f:
                 data = f.read(MAX_BYTES + 1)

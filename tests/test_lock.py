@@ -178,6 +178,20 @@ def test_directory_at_lock_path(tmp_path, capsys):
     assert (path / "keep.txt").exists()
 
 
+@pytest.mark.parametrize("kind", ["dangling symlink", "fifo"])
+def test_lock_path_not_a_regular_file(tmp_path, capsys, kind):
+    path = _lock_file(tmp_path)
+    path.parent.mkdir()
+    if kind == "fifo":
+        os.mkfifo(path)  # reading it would block forever
+    else:
+        path.symlink_to(tmp_path / "elsewhere" / "target.json")
+    lock = StudyLock(Store(tmp_path / "study"), heartbeat_s=3600).acquire()
+    assert "not a regular file" in capsys.readouterr().err and path.is_file() and not path.is_symlink()
+    assert not (tmp_path / "elsewhere").exists()
+    lock.release()
+
+
 def test_future_heartbeat_from_another_host_is_judged_by_storage_time(tmp_path):
     path = _lock_file(tmp_path)
     path.parent.mkdir()
