@@ -10,9 +10,10 @@ kill -9), or malformed (not a JSON object of the expected fields; a warning name
 over by the same compare-and-swap, so of two runs taking it over one wins.
 
 A run that finds its lock gone or taken over (deleted by hand, or stopped with SIGSTOP past ``STALE_S``
-while another run took over) must write nothing more: ``Store.fence`` is checked before every write, in
-the driver (the :class:`StudyLock`) and in every trial and measuring process (its :class:`Fence`), and
-raises :class:`LockLost`.
+while another run took over) must write nothing more: a fence is checked before every write and delete of
+a :class:`~raystudy.storage.Store`, in the driver (the :class:`StudyLock`, for every Store of the study
+through ``storage.FENCES``) and in every trial and measuring process (its :class:`Fence`, as ``Store.fence``),
+and raises :class:`LockLost`. The driver's ``on_lost`` then prints one line and exits 2.
 """
 from __future__ import annotations
 
