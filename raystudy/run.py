@@ -16,6 +16,7 @@ from raystudy.lock import StudyLock, StudyLocked
 from raystudy.plan import Plan, plan, still_unmeasured
 from raystudy.preflight import preflight
 from raystudy.spec import StudyError, expand, load_study
+from raystudy.storage import FENCES, first_line
 
 
 def quiet_ray(verbose: int) -> None:
@@ -116,9 +117,11 @@ def execute(p: Plan, address: str | None = None, num_cpus: int | None = None, ve
         progress.checkpoint_measured(ok=True)
 
     a = p.study.analysis
+    held = FENCES.get(p.store.uri)
+    fence = held.portable() if held is not None else None  # the lock, for the trial and measuring processes
     pool = MeasurePool(p.store.uri, trials={t.trial_id: t.to_dict() for t in p.trials}, size=a.actors,
                        cpus=a.cpus, gpus=a.gpus, on_result=on_result,
-                       on_error=lambda line: progress.checkpoint_measured(ok=False))
+                       on_error=lambda line: progress.checkpoint_measured(ok=False), fence=fence)
     failed, interrupted = {}, []
     try:
         for path in p.to_measure:
@@ -128,7 +131,7 @@ def execute(p: Plan, address: str | None = None, num_cpus: int | None = None, ve
                                              cap=p.study.max_concurrent_trials, max_failures=p.study.max_failures,
                                              logger_names=tuple(p.study.loggers),
                                              on_trial_end=lambda bad: progress.trial_ended(failed=bad),
-                                             tick=progress.tick)
+                                             tick=progress.tick, fence=fence)
         if not interrupted:  # after a Ctrl-C stop now: unmeasured checkpoints wait for the rerun
             pool.drain(progress.tick)
             # A checkpoint saved just before a trial died never reached Tune: sweep storage once more.
@@ -198,6 +201,14 @@ def dry_run(study_path: str, device_name: str | None = None) -> int:
     return 0
 
 
+def lock_lost(line: str) -> None:
+    """The study's lock was deleted or taken over (this run stalled past the stale limit): stop at once with
+    one line and exit 2, writing nothing more (no report, no release: the lock is someone else's now)."""
+    sys.stdout.flush()
+    print(line, file=sys.stderr, flush=True)
+    os._exit(2)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m raystudy.run", description=__doc__.splitlines()[0])
     parser.add_argument("study", help="study YAML file")
@@ -229,7 +240,12 @@ def main(argv: list[str] | None = None) -> int:
     lock = []
 
     def take_lock(store) -> None:  # after the checks, before anything is written or deleted
-        lock.append(StudyLock(store).acquire())
+        try:
+            lock.append(StudyLock(store, on_lost=lock_lost).acquire())
+        except OSError as err:  # disk full, storage unreachable: unusable storage at the start
+            raise StudyLocked(f"storage: cannot take the study's lock {store.uri_of(store.path('lock.json'))}: "
+                              f"{first_line(err)}") from None
+        FENCES[store.uri] = lock[-1]  # every later write of this run checks that the lock is still ours
 
     try:
         try:
@@ -243,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         for held in lock:
+            FENCES.pop(held.store.uri, None)
             held.release()
 
 

@@ -29,6 +29,9 @@ REMOTE_SCHEMES = ("s3", "gs", "gcs")  # what pyarrow.fs reaches without extra na
 _DENIED = ("ACCESS_DENIED", "INVALID_ACCESS_KEY", "SIGNATURE_DOES_NOT_MATCH", "HTTP status 403",
            "PERMISSION_DENIED", "UNAUTHENTICATED", "access token", "credentials")
 CHECK_S = 20  # how long the storage check waits for an object store that does not answer, seconds
+# Root URI -> the fence of the study this process runs: every Store of that root built in this process (the
+# report's too) checks it before writing, like ``Store.fence``. Set and cleared by ``raystudy.run``.
+FENCES: dict[str, object] = {}
 
 
 class StorageError(ValueError):
@@ -55,6 +58,10 @@ class Store:
     returns is a path on ``fs`` (no scheme: ``bucket/runs/smoke/results/...`` or ``/abs/runs/...``).
     Raises StorageError for a scheme pyarrow.fs cannot reach here.
     """
+
+    # Checked before every write and delete: an object whose ``check()`` raises (raystudy.lock.LockLost)
+    # once this run has lost its study's lock, so a run that lost it writes nothing more. None: unfenced.
+    fence = None
 
     def __init__(self, location: str | Path):
         location = str(location)
@@ -120,6 +127,7 @@ class Store:
 
     def write_bytes(self, path: str, data: bytes) -> None:
         """Atomically create or replace the file at ``path`` (parent folders are created)."""
+        self._fenced()
         if not self.local:
             with self.fs.open_output_stream(path) as out:
                 out.write(data)
@@ -137,6 +145,11 @@ class Store:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
+
+    def _fenced(self) -> None:
+        fence = self.fence if self.fence is not None else FENCES.get(self.uri)
+        if fence is not None:
+            fence.check()
 
     def write_text(self, path: str, text: str) -> None:
         self.write_bytes(path, text.encode())
@@ -177,6 +190,7 @@ class Store:
         strictly inside the root: deleting never reaches above the study."""
         if not self.inside(path):
             raise ValueError(f"{path}: refusing to delete a folder outside {self.root}")
+        self._fenced()
         if not self.exists(path):
             return
         if self._scheme in ("gs", "gcs"):  # pyarrow's GCS delete_dir fails on a folder without a marker object
@@ -188,6 +202,7 @@ class Store:
         """Delete one file strictly inside the root (ValueError otherwise); a missing file is not an error."""
         if not self.inside(path):
             raise ValueError(f"{path}: refusing to delete a file outside {self.root}")
+        self._fenced()
         try:
             self.fs.delete_file(path)
         except FileNotFoundError:
@@ -197,6 +212,7 @@ class Store:
         """Rename a file inside the root (an object store copies, then deletes)."""
         if not (self.inside(src) and self.inside(dst)):
             raise ValueError(f"{src} -> {dst}: refusing to move a file across the root {self.root}")
+        self._fenced()
         self.fs.move(src, dst)
 
     def tail(self, path: str, n: int) -> bytes:

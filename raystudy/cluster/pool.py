@@ -21,11 +21,12 @@ class Measurer:
     """One measuring process. Holds cached tasks between checkpoints; writes each row itself, so a
     result is on storage before the driver hears of it and a driver crash loses nothing."""
 
-    def __init__(self, store_uri: str, threads: int, gpus: float):
+    def __init__(self, store_uri: str, threads: int, gpus: float, fence=None):
         import torch
         from raystudy.storage import Store
         torch.set_num_threads(threads)
         self.store = Store(store_uri)
+        self.store.fence = fence  # raystudy.lock.Fence: no row is written once the run has lost its lock
         self.device = "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
 
     def measure(self, path: str, trial: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -64,6 +65,7 @@ class MeasurePool:
     errors: list[str] = field(default_factory=list)
     on_result: Callable[[dict[str, Any]], None] | None = None
     on_error: Callable[[str], None] | None = None
+    fence: Any = None  # raystudy.lock.Fence each Measurer checks before it writes
 
     def __post_init__(self) -> None:
         self._idle = [self._new_actor() for _ in range(self.size)]
@@ -72,7 +74,7 @@ class MeasurePool:
 
     def _new_actor(self):
         opts = {"num_cpus": self.cpus, "num_gpus": self.gpus}
-        return Measurer.options(**opts).remote(self.store_uri, max(1, int(self.cpus)), self.gpus)
+        return Measurer.options(**opts).remote(self.store_uri, max(1, int(self.cpus)), self.gpus, self.fence)
 
     @property
     def depth(self) -> int:

@@ -48,6 +48,7 @@ def _train_worker(config: dict[str, Any]) -> None:
     from raystudy.train.loop import train_trial
 
     trial, store = Trial.from_dict(config["trial"]), Store(config["store"])
+    store.fence = config.get("fence")  # raystudy.lock.Fence: no checkpoint is written once the run lost its lock
     res = trial.resources
     torch.set_num_threads(max(1, int(res["cpus"])))  # oversubscribing cores slows every trial
     local = res["workers"] == 0
@@ -72,7 +73,8 @@ def _train_worker(config: dict[str, Any]) -> None:
     train_trial(trial, store, report=report, device=device, parallel=parallel)
 
 
-def run_trial(config: dict[str, Any], trials: dict[str, dict], store_uri: str, max_failures: int = 2) -> None:
+def run_trial(config: dict[str, Any], trials: dict[str, dict], store_uri: str, max_failures: int = 2,
+              fence=None) -> None:
     """Tune function trainable: one grid point, trained by a ``TorchTrainer``. With real workers, Train
     restarts a worker group that lost a worker up to ``max_failures`` times; the loop picks up from the
     trial's resume point either way (Tune retries a trial whose own process died, see ``run_trials``)."""
@@ -87,7 +89,7 @@ def run_trial(config: dict[str, Any], trials: dict[str, dict], store_uri: str, m
         callbacks, failure = [TuneReportCallback()], train.FailureConfig(max_failures=max_failures)
     trainer = TorchTrainer(
         _train_worker,
-        train_loop_config={"trial": trial, "store": store_uri},
+        train_loop_config={"trial": trial, "store": store_uri, "fence": fence},
         scaling_config=scaling,
         # Same name + storage on a rerun: Train picks the run up where it stopped. Train's state goes
         # through the study's own filesystem (local or object store), like everything else.
@@ -173,19 +175,21 @@ def loggers(names: list[str], study: str) -> list[tune.Callback]:
 def run_trials(trials: list[Trial], store: Store, pool: MeasurePool, verbose: int = 0,
                cap: int | None = None, max_failures: int = 2, logger_names: tuple[str, ...] = (),
                on_trial_end: Callable[[bool], None] | None = None, tick: Callable[[], None] | None = None,
-               ) -> tuple[dict[str, str], list[str]]:
+               fence=None) -> tuple[dict[str, str], list[str]]:
     """Train ``trials`` with Ray Tune, feeding checkpoints to ``pool``; a trial whose process dies (or
     whose training raises) is retried up to ``max_failures`` times (the study's ``max_failures``), each
     time from its last resume point. ``verbose`` is Tune's own console verbosity (0 silent, 1 a status
     table every 30 s, 2 every trial's configuration and results); ``on_trial_end``/``tick`` feed the
-    progress line. Returns ``({trial_id: error}`` for the trials that failed after their retries,
-    ``[trial_id]`` of those a Ctrl-C stopped before they ended)."""
+    progress line; ``fence`` (raystudy.lock.Fence) is checked by every trial before each checkpoint it
+    writes. Returns ``({trial_id: error}`` for the trials that failed after their retries, ``[trial_id]``
+    of those a Ctrl-C stopped before they ended)."""
     by_id = {t.trial_id: t.to_dict() for t in trials}
     local = sum(t.resources["workers"] == 0 for t in trials)
     if local and verbose:
         print(f"{local} of {len(trials)} trials train in Ray Train's local mode (workers: 0): inside their Tune "
               "trial's process, no worker start-up", flush=True)
-    trainable = tune.with_parameters(run_trial, trials=by_id, store_uri=store.uri, max_failures=max_failures)
+    trainable = tune.with_parameters(run_trial, trials=by_id, store_uri=store.uri, max_failures=max_failures,
+                                     fence=fence)
     trainable = tune.with_resources(trainable, lambda config: trial_resources(by_id[config["trial_id"]]))
     feed = FeedPool(pool, on_trial_end, tick)
     tuner = tune.Tuner(
