@@ -27,8 +27,10 @@ def preflight(study: Study, path: str | Path, missing: list[str] | None = None) 
     under the data root is appended to it by name instead of being an error."""
     for name in study.loggers:
         if importlib.util.find_spec(LOGGER_PACKAGES[name]) is None:
+            fix = "uv sync --frozen (it comes with ray[tune])" if name == "tensorboard" else \
+                f"install the {name} extra: uv sync --frozen --extra {name}"
             raise StudyError(f"{path}: loggers: {name} needs the {LOGGER_PACKAGES[name]} package, which is not "
-                             f"installed (uv add {LOGGER_PACKAGES[name]})")
+                             f"installed ({fix})")
     checked: dict[tuple, int] = {}
     for i, block in enumerate(study.blocks):
         where = f"{path}: blocks[{i}]"

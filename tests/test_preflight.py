@@ -69,7 +69,7 @@ def test_a_logger_whose_package_is_missing_is_refused(write_study, tmp_path, cap
     if importlib.util.find_spec("mlflow") is None:
         assert main([str(path), "--logger", "mlflow"]) == 2
         err = capsys.readouterr().err.strip()
-        assert err == f"{path}: loggers: mlflow needs the mlflow package, which is not installed (uv add mlflow)"
+        assert err == f"{path}: loggers: mlflow needs the mlflow package, which is not installed (install the mlflow extra: uv sync --frozen --extra mlflow)"
 
 
 def test_corruption_metric_on_digits_passes_and_on_circles_is_refused(write_study, tmp_path, capsys):
