@@ -10,6 +10,7 @@ from raystudy.metrics.registry import (CLASSIFICATION, FAMILIES, Column, Context
 from raystudy.metrics import ece, corruption, consistency  # noqa: E402,F401  (safety)
 from raystudy.metrics import fisher_rao, relative_flatness, sam_sharpness, adaptive_sharpness  # noqa: E402,F401
 from raystudy.metrics import complexity, hessian  # noqa: E402,F401
+from raystudy.metrics import pac_bayes  # noqa: E402,F401
 
 __all__ = ["CLASSIFICATION", "FAMILIES", "Column", "Context", "Metric", "Radii", "SettingError", "Settings",
            "get_metric", "labels", "list_metrics", "metric_columns", "metrics", "register_metric", "role_columns",
