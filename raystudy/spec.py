@@ -226,7 +226,9 @@ def _requires(metric: registry.Metric | None) -> str:
     if metric is not None and metric.requires:
         return metric.requires
     families = metric.families if metric is not None else CLASSIFICATION
-    return "a classification task" if set(families) == set(CLASSIFICATION) else f"a {' or '.join(families)} task"
+    if set(families) == set(CLASSIFICATION):
+        return "a classification task"
+    return f"{'an' if families[0][0] in 'aeiou' else 'a'} {' or '.join(families)} task"
 
 
 # Each metric's settings are a Block field under its settings key (sharpness, hessian, adaptive, ...), typed by
