@@ -18,10 +18,10 @@ import json
 import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
 from raystudy import metrics as registry, models, tasks
 from raystudy.metrics import CLASSIFICATION, Radii, SettingError, Settings, get_metric, list_metrics
