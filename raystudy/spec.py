@@ -24,13 +24,14 @@ import yaml
 from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
 from raystudy import metrics as registry, models, tasks
-from raystudy.metrics import CLASSIFICATION, Radii, SettingError, Settings, get_metric, list_metrics
+from raystudy.metrics import CLASSIFICATION, SettingError, Settings, get_metric, list_metrics
 # The metrics' settings live with their registry entries; re-exported under their old names here.
-from raystudy.metrics.adaptive_sharpness import Adaptive
-from raystudy.metrics.complexity import Complexity
-from raystudy.metrics.corruption import Corruption
-from raystudy.metrics.hessian import Hessian
-from raystudy.metrics.sam_sharpness import Sharpness
+from raystudy.metrics import Radii  # noqa: F401
+from raystudy.metrics.adaptive_sharpness import Adaptive  # noqa: F401
+from raystudy.metrics.complexity import Complexity  # noqa: F401
+from raystudy.metrics.corruption import Corruption  # noqa: F401
+from raystudy.metrics.hessian import Hessian  # noqa: F401
+from raystudy.metrics.sam_sharpness import Sharpness  # noqa: F401
 from raystudy.seeding import derive_seed
 
 # The Trial fields that say what to measure, not how to train: they never enter the trial id, and
@@ -179,6 +180,7 @@ class _Block(_Strict):
         if bad:  # named with the first refused metric's requirement, and every other refused for the same reason
             need = _requires(bad[0])
             names = [m.name for m in bad if _requires(m) == need]
+            # "fisher_rao need a classification task": the words refusals have always used for these
             verb = "need" if need == _requires(None) or len(names) > 1 else "needs"
             raise _field_error("metrics", f"{', '.join(names)} {verb} {need}, not {self.family!r}")
         if self.family == "circles" and self.factor is None:
