@@ -1,34 +1,37 @@
 """The result row: one definition of every column, which the writer, the analysis, the report and the
 README all follow. One row per (trial, checkpoint); a metric that was not measured is null, never 0.
 
-Each column has a polars type, a group (what kind of thing it is) and a one-line meaning with its unit.
+Each column has a polars type, a group (what kind of thing it is) and a one-line meaning with its unit. The
+metrics' columns are declared by their registry entries (``raystudy.metrics``); this module places them.
 The metric groups are also the statistical families of the report's paired tests (docs/PROTOCOL.md:
 Benjamini-Yekutieli within the safety group and within the sharpness group; the Hessian metrics form
 their own group).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import polars as pl
 
+from raystudy.metrics import Column, get_metric, metric_columns, role_columns
+
 F, I, S, B = pl.Float64, pl.Int64, pl.String, pl.Boolean
-RHO_STATS = pl.Struct({"rho": F, "mean": F, "std": F, "median": F, "min": F, "max": F})
-CORRUPTION_ACC = pl.Struct({"corruption": S, "severity": I, "acc": F, "n": I})
 CURVE_POINT = pl.Struct({"epoch": I, "loss": F})
-ADAPTIVE = pl.Struct({"kind": S, "norm": S, "rho": F, "adaptive": B, "m": I, "value": F, "std": F,
-                      "n_forward": I, "n_backward": I})
 
 GROUPS = ("identity", "hyperparameter", "performance", "safety", "sharpness", "hessian", "complexity",
           "provenance")
 
+# Where each metric's columns go: the metrics of 2026-12 at their old places (a row's column order is unchanged),
+# every later one after them.
+_PLACED = ("ece", "corruption", "consistency", "fisher_rao", "relative_flatness", "sam_sharpness", "adaptive_sharpness",
+           "hessian", "complexity")
 
-@dataclass(frozen=True)
-class Column:
-    name: str
-    dtype: pl.DataType
-    group: str
-    meaning: str
+
+def _of(*names: str) -> tuple[Column, ...]:
+    return tuple(c for n in names for c in get_metric(n).columns)
+
+
+def _rest() -> tuple[Column, ...]:
+    placed = {c.name for c in _of(*_PLACED)}
+    return tuple(c for c in metric_columns() if c.name not in placed)
 
 
 COLUMNS: tuple[Column, ...] = (
@@ -69,55 +72,9 @@ COLUMNS: tuple[Column, ...] = (
     Column("test_acc", F, "performance", "test accuracy, fraction in [0, 1]"),
     Column("gen_gap", F, "performance",
            "classification: train - test accuracy in percentage points; regression: test - train MSE"),
-    # safety
-    Column("ece", F, "safety", "expected calibration error on the test set: 15 equal-width bins, top label, L1"),
-    Column("corruption_acc", F, "safety", "mean accuracy over every corruption x severity of the task's -C set"),
-    Column("corruption_acc_by", pl.List(CORRUPTION_ACC), "safety",
-           "accuracy on each corruption x severity: corruption, severity, acc, n (images)"),
-    Column("corruption_set", S, "provenance",
-           "the corruption set behind corruption_acc, with its generator's version if made in memory "
-           "(cifar10-c, digits-c-v1); null when not measured"),
-    Column("disagreement", F, "safety",
-           "1 - argmax agreement on the test set with each other seed of the same configuration, mean over them "
-           "(computed by the analysis from the stored predictions)"),
-    Column("jsd", F, "safety",
-           "Jensen-Shannon divergence (nats) of test-set predictive distributions with each other seed of the same "
-           "configuration, mean over them (analysis)"),
-    Column("predictions", S, "provenance",
-           "consistency: path of the stored test-set predictions (class and float16 probabilities) beside the row"),
-    # sharpness
-    Column("fisher_rao", F, "sharpness", "Fisher-Rao norm, closed form for cross-entropy, factor (L+1)"),
-    Column("relative_flatness", F, "sharpness",
-           "relative flatness kappa of the classifier layer (features normalised, dead features excluded), "
-           "full-set value"),
-    Column("relative_flatness_n_constant", I, "sharpness",
-           "features constant over the measured data (dead units) left out of relative flatness"),
-    Column("sam_sharpness", F, "sharpness", "mean |L(w+delta) - L(w)| / rho over random draws, at sam_sharpness_rho"),
-    Column("sam_sharpness_std", F, "sharpness", "std over draws of the SAM-sharpness values at sam_sharpness_rho"),
-    Column("sam_sharpness_rho", F, "sharpness", "the radius behind sam_sharpness (the first of sharpness.rhos)"),
-    Column("sam_sharpness_by_rho", pl.List(RHO_STATS), "sharpness",
-           "SAM-sharpness at every radius: rho, mean, std, median, min, max over draws"),
-    Column("sam_sharpness_precision", S, "sharpness",
-           "float32 | float64: precision the perturbed and unperturbed losses were evaluated in"),
-    Column("sharpness_draws", I, "sharpness", "random perturbations per radius"),
-    Column("adaptive_sharpness", F, "sharpness",
-           "adaptive sharpness at adaptive_sharpness_setting (the first of adaptive_sharpness_by), loss units"),
-    Column("adaptive_sharpness_setting", S, "sharpness", "the kind, norm and rho behind adaptive_sharpness"),
-    Column("adaptive_sharpness_by", pl.List(ADAPTIVE), "sharpness",
-           "adaptive worst-/average-case sharpness (Andriushchenko et al. 2023), L(w+delta) - L(w) in loss units, "
-           "per kind x norm x rho: value, its spread over m-batches (worst) or draws (average), passes spent"),
-    # Hessian
-    Column("hessian_lambda_max", F, "hessian", "largest Hessian eigenvalue (Lanczos)"),
-    Column("hessian_lambda_min", F, "hessian", "smallest (most negative) Hessian eigenvalue (Lanczos)"),
-    Column("hessian_trace", F, "hessian", "Hessian trace (Hutchinson / adaptive Hutch++)"),
-    Column("hessian_trace_se", F, "hessian", "standard error of hessian_trace"),
-    Column("hessian_trace_sketch_rank", I, "hessian",
-           "directions the trace captured exactly before sampling the rest (0 = plain Hutchinson)"),
-    Column("hessian_topk", pl.List(F), "hessian", "top-k eigenvalues, largest first"),
-    Column("hessian_density_grid", pl.List(F), "hessian", "eigenvalue grid of the SLQ spectral density"),
-    Column("hessian_density", pl.List(F), "hessian", "SLQ spectral density on hessian_density_grid"),
-    Column("hessian_n_hvp", I, "hessian", "Hessian-vector products spent on this checkpoint"),
-    Column("hessian_n", I, "hessian", "samples the Hessian was taken over"),
+    # the metrics' own columns (raystudy.metrics), where they have always been in a row; complexity's below
+    *_of("ece", "corruption", "consistency", "fisher_rao", "relative_flatness", "sam_sharpness", "adaptive_sharpness",
+         "hessian"),
     # complexity of the learned function / the target
     Column("target_complexity", F, "complexity",
            "functions: mean ||grad||^2 of the target as trained (target_scale * f) over the domain, "
@@ -125,15 +82,10 @@ COLUMNS: tuple[Column, ...] = (
     Column("target_shape_complexity", F, "complexity",
            "functions: mean ||grad f||^2 / Var(f) of the target over the domain, 1 / input unit^2; the same for "
            "every target_scale (invariant to f -> c f + b)"),
-    Column("input_grad_norm", F, "complexity",
-           "mean over measured inputs of the Frobenius norm of the model's input Jacobian (outputs per input unit)"),
-    Column("input_grad_norm_se", F, "complexity", "standard error of input_grad_norm over the inputs"),
-    Column("linear_region_density", F, "complexity",
-           "ReLU networks: activation-pattern changes per input unit along random lines through measured points"),
-    Column("linear_region_density_se", F, "complexity", "standard error of linear_region_density over lines"),
-    Column("linear_region_length", F, "complexity", "length of each line segment, in input units"),
+    *_of("complexity"),
     Column("target_variance", F, "complexity",
            "functions: variance of the training targets; train_loss / target_variance is the relative fit error"),
+    *_rest(),  # metrics registered since: after the others, before provenance
     # provenance: how the row was obtained
     Column("train_loss_running", F, "provenance",
            "mean training loss over the last epoch's batches (train mode); null if it was not finite"),
@@ -175,5 +127,5 @@ def columns(group: str) -> tuple[str, ...]:
 # The metrics the paired tests compare (docs/PROTOCOL.md, "Statistics as reported"), by statistical family.
 PERFORMANCE = ("gen_gap", "test_acc")
 SAFETY = ("ece", "corruption_acc", "disagreement")
-SHARPNESS = ("fisher_rao", "relative_flatness", "sam_sharpness", "adaptive_sharpness")
-HESSIAN = ("hessian_lambda_max", "hessian_trace")
+SHARPNESS = role_columns("sharpness")  # scalar curvature metrics, larger = sharper, in registration order
+HESSIAN = role_columns("hessian")

@@ -11,39 +11,47 @@ e.g. ``studies/x.yaml: blocks[1].model: unknown model 'resnet81'; known: cnn_bn,
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import itertools
 import json
 import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator,
-                      model_validator)
+from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
-from raystudy import models, tasks
+from raystudy import metrics as registry, models, tasks
+from raystudy.metrics import CLASSIFICATION, SettingError, Settings, get_metric, list_metrics
+# The metrics' settings live with their registry entries; re-exported under their old names here.
+from raystudy.metrics import Radii  # noqa: F401
+from raystudy.metrics.adaptive_sharpness import Adaptive  # noqa: F401
+from raystudy.metrics.complexity import Complexity  # noqa: F401
+from raystudy.metrics.corruption import Corruption  # noqa: F401
+from raystudy.metrics.hessian import Hessian  # noqa: F401
+from raystudy.metrics.sam_sharpness import Sharpness  # noqa: F401
 from raystudy.seeding import derive_seed
 
 # The Trial fields that say what to measure, not how to train: they never enter the trial id, and
-# their hash names each result row (a changed setting re-measures, nothing is retrained).
+# their hash names each result row (a changed setting re-measures, nothing is retrained). The settings of
+# metrics registered since live in Trial.metric_settings, hashed only when a block lists such a metric.
 MEASUREMENT_FIELDS = ("metrics", "sharpness", "hessian", "corruption", "adaptive", "complexity", "measure")
 REGULARISERS = ("aug", "wd", "sam")  # canonical order inside a regime name: "aug+wd+sam"
 AXES = ("task", "model", "regime", "seed", "lr", "momentum", "batch_size", "weight_decay", "sam_rho",
         "factor", "label_noise", "target_scale")
-CLASSIFICATION_METRICS = ("ece", "fisher_rao", "relative_flatness", "corruption", "consistency")
-METRICS = ("sam_sharpness", "hessian", "adaptive_sharpness", "complexity", *CLASSIFICATION_METRICS)
+METRICS = tuple(list_metrics())  # the registry's, in its order
+CLASSIFICATION_METRICS = tuple(m.name for m in registry.metrics() if "functions" not in m.families)
 
 
 class StudyError(Exception):
     """Bad input. ``str(err)`` is the one line a user sees: ``file: field: problem``."""
 
 
-class _Strict(BaseModel):
-    # strict: `epochs: true` is not 1 and `lr: "0.1"` is not 0.1 (ints still pass as floats);
-    # no NaN or infinity anywhere (`lr: .nan` would train nothing, silently).
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+# strict: `epochs: true` is not 1 and `lr: "0.1"` is not 0.1 (ints still pass as floats);
+# no NaN or infinity anywhere (`lr: .nan` would train nothing, silently). The metrics' settings share it.
+_Strict = Settings
 
 
 # One plain path component: the study name is a folder under storage, so "..", "." or a leading dot
@@ -74,59 +82,6 @@ class Analysis(_Strict):
     gpus: float = Field(0.0, ge=0)
 
 
-def _all_positive(v: list[float]) -> list[float]:
-    if any(r <= 0 for r in v):
-        raise ValueError("every rho must be > 0")
-    return v
-
-
-Radii = Annotated[list[float], Field(min_length=1), AfterValidator(_all_positive)]  # perturbation radii
-
-
-class Sharpness(_Strict):
-    rhos: Radii = Field(default_factory=lambda: [0.005])
-    draws: int = Field(100, ge=1)
-
-
-class Hessian(_Strict):
-    """Curvature measured per checkpoint: top-k/bottom eigenvalues, trace, spectral density."""
-    top_k: int = Field(1, ge=1)
-    trace_hvp: int = Field(30, ge=3)
-    density_runs: int = Field(2, ge=1)
-    density_steps: int = Field(30, ge=2)
-    max_samples: int | None = Field(None, ge=1)
-
-
-class Adaptive(_Strict):
-    """The ``adaptive_sharpness`` metric (Andriushchenko et al. 2023): every combination of ``rho`` x
-    ``norm`` x ``kind`` is measured; ``adaptive`` scales perturbations by |w| (invariant to layer
-    rescaling); ``m`` is the m-sharpness batch (worst case only; None = all measured data at once)."""
-    rho: Radii = Field(default_factory=lambda: [0.0005])
-    norm: list[Literal["l2", "linf"]] = Field(default_factory=lambda: ["l2"], min_length=1)
-    kind: list[Literal["worst", "average"]] = Field(default_factory=lambda: ["worst", "average"], min_length=1)
-    adaptive: bool = True
-    m: int | None = Field(None, ge=1)
-    n_iter: int = Field(20, ge=1)
-    n_restarts: int = Field(1, ge=1)
-    n_draws: int = Field(100, ge=1)
-
-
-class Complexity(_Strict):
-    """The ``complexity`` metric: the mean input-gradient norm of the learned function and, for ReLU
-    networks, the density of linear regions along ``lines`` random lines through measured points, each
-    sampled at ``points`` points over ``length`` input units (None: the RMS distance of the measured
-    inputs from their mean, so the segment spans the data whatever its scale)."""
-    lines: int = Field(50, ge=1)
-    points: int = Field(513, ge=2)
-    length: float | None = Field(None, gt=0)
-
-
-class Corruption(_Strict):
-    """The ``corruption`` metric: accuracy on every corruption x severity of the task's -C set, each on its
-    first ``max_samples`` images (None = all: 10,000 for CIFAR-10-C, 450 for digits-c)."""
-    max_samples: int | None = Field(None, ge=1)
-
-
 class Measure(_Strict):
     """Which data the geometry metrics see: the un-augmented split, first ``max_samples`` rows; and the
     BatchNorm statistics every eval-mode number uses: ``stored`` (as trained, the paper's protocol) or
@@ -140,7 +95,8 @@ class Measure(_Strict):
 Scalar = float | int | str | None
 
 
-class Block(_Strict):
+class _Block(_Strict):
+    """A block without its metrics' settings, which ``Block`` adds from the registry."""
     name: str = Field(pattern=NAME)
     family: Literal["functions", "circles", "images"]
     task: str | list[str]
@@ -175,11 +131,6 @@ class Block(_Strict):
     data_root: str | None = None
     shuffle_seed: int | None = None
     metrics: list[str] = Field(default_factory=lambda: ["sam_sharpness"])
-    sharpness: Sharpness = Field(default_factory=Sharpness)
-    hessian: Hessian = Field(default_factory=Hessian)
-    corruption: Corruption = Field(default_factory=Corruption)
-    adaptive: Adaptive = Field(default_factory=Adaptive)
-    complexity: Complexity = Field(default_factory=Complexity)
     measure: Measure = Field(default_factory=Measure)
     resources: Resources = Field(default_factory=Resources)
     resume_every: ResumeEvery = Field(default_factory=ResumeEvery)
@@ -200,8 +151,10 @@ class Block(_Strict):
     @classmethod
     def _metrics(cls, v: list[str]) -> list[str]:
         for i, m in enumerate(v):
-            if m not in METRICS:
-                raise ValueError(f"unknown metric {m!r}; known: {', '.join(METRICS)}")
+            try:
+                get_metric(m)
+            except KeyError as err:
+                raise ValueError(err.args[0]) from None
             if m in v[:i]:
                 raise ValueError(f"{m!r} is listed twice")
         return v
@@ -215,7 +168,7 @@ class Block(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Block":
+    def _consistent(self) -> "_Block":
         known = tasks.list_tasks(self.family)
         for name in _as_list(self.task):
             if name not in known:
@@ -223,15 +176,13 @@ class Block(_Strict):
         ckpts = self.checkpoints if self.checkpoints is not None else [self.epochs]
         if any(c < 0 or c > self.epochs for c in ckpts) or sorted(set(ckpts)) != list(ckpts) or not ckpts:
             raise _field_error("checkpoints", f"must be a non-empty increasing list of epochs in [0, {self.epochs}]")
-        if self.adaptive.m is not None and "average" in self.adaptive.kind:
-            raise _field_error(("adaptive", "m"), "m-sharpness is defined for the worst case only; "
-                               "measure kind: [worst] with m, or drop m")
-        if self.family == "functions":
-            bad = [m for m in self.metrics if m in CLASSIFICATION_METRICS]
-            if bad:
-                raise _field_error("metrics", f"{', '.join(bad)} need a classification task, not 'functions'")
-        if self.family == "circles" and "corruption" in self.metrics:  # only image tasks have corruption sets
-            raise _field_error("metrics", "corruption needs an images task with a corruption set, not 'circles'")
+        bad = [get_metric(m) for m in self.metrics if self.family not in get_metric(m).families]
+        if bad:  # named with the first refused metric's requirement, and every other refused for the same reason
+            need = _requires(bad[0])
+            names = [m.name for m in bad if _requires(m) == need]
+            # "fisher_rao need a classification task": the words refusals have always used for these
+            verb = "need" if need == _requires(None) or len(names) > 1 else "needs"
+            raise _field_error("metrics", f"{', '.join(names)} {verb} {need}, not {self.family!r}")
         if self.family == "circles" and self.factor is None:
             raise _field_error("factor", "circles blocks need a factor (inner/outer radius ratio in (0, 1))")
         if self.family != "circles" and self.factor is not None:
@@ -272,11 +223,30 @@ class Block(_Strict):
         return self
 
 
+def _requires(metric: registry.Metric | None) -> str:
+    """What a block needs for ``metric``, as a refusal says it (None: the classification metrics' words)."""
+    if metric is not None and metric.requires:
+        return metric.requires
+    families = metric.families if metric is not None else CLASSIFICATION
+    if set(families) == set(CLASSIFICATION):
+        return "a classification task"
+    return f"{'an' if families[0][0] in 'aeiou' else 'a'} {' or '.join(families)} task"
+
+
+# Each metric's settings are a Block field under its settings key (sharpness, hessian, adaptive, ...), typed by
+# its own model with its defaults: the study file's keys are the registry's.
+Block = create_model("Block", __base__=_Block, __module__=__name__,
+                     **{m.settings_key: (m.settings, Field(default_factory=m.settings))
+                        for m in registry.metrics() if m.settings is not None})
+
+
 # What the verdicts may count, per group (README, "Verdicts"): a curvature metric in the sharpness group, a
 # safety metric (a lower value is safer for ece and disagreement, a higher one for corruption_acc) in the
 # safety group. "sam_sharpness" counts every measured radius; "sam_sharpness@0.005" one of them.
-SHARPNESS_METRICS = ("sam_sharpness", "fisher_rao", "relative_flatness", "adaptive_sharpness", "hessian_lambda_max",
-                     "hessian_trace")
+# Sharpness: every curvature column the registry marks (sam_sharpness first, the primary).
+SHARPNESS_METRICS = ("sam_sharpness", *(m for m in registry.role_columns("sharpness") + registry.role_columns("hessian")
+                                        if m != "sam_sharpness"))
+_VERDICT_DEFAULT = tuple(c.name for c in registry.metric_columns() if c.verdict)
 SAFETY_METRICS = ("ece", "corruption_acc", "disagreement", "jsd")
 
 
@@ -303,7 +273,7 @@ class VerdictGroup(_Strict):
 
 
 def _sharpness_group() -> VerdictGroup:
-    return VerdictGroup(metrics=list(SHARPNESS_METRICS))
+    return VerdictGroup(metrics=[m for m in SHARPNESS_METRICS if m in _VERDICT_DEFAULT])
 
 
 def _safety_group() -> VerdictGroup:
@@ -398,6 +368,7 @@ class Trial:
     adaptive: dict = field(default_factory=dict)
     complexity: dict = field(default_factory=dict)
     measure: dict = field(default_factory=dict)
+    metric_settings: dict = field(default_factory=dict)  # settings key -> settings of the other listed metrics
     resources: dict = field(default_factory=dict)
     resume_every: dict = field(default_factory=lambda: ResumeEvery().model_dump())
     precision: str = "fp32"
@@ -429,6 +400,8 @@ class Trial:
         """8 hex digits of every setting that shapes a row but not training (metrics and their settings,
         the measured data): a row measured under other settings is stale and gets re-measured."""
         settings = {k: getattr(self, k) for k in MEASUREMENT_FIELDS}
+        if self.metric_settings:  # only when listed, so that registering a metric changes no existing hash
+            settings["metric_settings"] = self.metric_settings
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=list).encode()).hexdigest()[:8]
 
     def to_dict(self) -> dict[str, Any]:
@@ -533,6 +506,7 @@ def expand(study: Study) -> list[Trial]:
 def _expand_block(study: str, block: Block) -> list[Trial]:
     values = {axis: _as_list(getattr(block, axis)) for axis in AXES}
     varying = [a for a in AXES if len(values[a]) > 1 and a not in ("task", "model", "regime", "seed")]
+    settings = _metric_settings(block)
     trials, seen = [], set()
     for combo in itertools.product(*(values[a] for a in AXES)):
         point = dict(zip(AXES, combo))
@@ -547,10 +521,7 @@ def _expand_block(study: str, block: Block) -> list[Trial]:
             epochs=block.epochs, checkpoints=tuple(sorted({*(block.checkpoints or []), block.epochs})),
             n_train=block.n_train, n_test=block.n_test, data_root=block.data_root,
             shuffle_seed=block.shuffle_seed if block.shuffle_seed is not None else point["seed"],
-            model_args=dict(block.model_args), metrics=tuple(block.metrics),
-            sharpness=block.sharpness.model_dump(), hessian=block.hessian.model_dump(),
-            corruption=block.corruption.model_dump(), adaptive=block.adaptive.model_dump(),
-            complexity=block.complexity.model_dump(),
+            model_args=dict(block.model_args), metrics=tuple(block.metrics), **settings,
             measure=block.measure.model_dump(), resources=block.resources.model_dump(),
             resume_every=block.resume_every.model_dump(),
             precision=block.precision, compile=block.compile,
@@ -567,6 +538,20 @@ def _expand_block(study: str, block: Block) -> list[Trial]:
     return trials
 
 
+def _metric_settings(block: Block) -> dict[str, Any]:
+    """Trial keyword arguments with the block's metric settings: the metrics that have a Trial field of their
+    own (those registered before the registry existed) always, every other one under ``metric_settings`` and
+    only when the block lists it, so a newly registered metric changes no existing trial's measure_hash."""
+    own = {f.name for f in dataclasses.fields(Trial)}
+    out: dict[str, Any] = {"metric_settings": {}}
+    for m in registry.metrics():
+        if m.settings_key in own:
+            out[m.settings_key] = getattr(block, m.settings_key).model_dump()
+        elif m.settings_key is not None and m.name in block.metrics:
+            out["metric_settings"][m.settings_key] = getattr(block, m.settings_key).model_dump()
+    return out
+
+
 # Fields added after ids were first issued enter the hash only when set away from their default, so
 # adding a field never changes the id (and orphans the checkpoints) of a trial that does not use it.
 _HASHED_WHEN_SET = {"precision": "fp32", "compile": False, "target_scale": 1.0}
@@ -579,7 +564,7 @@ def _with_id(trial: Trial, varying: dict[str, Any]) -> Trial:
     metrics), so an edited setting never resumes from a stale checkpoint while an unchanged file gives
     the same ids."""
     shaping = {k: v for k, v in trial.to_dict().items()
-               if k not in (*MEASUREMENT_FIELDS, "resources", "resume_every", "trial_id", "data_root")
+               if k not in (*MEASUREMENT_FIELDS, "metric_settings", "resources", "resume_every", "trial_id", "data_root")
                and not (k in _HASHED_WHEN_SET and v == _HASHED_WHEN_SET[k])}
     digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:6]
     extra = "".join(f"-{_ID_TAGS[k]}{v:g}" if isinstance(v, float) else f"-{_ID_TAGS[k]}{v}"
@@ -592,10 +577,7 @@ def _as_list(v: Any) -> list:
     return list(v) if isinstance(v, list) else [v]
 
 
-class _FieldError(ValueError):
-    def __init__(self, field_name: str | tuple[str | int, ...], msg: str):
-        super().__init__(msg)
-        self.loc = (field_name,) if isinstance(field_name, str) else tuple(field_name)
+_FieldError = SettingError  # also what a metric's settings raise to name one of their fields
 
 
 def _field_error(field_name: str | tuple[str | int, ...], msg: str) -> _FieldError:

@@ -7,9 +7,10 @@ import polars as pl
 
 from raystudy.analysis.labels import axis_title, chart_title, metric_label
 from raystudy.analysis.results import GEOMETRY, final_rows, ok_rows, present
+from raystudy.schema import SHARPNESS
 
 WIDTH, HEIGHT = 260, 180
-CLASSIFIER_SHARPNESS = ("fisher_rao", "relative_flatness", "sam_sharpness", "adaptive_sharpness")
+CLASSIFIER_SHARPNESS = SHARPNESS  # every registered sharpness metric (those a study measured are plotted)
 
 
 def family_rows(df: pl.DataFrame, family: str, final: bool = True) -> pl.DataFrame:

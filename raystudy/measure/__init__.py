@@ -21,10 +21,9 @@ import torch
 import raystudy
 from raystudy import tasks
 from raystudy.checkpoints import load_checkpoint
-from raystudy.measure.geometry import geometry_columns
+from raystudy.measure.geometry import metric_columns
 from raystudy.measure.rows import measured, result_path, row_frame, write_row
-from raystudy.measure.safety import corruption_columns, write_predictions
-from raystudy.safety import evaluate, expected_calibration_error
+from raystudy.safety import evaluate
 from raystudy.schema import SCHEMA
 from raystudy.spec import Trial
 from raystudy.storage import Store
@@ -46,9 +45,8 @@ def measure_checkpoint(store: Store, path: str, device: str | torch.device = "cp
     Raises ``CheckpointError`` (one line naming the file) if it cannot be read. With the ``consistency``
     metric it also writes the test-set predictions beside the row (``measure.safety``). Cost: one eval pass
     over train and test sets (plus, for BatchNorm models, one train-mode pass over the training set,
-    and one more to recalibrate when asked), plus the requested metrics (SAM-sharpness:
-    ``draws * len(rhos)`` forward passes over the measured data; relative flatness: one pass +
-    per-sample C x C Hessians; hessian: see ``measure.geometry.hessian_columns``).
+    and one more to recalibrate when asked), plus the requested metrics (each registry entry's compute
+    function says its cost, e.g. SAM-sharpness: ``draws * len(rhos)`` forward passes over the measured data).
     """
     t0 = time.perf_counter()
     device = torch.device(device)
@@ -79,17 +77,13 @@ def measure_checkpoint(store: Store, path: str, device: str | torch.device = "cp
         row.update(train_loss=train.loss, test_loss=test.loss)
         if task.kind == "classification":
             row.update(train_acc=train.accuracy, test_acc=test.accuracy,
-                       gen_gap=100.0 * (train.accuracy - test.accuracy),
-                       ece=expected_calibration_error(torch.softmax(test.outputs, dim=1), test.targets))
+                       gen_gap=100.0 * (train.accuracy - test.accuracy))
             if has_bn:
                 row["train_acc_train_mode"] = train_mode_accuracy(model, train_batches)
-            if "corruption" in trial.metrics:
-                row.update(corruption_columns(task, model, loss_fn, on, trial.corruption.get("max_samples")))
-            if "consistency" in trial.metrics:
-                row["predictions"] = write_predictions(store, trial.trial_id, row["epoch"], test.outputs)
         else:
             row["gen_gap"] = test.loss - train.loss
-        row.update(geometry_columns(trial, task, model, loss_fn, on))
+        row.update(metric_columns(trial, task, model, loss_fn, on, test=test, store=store, epoch=row["epoch"],
+                                  device=device))
     if trial.family == "functions":
         # The raw complexity of the target as trained (scale^2 x the protocol's: the number the paper would
         # report) beside the scale-free one, so an analysis can tell amplitude from shape.
