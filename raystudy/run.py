@@ -7,42 +7,15 @@ finished, 1 when some failed (listed), 2 on bad input (one line naming the file 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from dataclasses import dataclass
 
+from raystudy.cluster.connect import connect
 from raystudy.lock import StudyLock, StudyLocked
 from raystudy.plan import Plan, plan, still_unmeasured
 from raystudy.preflight import preflight
 from raystudy.spec import StudyError, expand, load_study
-
-
-def connect(address: str | None, num_cpus: int | None) -> str:
-    """Join the cluster asked for (``--address``, ``RAY_ADDRESS``) or one started with ``ray start`` on
-    this machine; otherwise start a new local Ray instance of our own, even when another program (another
-    study) runs one here: joining it would share its CPUs and die with it. Returns what it did, in words."""
-    import ray
-    from ray._private.services import find_bootstrap_address, find_gcs_addresses
-
-    if ray.is_initialized():
-        return "using the Ray instance this process already holds"
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-        return f"joined the Ray cluster at {address}"
-    started = find_bootstrap_address(None)  # written by `ray start` only, not by another program's ray.init
-    if started and started in find_gcs_addresses():
-        ray.init(address=started, log_to_driver=True)
-        return f"joined the cluster `ray start` runs at {started}"
-    # A one-machine instance on the loopback address: its GCS, raylet and metrics endpoint (the study's own
-    # metrics among them, served without a token) listen on 127.0.0.1 only, not on every interface. Ray
-    # maps an explicit 127.0.0.1 node address to the machine's IP, and takes loopback only in this mode.
-    from ray._private import ray_constants
-    os.environ.setdefault(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, "0")  # for the processes Ray starts
-    ray_constants.ENABLE_RAY_CLUSTER = os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] != "0"  # read at import
-    ray.init(address="local", num_cpus=num_cpus, log_to_driver=True)
-    return f"started a local Ray instance ({int(ray.cluster_resources().get('CPU', 0))} CPUs)"
 
 
 def check_cluster(p: Plan, study_path: str) -> list[str]:
@@ -75,11 +48,14 @@ def execute(p: Plan, address: str | None = None, num_cpus: int | None = None, ve
     from raystudy.cluster.pool import MeasurePool
     from raystudy.cluster.trials import run_trials
 
-    joined = connect(address, num_cpus)
-    if verbose:
+    import ray
+    said = ray.is_initialized()  # the CLI connected and checked before writing anything, and said so
+    joined = connect(address, num_cpus, p.study, study_path)
+    if verbose and not said:
         print(f"ray: {joined}", flush=True)
     for warning in check_cluster(p, study_path):
-        print(f"warning: {warning}", file=sys.stderr, flush=True)
+        if not said:
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
     metrics.set_study(p.study.name)
     a = p.study.analysis
     pool = MeasurePool(p.store.uri, trials={t.trial_id: t.to_dict() for t in p.trials}, size=a.actors,
@@ -164,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     lock = []
 
     def take_lock(store) -> None:  # after the checks, before anything is written or deleted
+        connect_checked(args)
         lock.append(StudyLock(store).acquire())
 
     try:
@@ -179,6 +156,17 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for held in lock:
             held.release()
+
+
+def connect_checked(args: argparse.Namespace) -> None:
+    """Connect to Ray (or start it) and check the cluster can hold the study, before anything is written:
+    an unreachable address, a SIGTERM meanwhile or resources the cluster never has leave no study.yaml
+    and no lock behind. StudyError (exit 2) on failure."""
+    from raystudy.cluster.resources import check_resources, cluster_shape
+    study = load_study(args.study)  # validated already by plan(); read again, it is cheap
+    print(f"ray: {connect(args.address, args.num_cpus, study, args.study)}", flush=True)
+    for warning in check_resources(study, args.study, *cluster_shape()):
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
 
 
 def _run(p: Plan, args: argparse.Namespace, t0: float) -> int:
