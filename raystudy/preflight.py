@@ -2,7 +2,8 @@
 
 ``load_study`` validates the study file on its own (fast, no torch). ``preflight`` then checks what only
 the code can tell: that each model takes its task's input and gives its output (built on torch's meta
-device: no memory, no weights, no download), that ``hessian.top_k`` fits the parameter count, and that
+device: no memory, no weights, no download), that it fits this node's memory (``bounds.BYTES_PER_PARAM``
+per parameter), that ``hessian.top_k`` fits the parameter count, and that
 each real dataset (and its -C release, when ``corruption`` is measured) is present under the data root.
 Every problem is a ``StudyError`` naming the file and the field, so ``raystudy.run`` exits 2 before Ray
 starts. Cost: one meta-device build per (model, model_args, task shape), ~0.1 s each after importing
