@@ -4,8 +4,9 @@
 ``ray.init`` in a helper thread that the main thread waits for at most ``JOIN_S``: Ray retries an address
 that does not answer for minutes, inside calls a signal cannot interrupt. A cluster that cannot be reached
 is one line and exit 2 within 30 s. SIGTERM is honoured throughout: while connecting it ends the process at
-once (exit 143, one line; nothing has been written yet), afterwards it raises SystemExit(143) in the main
-thread so the run's cleanup (lock, measuring pool) still happens. Without an address the machine's own
+once (exit 143, one line; nothing has been written yet); afterwards it stops the run as Ctrl-C does while
+Tune runs (exit 130, resumable) and otherwise raises SystemExit(143) in the main thread, so the run's
+cleanup (lock, measuring pool) still happens. Without an address the machine's own
 resources are checked against the study before a local Ray instance starts.
 """
 from __future__ import annotations
@@ -160,5 +161,9 @@ def _stop_now(signum, frame) -> None:
 
 
 def _stop_after_cleanup(signum, frame) -> None:
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        # Tune is running and holds SIGINT: stop as Ctrl-C does (trials checkpointed, exit 130, resumable).
+        signal.raise_signal(signal.SIGINT)
+        return
     print("stopped by SIGTERM; rerun the same command to resume", file=sys.stderr, flush=True)
     raise SystemExit(TERMINATED)
