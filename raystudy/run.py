@@ -44,11 +44,12 @@ def execute(p: Plan, address: str | None = None, num_cpus: int | None = None, ve
             study_path: str = "study") -> Outcome:
     """Train what is left and measure every checkpoint, through Ray. Raises StudyError, before any trial
     or measuring actor starts, when the cluster can never provide what the study asks for."""
+    import ray
+
     from raystudy.cluster import metrics
     from raystudy.cluster.pool import MeasurePool
     from raystudy.cluster.trials import run_trials
 
-    import ray
     said = ray.is_initialized()  # the CLI connected and checked before writing anything, and said so
     joined = connect(address, num_cpus, p.study, study_path)
     if verbose and not said:
@@ -135,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="print the grid and an estimate of training device-hours; start nothing")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
+    if args.storage is not None and not args.storage.strip():  # "" would fall back to the file's storage
+        print("--storage: empty: name a folder or a bucket (s3://bucket/prefix)", file=sys.stderr)
+        return 2
     if args.dry_run:
         return dry_run(args.study)
     lock = []

@@ -206,6 +206,12 @@ def test_empty_storage_is_refused(tmp_path, storage):
     refused(write(tmp_path, {**study(tmp_path), "storage": storage}), "storage")
 
 
+def test_an_empty_storage_option_is_refused(tmp_path, capsys):
+    assert main([str(write(tmp_path, study(tmp_path))), "--storage", ""]) == 2
+    assert capsys.readouterr().err.strip() == "--storage: empty: name a folder or a bucket (s3://bucket/prefix)"
+    assert not (tmp_path / "runs").exists()
+
+
 def test_storage_through_a_dangling_symlink_is_refused_and_creates_nothing(tmp_path, capsys):
     (tmp_path / "link").symlink_to(tmp_path / "elsewhere" / "deep")
     path = write(tmp_path, {**study(tmp_path), "storage": str(tmp_path / "link" / "runs")})
