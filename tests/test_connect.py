@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from raystudy.cluster.connect import _probe
+from raystudy.run import main
 from raystudy.spec import StudyError
 
 STUDY = """
@@ -54,7 +55,20 @@ def test_probe_refuses_a_closed_port_and_a_malformed_address_at_once():
     assert time.monotonic() - t0 < 6
 
 
-def test_an_unreachable_address_exits_2_within_30_s_and_writes_nothing(tmp_path):
+def test_an_unreachable_address_exits_2_at_once_and_writes_nothing(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(STUDY.replace("{tmp}", str(tmp_path)))
+    port = closed_port()
+    t0 = time.monotonic()
+    assert main([str(path), "--address", f"127.0.0.1:{port}"]) == 2
+    assert time.monotonic() - t0 < 15  # the probe's refusal is immediate; plan's checks come first
+    err = capsys.readouterr().err.strip()
+    assert err == f"--address: 127.0.0.1:{port}: no Ray cluster can be reached there (Connection refused)", err
+    assert not (tmp_path / "runs").exists()  # no study.yaml, no lock.json
+
+
+@pytest.mark.slow
+def test_an_unreachable_address_through_the_cli_exits_2_within_30_s(tmp_path):
     t0 = time.monotonic()
     proc = run(tmp_path, "--address", f"127.0.0.1:{closed_port()}")
     out, err = proc.communicate(timeout=60)
@@ -62,7 +76,7 @@ def test_an_unreachable_address_exits_2_within_30_s_and_writes_nothing(tmp_path)
     assert proc.returncode == 2, (out, err)
     assert len(err.strip().splitlines()) == 1 and "no Ray cluster can be reached there" in err, err
     assert elapsed < 30, elapsed  # imports included (~10 s on a busy 2-core machine)
-    assert not (tmp_path / "runs").exists()  # no study.yaml, no lock.json
+    assert not (tmp_path / "runs").exists()
 
 
 class Silent:
