@@ -2,7 +2,8 @@
 
 ``load_study`` validates the study file on its own (fast, no torch). ``preflight`` then checks what only
 the code can tell: that each model takes its task's input and gives its output (built on torch's meta
-device: no memory, no weights, no download), that ``hessian.top_k`` fits the parameter count, and that
+device: no memory, no weights, no download), that it fits this node's memory (``bounds.BYTES_PER_PARAM``
+per parameter), that ``hessian.top_k`` fits the parameter count, and that
 each real dataset (and its -C release, when ``corruption`` is measured) is present under the data root.
 Every problem is a ``StudyError`` naming the file and the field, so ``raystudy.run`` exits 2 before Ray
 starts. Cost: one meta-device build per (model, model_args, task shape), ~0.1 s each after importing
@@ -11,9 +12,10 @@ timm; a few file ``stat`` calls per dataset.
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
-from raystudy import models, tasks
+from raystudy import bounds, models, tasks
 from raystudy.tasks.datasets import DATASETS
 from raystudy.spec import Study, StudyError
 
@@ -43,6 +45,7 @@ def preflight(study: Study, path: str | Path, missing: list[str] | None = None) 
                 if key not in checked:
                     checked[key] = _check_model(model, in_shape, out_dim, block.model_args, where, task)
                 n_params = checked[key]
+                _check_size(model, n_params, f"{where}.{'model_args' if block.model_args else 'model'}", task)
                 if "hessian" in block.metrics and 2 * block.hessian.top_k > n_params:
                     raise StudyError(f"{where}.hessian.top_k: {block.hessian.top_k} eigenvalues at each end need "
                                      f"2 x top_k <= the parameter count of {model} ({n_params})")
@@ -71,6 +74,27 @@ def _check_model(model: str, in_shape: tuple, out_dim: int, model_args: dict, wh
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         field = "model_args" if _about_arguments(message, model_args) else "model"
         raise StudyError(f"{where}.{field}: {message} (task {task!r})") from None
+
+
+def memory_bytes() -> int | None:
+    """This node's physical memory in bytes (None where the OS does not say). The driver's node stands
+    for the workers': a cluster's nodes are alike, and a model that fits nowhere here fits nowhere."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_size(model: str, n_params: int, field: str, task: str) -> None:
+    """StudyError naming ``field`` when training ``model`` (``n_params`` parameters, counted on the meta
+    device: nothing allocated) needs more than this node's memory at ``bounds.BYTES_PER_PARAM`` bytes per
+    parameter (weights, gradients, optimiser state, one working copy), activations not counted."""
+    need, have = n_params * bounds.BYTES_PER_PARAM, memory_bytes()
+    if have is not None and need > have:
+        raise StudyError(f"{field}: {model} has {n_params:,} parameters on task {task!r}: training it needs "
+                         f"{need / 2**30:,.1f} GiB ({bounds.BYTES_PER_PARAM} bytes a parameter: weights, "
+                         f"gradients, optimiser state, a working copy), more than this node's "
+                         f"{have / 2**30:,.1f} GiB of memory")
 
 
 def _about_arguments(message: str, model_args: dict) -> bool:

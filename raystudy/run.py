@@ -12,57 +12,12 @@ import sys
 import time
 from dataclasses import dataclass
 
+from raystudy.cluster.connect import connect
 from raystudy.lock import StudyLock, StudyLocked
 from raystudy.plan import Plan, plan, still_unmeasured
 from raystudy.preflight import preflight
 from raystudy.spec import StudyError, expand, load_study
 from raystudy.storage import FENCES, first_line
-
-
-def quiet_ray(verbose: int) -> None:
-    """Ray's own console output only when asked for (``-vv``): its INFO logging, the token-auth and packaging
-    notices. And no second environment: under ``uv run`` Ray would rebuild the driver's uv environment for
-    its workers on every run (~18 s); the workers of a local instance, and the nodes of a cluster.yaml
-    cluster, already run this locked environment. ``RAY_ENABLE_UV_RUN_RUNTIME_ENV=1`` brings it back."""
-    import logging
-
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-    from ray._private import ray_constants
-    ray_constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV = os.environ["RAY_ENABLE_UV_RUN_RUNTIME_ENV"] not in ("0", "false")
-    if verbose < 3:
-        for name in ("ray", "ray.tune", "ray.train", "ray.data"):
-            logging.getLogger(name).setLevel(logging.WARNING if verbose >= 2 else logging.ERROR)
-
-
-def connect(address: str | None, num_cpus: int | None, verbose: int = 1) -> str:
-    """Join the cluster asked for (``--address``, ``RAY_ADDRESS``) or one started with ``ray start`` on
-    this machine; otherwise start a new local Ray instance of our own, even when another program (another
-    study) runs one here: joining it would share its CPUs and die with it. Worker output reaches this
-    console only at ``verbose >= 3`` (``-vv``): failures reach it anyway, as one line per trial or
-    checkpoint. Returns what it did, in words."""
-    import ray
-    from ray._private.services import find_bootstrap_address, find_gcs_addresses
-
-    if ray.is_initialized():
-        return "using the Ray instance this process already holds"
-    quiet_ray(verbose)
-    logs = {"log_to_driver": verbose >= 3, "logging_level": "INFO" if verbose >= 3 else "ERROR"}
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, **logs)
-        return f"joined the Ray cluster at {address}"
-    started = find_bootstrap_address(None)  # written by `ray start` only, not by another program's ray.init
-    if started and started in find_gcs_addresses():
-        ray.init(address=started, **logs)
-        return f"joined the cluster `ray start` runs at {started}"
-    # A one-machine instance on the loopback address: its GCS, raylet and metrics endpoint (the study's own
-    # metrics among them, served without a token) listen on 127.0.0.1 only, not on every interface. Ray
-    # maps an explicit 127.0.0.1 node address to the machine's IP, and takes loopback only in this mode.
-    from ray._private import ray_constants
-    os.environ.setdefault(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, "0")  # for the processes Ray starts
-    ray_constants.ENABLE_RAY_CLUSTER = os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] != "0"  # read at import
-    ray.init(address="local", num_cpus=num_cpus, **logs)
-    return f"started a local Ray instance ({int(ray.cluster_resources().get('CPU', 0))} CPUs)"
 
 
 def check_cluster(p: Plan, study_path: str) -> list[str]:
@@ -96,16 +51,20 @@ def execute(p: Plan, address: str | None = None, num_cpus: int | None = None, ve
     ``verbose``: 0 prints nothing, 1 the progress line, 2 also a ``[measured]`` line per checkpoint,
     3 also Tune's own output (a status table every 30 s, every trial's configuration and result) and Ray's
     logs, 4 Tune at its most detailed."""
+    import ray
+
     from raystudy.cluster import metrics
     from raystudy.cluster.pool import MeasurePool
     from raystudy.cluster.progress import Progress
     from raystudy.cluster.trials import run_trials
 
-    joined = connect(address, num_cpus, verbose)
-    if verbose >= 2:
+    said = ray.is_initialized()  # the CLI joined its cluster and checked it before writing, and said so
+    joined = connect(address, num_cpus, p.study, study_path, verbose=verbose)
+    if verbose >= 2 and not said:
         print(f"ray: {joined}", flush=True)
     for warning in check_cluster(p, study_path):
-        print(f"warning: {warning}", file=sys.stderr, flush=True)
+        if not said:
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
     metrics.set_study(p.study.name)
     progress = Progress(len(p.trials), sum(len(t.checkpoints) for t in p.trials),
                         trials_done=len(p.trials) - len(p.to_train), checkpoints_done=p.measured,
@@ -235,11 +194,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.verbosity = 0 if args.quiet else 1 + args.verbose
     t0 = time.perf_counter()
+    if args.storage is not None and not args.storage.strip():  # "" would fall back to the file's storage
+        print("--storage: empty: name a folder or a bucket (s3://bucket/prefix)", file=sys.stderr)
+        return 2
     if args.dry_run:
         return dry_run(args.study, args.device)
     lock = []
 
     def take_lock(store) -> None:  # after the checks, before anything is written or deleted
+        connect_checked(args)
         try:
             lock.append(StudyLock(store, on_lost=lock_lost).acquire())
         except OSError as err:  # disk full, storage unreachable: unusable storage at the start
@@ -261,6 +224,25 @@ def main(argv: list[str] | None = None) -> int:
         for held in lock:
             FENCES.pop(held.store.uri, None)
             held.release()
+
+
+def connect_checked(args: argparse.Namespace) -> None:
+    """Before anything is written: join the cluster the run is asked to use (``--address``, ``RAY_ADDRESS``, a
+    ``ray start`` cluster here) and check it can hold the study, or, for a local instance, check this
+    machine's resources without starting Ray (``execute`` starts it only if there is work: a rerun with
+    nothing to do starts none). An unreachable address, a SIGTERM meanwhile or resources that can never be
+    had leave no study.yaml and no lock behind. StudyError (exit 2) on failure."""
+    from raystudy.cluster.connect import check_local, will_join
+    from raystudy.cluster.resources import check_resources, cluster_shape
+    study = load_study(args.study)  # validated already by plan(); read again, it is cheap
+    if not will_join(args.address):
+        check_local(study, args.study, args.num_cpus)
+        return
+    joined = connect(args.address, args.num_cpus, study, args.study, verbose=args.verbosity)
+    if args.verbosity >= 2:
+        print(f"ray: {joined}", flush=True)
+    for warning in check_resources(study, args.study, *cluster_shape()):
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
 
 
 def _run(p: Plan, args: argparse.Namespace, t0: float) -> int:

@@ -15,7 +15,9 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import os
 import re
+import stat
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -23,7 +25,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
-from raystudy import metrics as registry, models, tasks
+from raystudy import bounds, metrics as registry, models, tasks
 from raystudy.metrics import CLASSIFICATION, SettingError, Settings, get_metric, list_metrics
 # The metrics' settings live with their registry entries; re-exported under their old names here.
 from raystudy.metrics import Radii  # noqa: F401
@@ -192,10 +194,12 @@ class _Block(_Strict):
                 raise _field_error("factor", f"{f} is not in (0, 1)")
         for axis in AXES:
             # A repeated value (after canonicalisation: "sam+wd" == "wd+sam") would make two identical trials.
-            values = _as_list(getattr(self, axis))
-            repeated = [v for i, v in enumerate(values) if v in values[:i]]
-            if repeated:
-                raise _field_error(axis, f"{repeated[0]!r} is listed twice")
+            # Counted in one pass: an axis may list 10^5 values (1 == 1.0, as in a list comparison).
+            seen: set = set()
+            for v in _as_list(getattr(self, axis)):
+                if v in seen:
+                    raise _field_error(axis, f"{v!r} is listed twice")
+                seen.add(v)
         for a in _as_list(self.target_scale):  # finite already (allow_inf_nan=False)
             if a is not None and not a > 0:
                 raise _field_error("target_scale", f"{a} is not > 0 (targets are target_scale * f)")
@@ -218,8 +222,14 @@ class _Block(_Strict):
         for name in unused:
             if getattr(self, name) is not None:
                 raise _field_error(name, f"{self.family} blocks do not use {name}")
+        no_files = [t for t in _as_list(self.task) if not tasks.reads_files(self.family, t)]
+        if self.data_root is not None and no_files:
+            raise _field_error("data_root", f"task {no_files[0]!r} reads no files (it is generated or bundled), "
+                               "so data_root would be ignored; remove it")
         if any(b is not None and b < 1 for b in _as_list(self.batch_size)):
             raise _field_error("batch_size", "must be >= 1 (or null for full batch)")
+        for loc, problem in bounds.violations(self, bounds.BLOCK):
+            raise _field_error(loc, problem)
         return self
 
 
@@ -315,6 +325,9 @@ class Study(_Strict):
     # Retries of a trial whose process dies (or whose training raises), each from its last resume point,
     # within the same run: Tune's FailureConfig, and Train's where the trial has real workers.
     max_failures: int = Field(2, ge=0)
+    # The most trials the blocks may expand to, counted before expanding (`grid_size`): a typo in a grid
+    # (10^7 trials) is refused in a second instead of filling memory. Raise it for a larger sweep.
+    max_trials: int = Field(bounds.DEFAULT_MAX_TRIALS, ge=1)
     # Where Tune's per-epoch results (learning curves) go besides its CSV/JSON files: TensorBoard event
     # files in the study's ray/tune folder (tensorboardX), an MLflow experiment or a W&B project named
     # after the study (their usual environment variables say where: MLFLOW_TRACKING_URI, WANDB_API_KEY).
@@ -323,8 +336,23 @@ class Study(_Strict):
     verdicts: Verdicts = Field(default_factory=Verdicts)
     blocks: list[Block] = Field(min_length=1)
 
+    @field_validator("storage", mode="after")
+    @classmethod
+    def _storage(cls, v: str) -> str:
+        if not v.strip():  # "" would resolve to the current directory
+            raise ValueError("empty: name a folder (e.g. ./runs) or a bucket (s3://bucket/prefix)")
+        return v
+
     @model_validator(mode="after")
     def _unique_blocks(self) -> "Study":
+        for loc, problem in bounds.violations(self, bounds.STUDY):
+            raise _field_error(loc, problem)
+        sizes = [grid_size(b) for b in self.blocks]
+        if sum(sizes) > self.max_trials:
+            largest = max(range(len(sizes)), key=sizes.__getitem__)
+            raise _field_error("max_trials", f"the blocks expand to {sum(sizes):,} trials (blocks[{largest}] "
+                               f"{sizes[largest]:,}), more than max_trials ({self.max_trials:,}); shrink the grid "
+                               "or raise max_trials")
         # Case-insensitively: block names become folder names, and some filesystems fold case.
         names = [b.name.lower() for b in self.blocks]
         for i, name in enumerate(names):
@@ -429,12 +457,22 @@ class _StudyLoader(yaml.SafeLoader):
     """SafeLoader that refuses what would silently change a study: a key given twice (YAML keeps the
     last) and aliases (``*name``: a few lines of them expand exponentially, the "billion laughs")."""
 
+    depth = 0  # collections open around the node being composed
+
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise yaml.composer.ComposerError(None, None, f"alias *{event.anchor} is not allowed in a study file "
                                               "(write the value out)", event.start_mark)
-        return super().compose_node(parent, index)
+        # The composer recurses once per level: refuse deep nesting before Python's stack runs out.
+        if self.depth >= bounds.MAX_DEPTH:
+            raise yaml.composer.ComposerError(None, None, f"nested deeper than {bounds.MAX_DEPTH} levels",
+                                              self.peek_event().start_mark)
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -461,6 +499,8 @@ def _parse_yaml(text: str, source: str | Path) -> dict:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark else ""
         raise StudyError(f"{source}: {where}invalid YAML: {getattr(err, 'problem', err)}") from None
+    except RecursionError:  # the depth limit comes first; this is the backstop
+        raise StudyError(f"{source}: invalid YAML: nested too deeply") from None
     if not isinstance(raw, dict):
         raise StudyError(f"{source}: expected a mapping with name, storage and blocks at the top level")
     return raw
@@ -469,17 +509,40 @@ def _parse_yaml(text: str, source: str | Path) -> dict:
 def load_study(path: str | Path) -> Study:
     """Read and validate a study YAML. Raises :class:`StudyError` with one line on any problem."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise StudyError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise StudyError(f"{path}: cannot read: {err}") from None
-    raw = _parse_yaml(text, path)
+    raw = _parse_yaml(read_study_text(path), path)
     try:
         return Study.model_validate(raw)
     except ValidationError as err:
         raise StudyError(f"{path}: {_first_error(err)}") from None
+
+
+def read_study_text(path: Path) -> str:
+    """The study file's text, read with bounds: a regular file only (a FIFO would block for ever, /dev/zero
+    never end, a directory is no file), at most ``bounds.MAX_FILE_BYTES``, UTF-8. StudyError otherwise.
+    Cost: one stat and one read of at most 1 MiB."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise StudyError(f"{path}: file not found") from None
+    except OSError as err:
+        raise StudyError(f"{path}: cannot read: {err.strerror or err}") from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "a FIFO" if stat.S_ISFIFO(info.st_mode) \
+            else "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) else "not a regular file"
+        raise StudyError(f"{path}: is {kind}, not a regular file")
+    too_big = StudyError(f"{path}: larger than {bounds.MAX_FILE_BYTES:,} bytes; a study file is a few kB")
+    if info.st_size > bounds.MAX_FILE_BYTES:
+        raise too_big
+    try:
+        # O_NONBLOCK: should the path have become a FIFO since the stat, opening it still returns at once.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as f:
+            data = f.read(bounds.MAX_FILE_BYTES + 1)  # a file still growing is cut off here
+        if len(data) > bounds.MAX_FILE_BYTES:
+            raise too_big
+        return data.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise StudyError(f"{path}: cannot read: {getattr(err, 'strerror', None) or err}") from None
 
 
 def verdict_settings(text: str, source: str) -> Verdicts:
@@ -501,6 +564,20 @@ def expand(study: Study) -> list[Trial]:
     if dupes:
         raise StudyError(f"blocks: duplicate trials {dupes[:3]} (a list repeats a value?)")
     return trials
+
+
+def grid_size(block: Block) -> int:
+    """How many trials ``block`` expands to, counted from its axis lengths without building one: the
+    product of the axes, where sam_rho multiplies only the regimes with SAM and weight_decay only those
+    with wd (as in ``_expand_block``). Cost: one pass over the axes."""
+    lengths = {axis: len(_as_list(getattr(block, axis))) for axis in AXES}
+    rest = 1
+    for axis in AXES:
+        if axis not in ("regime", "sam_rho", "weight_decay"):
+            rest *= lengths[axis]
+    per_regime = sum((lengths["sam_rho"] if "sam" in r else 1) * (lengths["weight_decay"] if "wd" in r else 1)
+                     for r in _as_list(block.regime))
+    return rest * per_regime
 
 
 def _expand_block(study: str, block: Block) -> list[Trial]:

@@ -274,11 +274,25 @@ class Store:
         return None
 
 
+def dangling_link(location: str) -> str | None:
+    """The first component of local path ``location``, as written (links not resolved), that is a
+    symbolic link whose target does not exist; None if there is none. Cost: one lstat per component."""
+    local = location[len("file://"):] if location.startswith("file://") else location
+    path = Path(os.path.abspath(os.path.expanduser(local)))
+    for part in reversed([path, *path.parents]):
+        if part.is_symlink() and not part.exists():
+            return str(part)
+    return None
+
+
 def study_store(storage: str | Path, name: str) -> Store:
     """The checked Store of study ``name`` under the storage root ``storage`` (a local path, s3:// or
     gs:// URI). Raises StorageError (one line: ``<storage>: <problem>``) when the scheme is unknown, the
     bucket is missing or refused, the path is a file or cannot be written, or ``name`` would put the
     study anywhere but strictly inside ``storage``. Writes nothing. Cost: see ``Store.check_usable``."""
+    link = dangling_link(str(storage)) if _is_local(str(storage)) else None
+    if link:  # Store resolves links: it would create the missing target's folders wherever the link points
+        raise StorageError(f"{storage}: {link} is a broken symbolic link (its target does not exist)")
     root = Store(storage)
     try:
         study = root.child(name)

@@ -72,11 +72,12 @@ def test_a_logger_whose_package_is_missing_is_refused(write_study, tmp_path, cap
         assert err == f"{path}: loggers: mlflow needs the mlflow package, which is not installed (install the mlflow extra: uv sync --frozen --extra mlflow)"
 
 
-def test_corruption_metric_on_digits_passes_and_on_circles_is_refused(write_study, tmp_path, capsys):
+def test_corruption_metric_on_digits_passes_and_on_circles_is_refused(write_study, tmp_path, capsys, monkeypatch):
     """digits has a generated corruption set (digits-c, no files); circles has none, refused at load time."""
     from raystudy.preflight import preflight
     from raystudy.spec import load_study
-    path = _study(write_study, extra=f"    data_root: {tmp_path}/nodata\n    metrics: [corruption, consistency]\n")
+    monkeypatch.setenv("RAYSTUDY_DATA", str(tmp_path / "nodata"))  # a data root with nothing in it
+    path = _study(write_study, extra="    metrics: [corruption, consistency]\n")
     preflight(load_study(path), path)
     path = _study(write_study, family="circles", task="circles", extra="    factor: 0.5\n    metrics: [corruption]\n")
     assert main([str(path)]) == 2

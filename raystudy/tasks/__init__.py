@@ -48,6 +48,12 @@ def task_shape(family: str, name: str) -> tuple[tuple[int, ...], int]:
     return describe(name)
 
 
+def reads_files(family: str, name: str) -> bool:
+    """Whether task ``name`` reads dataset files from a data root (CIFAR, TinyImageNet); the functions,
+    circles and the bundled digits are generated or shipped in memory, so a data root means nothing to them."""
+    return family == "images" and name in (*cifar.NAMES, *tinyimagenet.NAMES)
+
+
 def train_size(family: str, name: str, n_train: int | None = None) -> int:
     """Training-set size of a task without loading it (cost estimates): the block's ``n_train`` for
     functions (default 10,000), 50 for circles (half of make_circles' 100), the release's for images."""
@@ -93,6 +99,7 @@ __all__ = [
     "describe",
     "list_tasks",
     "load_task",
+    "reads_files",
     "task_shape",
     "train_size",
     "resolve_root",
