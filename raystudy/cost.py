@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from raystudy import models, tasks
-from raystudy.spec import Trial
+from raystudy.trial import Trial
 
 
 @dataclass(frozen=True)

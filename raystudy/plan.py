@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from raystudy.checkpoints import CheckpointError, CheckpointRef, list_checkpoints, load_checkpoint
 from raystudy.measure.rows import RowFile, measured, row_files
 from raystudy.preflight import preflight
-from raystudy.spec import Study, StudyError, Trial, expand, load_study
+from raystudy.spec import Study, StudyError, expand, load_study
+from raystudy.trial import Trial
 from raystudy.storage import Store, StorageError, first_line, study_store
 
 PARQUET_MAGIC = b"PAR1"  # a complete Parquet file ends with its footer length and these four bytes

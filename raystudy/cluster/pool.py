@@ -31,7 +31,7 @@ class Measurer:
 
     def measure(self, path: str, trial: dict[str, Any] | None = None) -> dict[str, Any]:
         from raystudy.measure import measure_checkpoint, write_row
-        from raystudy.spec import Trial
+        from raystudy.trial import Trial
         try:
             row = measure_checkpoint(self.store, path, device=self.device,
                                      trial=Trial.from_dict(trial) if trial else None)

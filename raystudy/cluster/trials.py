@@ -25,7 +25,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from raystudy.cluster import metrics
 from raystudy.cluster.pool import MeasurePool
-from raystudy.spec import Trial
+from raystudy.trial import Trial
 from raystudy.storage import Store
 
 DRIVER_CPU = 0.01  # a trial driver with real workers must not hold a CPU they need (nested deadlock)

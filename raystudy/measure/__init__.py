@@ -25,7 +25,7 @@ from raystudy.measure.geometry import metric_columns
 from raystudy.measure.rows import measured, result_path, row_frame, write_row
 from raystudy.safety import evaluate
 from raystudy.schema import SCHEMA
-from raystudy.spec import Trial
+from raystudy.trial import Trial
 from raystudy.storage import Store
 from raystudy.tasks.base import Task, batches
 from raystudy.train.batchnorm import batchnorm_layers, recalibrate_batchnorm, train_mode_accuracy

@@ -11,7 +11,7 @@ from torch import nn
 from raystudy import metrics
 from raystudy.safety import Evaluation
 from raystudy.seeding import derive_seed
-from raystudy.spec import Trial
+from raystudy.trial import Trial
 from raystudy.storage import Store
 from raystudy.tasks.base import Task
 

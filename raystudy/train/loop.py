@@ -18,7 +18,7 @@ from torch import nn
 from raystudy import models, tasks
 from raystudy.checkpoints import (checkpoint_path, delete_resume_point, resume_state, save_checkpoint,
                                   save_resume_point)
-from raystudy.spec import Trial
+from raystudy.trial import Trial
 from raystudy.storage import Store
 from raystudy.tasks.base import Task
 from raystudy.train.ddp import DataParallel
