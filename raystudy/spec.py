@@ -18,7 +18,7 @@ import json
 import os
 import re
 import stat
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,7 +34,6 @@ from raystudy.metrics.complexity import Complexity  # noqa: F401
 from raystudy.metrics.corruption import Corruption  # noqa: F401
 from raystudy.metrics.hessian import Hessian  # noqa: F401
 from raystudy.metrics.sam_sharpness import Sharpness  # noqa: F401
-from raystudy.seeding import derive_seed
 # The trial record lives in its own module (training, measuring and Ray import it without this parser);
 # re-exported here for the study-side code that builds trials.
 from raystudy.trial import MEASUREMENT_FIELDS, RESUME_EVERY_DEFAULT, Trial  # noqa: F401

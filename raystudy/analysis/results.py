@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from raystudy.schema import HESSIAN, PERFORMANCE, SAFETY, SCHEMA, SHARPNESS, columns
+from raystudy.schema import HESSIAN, SCHEMA, SHARPNESS, columns
 from raystudy.storage import Store
 
 IDENTITY = columns("identity")

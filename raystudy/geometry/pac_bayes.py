@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from raystudy.geometry.data import Batch, LossFn, as_batches, eval_mode
 from raystudy.geometry.sharpness import _CHUNK_ELEMENTS, _MAX_CHUNK, _draws, _Losses

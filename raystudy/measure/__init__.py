@@ -28,8 +28,8 @@ from raystudy.schema import SCHEMA
 from raystudy.trial import Trial
 from raystudy.storage import Store
 from raystudy.tasks.base import Task, batches
-from raystudy.train.batchnorm import batchnorm_layers, recalibrate_batchnorm, train_mode_accuracy
-from raystudy.train.loop import build_model, loss_fn_for
+from raystudy.models.batchnorm import batchnorm_layers, recalibrate_batchnorm, train_mode_accuracy
+from raystudy.build import build_model, loss_fn_for
 
 __all__ = ["SCHEMA", "measure_checkpoint", "measured", "result_path", "row_frame", "write_row"]
 

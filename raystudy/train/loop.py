@@ -15,15 +15,15 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from raystudy import models, tasks
 from raystudy.checkpoints import (checkpoint_path, delete_resume_point, resume_state, save_checkpoint,
                                   save_resume_point)
-from raystudy.trial import Trial
+from raystudy.build import build_model, load_trial_task, loss_fn_for  # noqa: F401 (re-exported)
 from raystudy.storage import Store
 from raystudy.tasks.base import Task
 from raystudy.train.ddp import DataParallel
 from raystudy.train.epoch import BatchSchedule, TrainingData, TrainStep, train_epoch
 from raystudy.train.sam import SAM
+from raystudy.trial import Trial
 
 Report = Callable[[dict[str, Any]], None]
 
@@ -34,22 +34,6 @@ class TrainSummary:
     epochs_run: int
     resumed_from: int | None
     wall_s: float
-
-
-def loss_fn_for(task: Task) -> nn.Module:
-    """Mean-reduced loss of the task: MSE for regression, cross-entropy for classification."""
-    return nn.MSELoss() if task.kind == "regression" else nn.CrossEntropyLoss()
-
-
-def build_model(trial: Trial, task: Task) -> nn.Module:
-    """The trial's model with its initial weights, which depend only on (task, model, seed)."""
-    with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG as it was
-        torch.manual_seed(trial.init_seed)
-        return models.create_model(trial.model, in_shape=task.in_shape, out_dim=task.out_dim, **trial.model_args)
-
-
-def load_trial_task(trial: Trial) -> Task:
-    return tasks.load_task(trial.family, trial.task, seed=trial.seed, **trial.task_params)
 
 
 def _optimizer(trial: Trial, model: nn.Module) -> torch.optim.Optimizer:

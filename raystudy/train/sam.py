@@ -11,44 +11,12 @@ worker, and the base step from w uses the all-reduced gradient at w + e (see ``d
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
-
-def _copy_all(dst: list[Tensor], src: list[Tensor]) -> None:
-    """``d.copy_(s)`` for every pair, in one fused launch per (device, dtype) group."""
-    groups: dict[tuple[torch.device, torch.dtype], tuple[list[Tensor], list[Tensor]]] = {}
-    for d, s in zip(dst, src):
-        ds, ss = groups.setdefault((d.device, d.dtype), ([], []))
-        ds.append(d)
-        ss.append(s)
-    for ds, ss in groups.values():
-        torch._foreach_copy_(ds, ss)
-
-
-@contextlib.contextmanager
-def bn_stats_frozen(model: nn.Module) -> Iterator[nn.Module]:
-    """Snapshot every BatchNorm's ``running_mean``, ``running_var`` and ``num_batches_tracked`` and
-    restore them on exit, so forward passes inside the block leave them unchanged.
-
-    Snapshot-and-restore (rather than momentum 0) also covers ``momentum=None`` (cumulative
-    averages) and the batch counter. BatchNorm still normalises with batch statistics in train mode.
-    Cost: two copies of the BatchNorm buffers, a few fused launches on a GPU.
-    """
-    bufs = [buf for m in model.modules() if isinstance(m, _BatchNorm)
-            for buf in (m.running_mean, m.running_var, m.num_batches_tracked) if buf is not None]
-    saved = [torch.empty_like(buf) for buf in bufs]
-    with torch.no_grad():
-        _copy_all(saved, bufs)
-    try:
-        yield model
-    finally:
-        with torch.no_grad():
-            _copy_all(bufs, saved)
+from raystudy.models.batchnorm import bn_stats_frozen  # noqa: F401 (re-exported: SAM's callers use it)
 
 
 class SAM:
