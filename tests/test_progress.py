@@ -37,15 +37,19 @@ def test_line_counts_failures_and_eta():
 
 def test_log_output_is_throttled():
     clock, out = Clock(), io.StringIO()
-    p = Progress(trials=2, checkpoints=100, out=out, tty=False, every_s=10, clock=clock)
+    p = Progress(trials=2, checkpoints=100, out=out, tty=False, every_s=10, quiet_s=60, clock=clock)
     for _ in range(50):  # 50 results within 5 s: one line, not 50
         clock.t += 0.1
         p.checkpoint_measured()
     clock.t += 10
-    p.checkpoint_measured()
+    p.checkpoint_measured()  # something changed and 10 s passed: a line
+    clock.t += 30
+    p.tick()  # nothing changed for 30 s: no line until the 60 s heartbeat
+    clock.t += 30
+    p.tick()
     p.close()
     lines = out.getvalue().splitlines()
-    assert len(lines) == 3 and lines[-1].startswith("trials 0/2  checkpoints 51/100")
+    assert len(lines) == 4 and lines[-1].startswith("trials 0/2  checkpoints 51/100")
 
 
 def test_terminal_line_is_redrawn_in_place_and_messages_keep_it():

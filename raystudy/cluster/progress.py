@@ -1,8 +1,8 @@
 """The study's one progress line: trials k/N, checkpoints m/M, failures, elapsed and ETA.
 
 On a terminal it is redrawn in place; otherwise (a log file, CI, ``nohup``) it is printed as a new line
-at most every ``every_s`` seconds, so a long study's log grows by a line every few seconds, not by a table
-per trial. The ETA extrapolates the rate at which this run has measured checkpoints (a checkpoint row is
+at most every ``every_s`` seconds when something changed, and at least every ``quiet_s`` seconds while
+nothing does, so a long study's log grows by a line now and then, not by a table per trial. The ETA extrapolates the rate at which this run has measured checkpoints (a checkpoint row is
 the unit of work that ends a study); before the first one it is unknown and says so.
 """
 from __future__ import annotations
@@ -31,14 +31,15 @@ class Progress:
     ``tty`` to whether it is a terminal; ``clock`` is injectable for tests."""
 
     def __init__(self, trials: int, checkpoints: int, trials_done: int = 0, checkpoints_done: int = 0,
-                 out: TextIO | None = None, every_s: float = 10.0, tty: bool | None = None,
+                 out: TextIO | None = None, every_s: float = 15.0, quiet_s: float = 60.0, tty: bool | None = None,
                  clock: Callable[[], float] = time.monotonic):
         self.trials, self.checkpoints = trials, checkpoints
         self.trials_done, self.checkpoints_done, self._start_done = trials_done, checkpoints_done, checkpoints_done
         self.failed = self.not_measured = 0
         self.out = out or sys.stdout
         self.tty = self.out.isatty() if tty is None else tty
-        self.every_s, self.clock = every_s, clock
+        self.every_s, self.quiet_s, self.clock = every_s, quiet_s, clock
+        self._said: tuple = ()  # the counts last printed (a log line repeats only as a heartbeat)
         self.t0 = clock()
         self._last: float | None = None
         self._drawn = False
@@ -68,11 +69,15 @@ class Progress:
         return "  ".join(bits + [_duration(elapsed), eta])
 
     def tick(self, force: bool = False) -> None:
-        """Print the line if it is due (on a terminal: always; otherwise every ``every_s`` s) or ``force``."""
+        """Print the line if it is due (on a terminal: always; otherwise every ``every_s`` s if the counts
+        changed, every ``quiet_s`` s if not) or ``force``."""
         now = self.clock()
-        if not (self.tty or force or self._last is None or now - self._last >= self.every_s):
+        counts = (self.trials_done, self.checkpoints_done, self.failed, self.not_measured)
+        since = None if self._last is None else now - self._last
+        due = since is None or since >= (self.every_s if counts != self._said else self.quiet_s)
+        if not (self.tty or force or due):
             return
-        self._last = now
+        self._last, self._said = now, counts
         if self.tty:
             self.out.write("\r\033[K" + self.line())
             self._drawn = True
