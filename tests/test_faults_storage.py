@@ -144,3 +144,117 @@ def test_s3_server_gone_and_bucket_deleted_are_named(tmp_path):
         assert line.startswith(f"storage: {store.uri}: bucket 'raystudy-test' does not exist; rerun"), line
     line = storage_fault(OSError("AWS Error NETWORK_CONNECTION"), store)  # the server has stopped
     assert line.startswith(f"storage: {store.uri}: cannot reach bucket 'raystudy-test'") and "\n" not in line
+
+
+# --- mid-run, through the CLI on a Ray instance (slow) -------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cluster():
+    """moto's S3 server and one Ray instance for the slow tests: (bucket URI, [servers], Ray address). AWS_*
+    is set before ray.init, so Ray's workers and the CLI's processes reach the same server."""
+    import ray
+    servers: list = []
+    with s3_bucket(servers=servers) as bucket:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        try:
+            yield bucket, servers, ray.get_runtime_context().gcs_address
+        finally:
+            ray.shutdown()
+
+
+def _cli(path: Path, address: str) -> subprocess.Popen:
+    log = path.with_name(f"{path.stem}.{time.monotonic_ns()}.log")
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "raystudy.run", str(path), "--no-report"],
+                                env={**os.environ, "RAY_ADDRESS": address, "PYTHONUNBUFFERED": "1"},
+                                stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc.log = log
+    return proc
+
+
+def _finish(proc: subprocess.Popen, timeout: float) -> str:
+    proc.wait(timeout=timeout)
+    return proc.log.read_text()
+
+
+def _stopped(proc: subprocess.Popen, store: Store, timeout: float = 240) -> str:
+    """The output of ``proc`` once it has exited on its storage fault: its last line must be the one line."""
+    log = _finish(proc, timeout)
+    assert proc.returncode == 1, log
+    said = [line for line in log.splitlines() if line.startswith("storage: ")]
+    assert len(said) == 1 and said[0].startswith(f"storage: {store.uri}: ") and said[0].endswith("is redone)"), log
+    assert "Traceback" not in log.split(said[0])[0].rsplit("[measured]", 1)[-1], log[-3000:]  # none of the driver's
+    return said[0]
+
+
+def _wait_for_rows(store: Store, n: int, proc: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while len(store.list(store.path("results"), ".parquet", recursive=True)) < n:
+        assert time.time() < deadline and proc.poll() is None, proc.log.read_text()
+        time.sleep(0.2)
+
+
+def _complete(path: Path, store: Store, address: str) -> None:
+    """The rerun, storage back: exit 0, every (trial, checkpoint) row exactly once."""
+    rerun = _cli(path, address)
+    log = _finish(rerun, 300)
+    assert rerun.returncode == 0, log
+    df = pl.concat([pl.read_parquet(store.read_bytes(f)) for f in
+                    store.list(store.path("results"), ".parquet", recursive=True)])
+    want = {(t.trial_id, e) for t in expand(load_study(path)) for e in t.checkpoints}
+    assert df.height == len(want) and set(zip(df["trial_id"], df["epoch"])) == want
+
+
+@pytest.mark.slow
+def test_s3_server_stopped_mid_run(tmp_path, cluster):
+    """The S3 server stops after the first row: exit 1 with one line naming the bucket location (no OSError
+    traceback); the server back, the rerun completes with every row once."""
+    from s3_server import restart
+    bucket, servers, address = cluster
+    path = _study(tmp_path, "s3stop", f"{bucket}/runs", epochs=400, checkpoints=(100, 200, 300, 400))
+    store = Store(f"{bucket}/runs/s3stop")
+    proc = _cli(path, address)
+    _wait_for_rows(store, 1, proc)
+    servers[-1].stop()
+    line = _stopped(proc, store)
+    assert "cannot reach bucket 'raystudy-test'" in line, line
+    servers.append(restart(servers[-1]))
+    _complete(path, store, address)
+
+
+@pytest.mark.slow
+def test_bucket_deleted_mid_run(tmp_path, cluster):
+    """The bucket deleted (with everything in it) after the first row: exit 1, one line saying the bucket does
+    not exist (no NotAStudyError traceback); the bucket made again, the rerun redoes the study completely."""
+    bucket, servers, address = cluster
+    path = _study(tmp_path, "gone", f"{bucket}/runs", epochs=400, checkpoints=(100, 200, 300, 400))
+    store = Store(f"{bucket}/runs/gone")
+    proc = _cli(path, address)
+    _wait_for_rows(store, 1, proc)
+    fs = pafs.S3FileSystem(endpoint_override=os.environ["AWS_ENDPOINT_URL"], allow_bucket_deletion=True,
+                           allow_bucket_creation=True)
+    fs.delete_dir(bucket.removeprefix("s3://"))
+    line = _stopped(proc, store)
+    assert "bucket 'raystudy-test' does not exist" in line, line
+    fs.create_dir(bucket.removeprefix("s3://"))
+    _complete(path, store, address)
+
+
+@pytest.mark.slow
+def test_disk_full_mid_run(tmp_path, cluster):
+    """The study's disk fills after the first row: exit 1, one line naming the folder, no half-written file
+    (no temporary file left, every result file reads whole); space freed, the rerun completes."""
+    _, _, address = cluster
+    with tmpfs(tmp_path / "disk", size="16m") as disk:
+        path = _study(tmp_path, "diskfull", str(disk / "runs"), epochs=400, checkpoints=(100, 200, 300, 400))
+        store = Store(disk / "runs" / "diskfull")
+        proc = _cli(path, address)
+        _wait_for_rows(store, 1, proc)
+        filler = fill(disk)
+        line = _stopped(proc, store)
+        assert "disk full" in line, line
+        assert not [f for f in (disk / "runs").rglob(".*") if f.is_file()], "a temporary file was left behind"
+        for f in (disk / "runs").rglob("*.parquet"):
+            pl.read_parquet(f)
+        filler.unlink()
+        _complete(path, store, address)
