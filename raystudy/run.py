@@ -38,6 +38,20 @@ def say_measured(out: dict) -> str:
             + " ".join(bits))
 
 
+class Silent:
+    """A console that prints nothing (``verbose=0``). Unlike an open file it can be pickled, as Tune pickles
+    the callbacks that hold the progress line."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
 @dataclass
 class Outcome:
     failed: dict[str, str]  # trial id -> last line of its error
@@ -70,7 +84,7 @@ def execute(p: Plan, address: str | None = None, num_cpus: int | None = None, ve
     metrics.set_study(p.study.name)
     progress = Progress(len(p.trials), sum(len(t.checkpoints) for t in p.trials),
                         trials_done=len(p.trials) - len(p.to_train), checkpoints_done=p.measured,
-                        out=sys.stdout if verbose else open(os.devnull, "w"))
+                        out=sys.stdout if verbose else Silent())
 
     def on_result(out: dict) -> None:
         if verbose >= 2:
