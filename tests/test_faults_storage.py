@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -188,11 +189,17 @@ def _stopped(proc: subprocess.Popen, store: Store, timeout: float = 240) -> str:
     return said[0]
 
 
-def _wait_for_rows(store: Store, n: int, proc: subprocess.Popen, timeout: float = 240) -> None:
+def _mid_run(store: Store, proc: subprocess.Popen, timeout: float = 240):
+    """Hold the run mid-way, whatever the machine's speed: its measuring actor stopped (SIGSTOP) before it
+    writes a row, and the first checkpoint on storage. Returns a callable that lets the actor go on."""
+    from ray_procs import find_worker, raylet_pid
     deadline = time.time() + timeout
-    while len(store.list(store.path("results"), ".parquet", recursive=True)) < n:
+    measurer = find_worker(b"ray::Measurer", raylet_pid(), deadline)
+    os.kill(measurer, signal.SIGSTOP)
+    while not store.list(store.path("checkpoints"), ".pt", recursive=True):
         assert time.time() < deadline and proc.poll() is None, proc.log.read_text()
-        time.sleep(0.2)
+        time.sleep(0.05)
+    return lambda: os.kill(measurer, signal.SIGCONT)
 
 
 def _complete(path: Path, store: Store, address: str) -> None:
@@ -208,15 +215,16 @@ def _complete(path: Path, store: Store, address: str) -> None:
 
 @pytest.mark.slow
 def test_s3_server_stopped_mid_run(tmp_path, cluster):
-    """The S3 server stops after the first row: exit 1 with one line naming the bucket location (no OSError
+    """The S3 server stops mid-run (a checkpoint written, no row yet): exit 1 with one line naming the bucket location (no OSError
     traceback); the server back, the rerun completes with every row once."""
     from s3_server import restart
     bucket, servers, address = cluster
     path = _study(tmp_path, "s3stop", f"{bucket}/runs", epochs=400, checkpoints=(100, 200, 300, 400))
     store = Store(f"{bucket}/runs/s3stop")
     proc = _cli(path, address)
-    _wait_for_rows(store, 1, proc)
+    go_on = _mid_run(store, proc)
     servers[-1].stop()
+    go_on()
     line = _stopped(proc, store)
     assert "cannot reach bucket 'raystudy-test'" in line, line
     servers.append(restart(servers[-1]))
@@ -225,16 +233,17 @@ def test_s3_server_stopped_mid_run(tmp_path, cluster):
 
 @pytest.mark.slow
 def test_bucket_deleted_mid_run(tmp_path, cluster):
-    """The bucket deleted (with everything in it) after the first row: exit 1, one line saying the bucket does
+    """The bucket deleted (with everything in it) mid-run: exit 1, one line saying the bucket does
     not exist (no NotAStudyError traceback); the bucket made again, the rerun redoes the study completely."""
     bucket, servers, address = cluster
     path = _study(tmp_path, "gone", f"{bucket}/runs", epochs=400, checkpoints=(100, 200, 300, 400))
     store = Store(f"{bucket}/runs/gone")
     proc = _cli(path, address)
-    _wait_for_rows(store, 1, proc)
+    go_on = _mid_run(store, proc)
     fs = pafs.S3FileSystem(endpoint_override=os.environ["AWS_ENDPOINT_URL"], allow_bucket_deletion=True,
                            allow_bucket_creation=True)
     fs.delete_dir(bucket.removeprefix("s3://"))
+    go_on()
     line = _stopped(proc, store)
     assert "bucket 'raystudy-test' does not exist" in line, line
     fs.create_dir(bucket.removeprefix("s3://"))
@@ -243,15 +252,16 @@ def test_bucket_deleted_mid_run(tmp_path, cluster):
 
 @pytest.mark.slow
 def test_disk_full_mid_run(tmp_path, cluster):
-    """The study's disk fills after the first row: exit 1, one line naming the folder, no half-written file
+    """The study's disk fills mid-run: exit 1, one line naming the folder, no half-written file
     (no temporary file left, every result file reads whole); space freed, the rerun completes."""
     _, _, address = cluster
     with tmpfs(tmp_path / "disk", size="16m") as disk:
         path = _study(tmp_path, "diskfull", str(disk / "runs"), epochs=400, checkpoints=(100, 200, 300, 400))
         store = Store(disk / "runs" / "diskfull")
         proc = _cli(path, address)
-        _wait_for_rows(store, 1, proc)
+        go_on = _mid_run(store, proc)
         filler = fill(disk)
+        go_on()
         line = _stopped(proc, store)
         assert "disk full" in line, line
         assert not list((disk / "runs").rglob(".*.tmp")), "a temporary file was left behind"
