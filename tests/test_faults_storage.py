@@ -49,9 +49,10 @@ blocks:
 """
 
 
-def _study(tmp_path: Path, name: str, storage: str, epochs: int = 4, checkpoints=(2, 4)) -> Path:
+def _study(tmp_path: Path, name: str, storage: str, epochs: int = 4, checkpoints=(2, 4), retries: int = 2) -> Path:
     path = tmp_path / f"{name}.yaml"
-    path.write_text(STUDY.format(name=name, storage=storage, epochs=epochs, checkpoints=list(checkpoints)))
+    path.write_text(STUDY.format(name=name, storage=storage, epochs=epochs, checkpoints=list(checkpoints))
+                    + f"max_failures: {retries}\n")
     return path
 
 
@@ -219,7 +220,8 @@ def test_s3_server_stopped_mid_run(tmp_path, cluster):
     traceback); the server back, the rerun completes with every row once."""
     from s3_server import restart
     bucket, servers, address = cluster
-    path = _study(tmp_path, "s3stop", f"{bucket}/runs", epochs=400, checkpoints=(100, 200, 300, 400))
+    # No retries: each would wait out the S3 client's own retries against a server that is not there.
+    path = _study(tmp_path, "s3stop", f"{bucket}/runs", epochs=400, checkpoints=(100, 200, 300, 400), retries=0)
     store = Store(f"{bucket}/runs/s3stop")
     proc = _cli(path, address)
     go_on = _mid_run(store, proc)
