@@ -8,7 +8,8 @@ and read by measurement and by a resumed trial; nothing else is needed to re-mea
 resume point, written every ``resume_every`` epochs or minutes and replaced as training goes, so a
 killed trial loses minutes rather than everything since its last measured checkpoint. It is never
 measured (``list_checkpoints`` does not return it) and is deleted when the trial's last checkpoint is
-written; one older than the latest measured checkpoint is simply ignored (``resume_state``).
+written. Training resumes from it only when it is the latest intact state before the trial's first missing
+checkpoint (``repair.start_point``); otherwise it is simply ignored.
 """
 from __future__ import annotations
 

@@ -99,10 +99,15 @@ class LocalBackend:
     def _write_temp(self, data: bytes) -> str:
         os.makedirs(self.parent, exist_ok=True)
         tmp = f"{self.parent}/.{self.path.rsplit('/', 1)[1]}.{uuid.uuid4().hex[:8]}.tmp"
-        with open(tmp, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
+        try:
+            with open(tmp, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+        except BaseException:  # disk full: leave nothing half-written behind
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
         return tmp
 
     def _sync_dir(self) -> None:

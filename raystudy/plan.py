@@ -1,16 +1,21 @@
 """What is left to do in a study, read from its storage alone: which trials still train, which checkpoints
 still need a row. Everything a run will read anyway is checked here, before Ray starts: the study file,
 the models and datasets (``preflight``), the storage, every checkpoint a resumed trial or the measuring
-pool will load, and every result file (a truncated one is reported and measured again, never trusted).
+pool will load (a corrupt one is set aside and trained again), and every result file (read whole: a damaged one
+is reported and measured again, never trusted).
 """
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from raystudy.checkpoints import CheckpointError, CheckpointRef, list_checkpoints, load_checkpoint
 from raystudy.measure.rows import RowFile, measured, row_files
 from raystudy.preflight import preflight
+from raystudy.repair import set_aside
 from raystudy.spec import Study, StudyError, expand, load_study
 from raystudy.trial import Trial
 from raystudy.storage import Store, StorageError, first_line, study_store
@@ -25,7 +30,7 @@ class Plan:
     store: Store
     to_train: list[Trial]  # not every checkpoint exists yet
     to_measure: list[str]  # checkpoints without a current result row
-    damaged: list[str]  # result files that are not complete Parquet files: "path: problem", re-measured
+    damaged: list[str]  # "path: problem" for damaged result files (re-measured) and checkpoints (retrained)
     measured: int = 0  # checkpoints of the study's trials with a current row already
 
 
@@ -44,7 +49,7 @@ def plan(study_path: str, fresh: bool = False, storage: str | None = None, remea
     first; ``remeasure`` measures every checkpoint again; ``loggers`` adds Tune loggers to the study's own;
     ``before_writing(store)`` runs after the checks
     and before anything is written or deleted (the CLI takes the study's lock there). Raises StudyError on
-    bad input, including a corrupt checkpoint that a resumed trial or the pool would have to read."""
+    bad input. A corrupt checkpoint the pool would read is set aside and its trial trained again (``damaged``)."""
     study = load_study(study_path)
     if storage:
         study = study.model_copy(update={"storage": storage})
@@ -68,52 +73,55 @@ def plan(study_path: str, fresh: bool = False, storage: str | None = None, remea
     to_train, to_measure = [], []
     for t in trials:
         on_disk = list_checkpoints(store, t.trial_id)
-        epochs = {r.epoch for r in on_disk}
-        unmeasured = unmeasured_paths(on_disk, done)
-        # Read what will be read anyway, up front: a corrupt file is bad input, reported before
-        # anything starts rather than as a failure deep inside a trial.
-        check = set(unmeasured) | ({on_disk[-1].path} if on_disk and not set(t.checkpoints) <= epochs else set())
-        for path in sorted(check):
-            try:
-                load_checkpoint(store, path)
-            except CheckpointError as err:
-                raise StudyError(_set_aside(store, path, err)) from None
-        to_measure += unmeasured
-        if not set(t.checkpoints) <= epochs:
+        # Read what the pool will read anyway, up front: a corrupt checkpoint is set aside here and rebuilt
+        # by training in this same run (``repair.start_point``), not found deep inside a measuring actor.
+        intact = [r for r in on_disk if (r.trial_id, r.epoch) in done or _readable(store, r.path, damaged)]
+        to_measure += unmeasured_paths(intact, done)
+        if not set(t.checkpoints) <= {r.epoch for r in intact}:
             to_train.append(t)
     current = sum((t.trial_id, e) in done for t in trials for e in t.checkpoints)
     return Plan(study, trials, store, to_train, to_measure, damaged, current)
 
 
-def _set_aside(store: Store, path: str, err: CheckpointError) -> str:
-    """Move a corrupt checkpoint out of the way (kept, renamed ``.corrupt``, never deleted) so the rerun
-    retrains or re-measures it from what is intact; the one line that says so."""
-    aside = f"{path}.corrupt"
+def _readable(store: Store, path: str, damaged: list[str]) -> bool:
+    """Whether the checkpoint at ``path`` loads; if not, it is set aside and "path: problem" joins ``damaged``."""
     try:
-        store.move(path, aside)
-    except OSError as move_err:
-        return f"{err}; could not set it aside ({first_line(move_err)}): delete it, then rerun to redo it"
-    return f"{err}; set aside as {aside.rsplit('/', 1)[1]}: rerun the same command to redo that checkpoint"
+        load_checkpoint(store, path)
+        return True
+    except CheckpointError as err:
+        damaged.append(f"{err}; {set_aside(store, path)}: trained again")
+        return False
 
 
 def complete_rows(store: Store) -> tuple[list[RowFile], list[str]]:
-    """The study's result files that end like a complete Parquet file, and "path: problem" for those that
-    do not (a truncated or overwritten file): those count as not measured, so the run measures them again
-    and replaces them. Cost: one listing plus one ranged read of 4 bytes per file (16 at a time)."""
+    """The study's result files that read whole, and "path: problem" for those that do not (truncated,
+    overwritten, or damaged anywhere: footer, any column chunk, any page whose checksum does not match):
+    those count as not measured, so the run measures them again and replaces them. Cost: one listing plus
+    one read of each file (a few KB each; 16 at a time) and its decoding."""
     files = row_files(store)
     with ThreadPoolExecutor(16) as pool:
-        tails = list(pool.map(lambda f: _tail(store, f), files))
-    good = [f for f, tail in zip(files, tails) if tail == PARQUET_MAGIC]
-    bad = [f"{f.path}: {'empty' if f.size == 0 else 'not a complete Parquet file (truncated?)'}; measured again"
-           for f, tail in zip(files, tails) if tail != PARQUET_MAGIC]
+        problems = list(pool.map(lambda f: row_file_problem(store, f), files))
+    good = [f for f, problem in zip(files, problems) if problem is None]
+    bad = [f"{f.path}: {problem}; measured again" for f, problem in zip(files, problems) if problem is not None]
     return good, bad
 
 
-def _tail(store: Store, f: RowFile) -> bytes:
+def row_file_problem(store: Store, f: RowFile) -> str | None:
+    """Why the result file ``f`` cannot be trusted (one line), or None when its footer and every column chunk
+    read back and every page checksum written with it (``write_row``) matches."""
+    if f.size == 0:
+        return "empty"
     try:
-        return store.tail(f.path, 4) if f.size >= 12 else b""
-    except OSError:
-        return b""
+        blob = store.read_bytes(f.path)
+    except OSError as err:
+        return f"cannot read: {first_line(err)}"
+    if len(blob) < 12 or blob[-4:] != PARQUET_MAGIC:
+        return "not a complete Parquet file (truncated?)"
+    try:
+        table = pq.read_table(pa.BufferReader(blob), page_checksum_verification=True)
+    except Exception as err:  # pyarrow raises OSError, ArrowInvalid, ... for damage in different places
+        return f"damaged Parquet file ({first_line(err)})"
+    return None if table.num_rows == 1 else f"{table.num_rows} rows where one was written"
 
 
 def _hashes(trials: list[Trial]) -> dict[str, str]:

@@ -27,7 +27,8 @@ def build_report(study: str | Path) -> Path | str:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: print the report's location (exit 0), or one line on stderr and exit 2 when STUDY is no study
-    or its storage cannot be used."""
+    or its storage cannot be used, exit 1 when the storage fails while the report is written (every file
+    is written atomically: the previous report, if any, stays whole)."""
     parser = argparse.ArgumentParser(prog="python -m raystudy.report", description=__doc__)
     parser.add_argument("study", help="a study folder or URI (<storage>/<study name>) holding results/")
     parser.add_argument("--out", metavar="DIR", help="also copy the page and its PNGs into this local folder")
@@ -43,6 +44,18 @@ def main(argv: list[str] | None = None) -> int:
     except StorageError as err:
         print(err, file=sys.stderr)
         return 2
+    try:
+        return _write(store, args)
+    except Exception as err:  # the storage failing mid-way (disk full, bucket gone): one line, exit 1
+        from raystudy.faults import storage_fault
+        line = storage_fault(err, store)
+        if line is None:
+            raise
+        print(line, file=sys.stderr)
+        return 1
+
+
+def _write(store: Store, args: argparse.Namespace) -> int:
     if args.verdicts_only:
         from raystudy.analysis.judge import judge, verdict_lines, write_verdicts
         judgement = judge(store)

@@ -12,6 +12,8 @@ import sys
 import time
 from dataclasses import dataclass
 
+from pyarrow import ArrowException
+
 from raystudy.cluster.connect import connect
 from raystudy.lock import StudyLock, StudyLocked
 from raystudy.plan import Plan, plan, still_unmeasured
@@ -34,6 +36,20 @@ def say_measured(out: dict) -> str:
             if isinstance(out.get(k), float)]
     return (f"[measured] {out['trial_id']} epoch {out['epoch']} ({out['status']}, {out['wall_s']:.1f}s) "
             + " ".join(bits))
+
+
+class Silent:
+    """A console that prints nothing (``verbose=0``). Unlike an open file it can be pickled, as Tune pickles
+    the callbacks that hold the progress line."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
 
 
 @dataclass
@@ -68,7 +84,7 @@ def execute(p: Plan, address: str | None = None, num_cpus: int | None = None, ve
     metrics.set_study(p.study.name)
     progress = Progress(len(p.trials), sum(len(t.checkpoints) for t in p.trials),
                         trials_done=len(p.trials) - len(p.to_train), checkpoints_done=p.measured,
-                        out=sys.stdout if verbose else open(os.devnull, "w"))
+                        out=sys.stdout if verbose else Silent())
 
     def on_result(out: dict) -> None:
         if verbose >= 2:
@@ -160,12 +176,15 @@ def dry_run(study_path: str, device_name: str | None = None) -> int:
     return 0
 
 
-def lock_lost(line: str) -> None:
+def lock_lost(line: str, store=None) -> None:
     """The study's lock was deleted or taken over (this run stalled past the stale limit): stop at once with
-    one line and exit 2, writing nothing more (no report, no release: the lock is someone else's now)."""
+    one line and exit 2, writing nothing more (no report, no release: the lock is someone else's now). When
+    the lock went with the storage itself (bucket deleted), that is a storage fault: its line, exit 1."""
     sys.stdout.flush()
-    print(line, file=sys.stderr, flush=True)
-    os._exit(2)
+    from raystudy.faults import storage_fault
+    gone = storage_fault(None, store, write=False) if store is not None else None
+    print(gone or line, file=sys.stderr, flush=True)
+    os._exit(1 if gone else 2)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,12 +218,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.dry_run:
         return dry_run(args.study, args.device)
-    lock = []
+    lock, stores = [], []
 
     def take_lock(store) -> None:  # after the checks, before anything is written or deleted
+        stores.append(store)
         connect_checked(args)
         try:
-            lock.append(StudyLock(store, on_lost=lock_lost).acquire())
+            lock.append(StudyLock(store, on_lost=lambda line: lock_lost(line, store)).acquire())
         except OSError as err:  # disk full, storage unreachable: unusable storage at the start
             raise StudyLocked(f"storage: cannot take the study's lock {store.uri_of(store.path('lock.json'))}: "
                               f"{first_line(err)}") from None
@@ -216,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
                      before_writing=take_lock, loggers=args.logger)
         except StudyLocked as err:
             raise StudyError(f"{args.study}: {err}") from None
+        except (OSError, ArrowException) as err:  # storage unusable before anything started: bad input
+            raise StudyError(f"{args.study}: {at_start(err, stores)}") from None
         return _run(p, args, t0)
     except StudyError as err:
         print(err, file=sys.stderr)
@@ -223,7 +245,29 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for held in lock:
             FENCES.pop(held.store.uri, None)
-            held.release()
+            try:
+                held.release()
+            except (OSError, ArrowException):  # storage gone: a lock left behind goes stale by itself
+                pass
+
+
+def at_start(err: BaseException, stores: list) -> str:
+    """The one line for a storage error met while planning (a listing, a read, a write after the lock)."""
+    from raystudy.faults import storage_fault
+    return (storage_fault(err, stores[0]) if stores else None) or f"storage: {first_line(err)}"
+
+
+def storage_stop(err: BaseException | None, p: Plan) -> int | None:
+    """Exit 1 with one line when the storage failed mid-run (``err``, or a failed trial or measurement, was
+    the storage's doing); None when it was not."""
+    from raystudy.faults import storage_fault
+    if isinstance(err, (StudyError, KeyboardInterrupt)):
+        return None
+    line = storage_fault(err, p.store)
+    if line is None:
+        return None
+    print(line, file=sys.stderr, flush=True)
+    return 1
 
 
 def connect_checked(args: argparse.Namespace) -> None:
@@ -250,18 +294,34 @@ def _run(p: Plan, args: argparse.Namespace, t0: float) -> int:
     say(f"study {p.study.name}: {len(p.trials)} trials, {len(p.to_train)} to train, "
         f"{len(p.to_measure)} checkpoints to measure first -> {p.store.uri}", flush=True)
     for line in p.damaged:
-        print(f"damaged result: {line}", file=sys.stderr, flush=True)
+        print(f"damaged: {line}", file=sys.stderr, flush=True)
     if p.to_train or p.to_measure:
         try:
             out = execute(p, args.address, args.num_cpus, verbose=args.verbosity, study_path=args.study)
         except KeyboardInterrupt:
             out = Outcome({}, [], ["(driver)"])
+        except Exception as err:
+            if (code := storage_stop(err, p)) is None:
+                raise
+            return code
     else:  # nothing to train or measure: no Ray at all
         out = Outcome({}, [], [])
     if out.interrupted:
         print(f"interrupted: {len(out.interrupted)} trials unfinished; rerun the same command to resume",
               file=sys.stderr)
         return 130
+    if (out.failed or out.measure_errors) and (code := storage_stop(None, p)) is not None:
+        return code  # one line for the storage, not one per trial it failed
+    try:
+        return _finish(p, args, t0, out)
+    except Exception as err:
+        if (code := storage_stop(err, p)) is None:
+            raise
+        return code
+
+
+def _finish(p: Plan, args: argparse.Namespace, t0: float, out: Outcome) -> int:
+    """The report (unless one built from these rows is there), the failures, then the closing lines."""
     report = None
     if not args.no_report:
         from raystudy.analysis.freshness import report_is_current

@@ -9,8 +9,9 @@ credentials), or from options in the URI's query (``s3://bucket/x?endpoint_overr
 
 Every write is atomic: a crash never leaves a half-written file that breaks a later read. Locally a
 file is written beside its target under a hidden name and renamed over it (rename is atomic on POSIX);
-an object store makes an object visible only once its upload completes, so there a direct write is
-already atomic.
+an object store makes an object visible only once its upload completes (on S3 a single PUT for a file
+smaller than one upload part, a multipart upload completed only after every part went up), so there a
+direct write is already atomic.
 """
 from __future__ import annotations
 
@@ -81,8 +82,12 @@ class Store:
                 raise StorageError(f"{location}: '.' and '..' are not allowed in an object store path")
             self.uri = urlunsplit(parts._replace(path=parts.path.rstrip("/"), fragment=""))
             self._scheme, self._query = parts.scheme, parts.query
+            opened = self.uri
+            if parts.scheme == "s3" and "allow_delayed_open" not in parts.query:
+                # A file smaller than one upload part then goes up as a single PUT, not a multipart upload.
+                opened = f"{self.uri}{'&' if parts.query else '?'}allow_delayed_open=true"
             try:
-                self.fs, self.root = pafs.FileSystem.from_uri(self.uri)
+                self.fs, self.root = pafs.FileSystem.from_uri(opened)
             except (OSError, ArrowException) as err:  # e.g. a bucket's region looked up and not found
                 raise StorageError(f"{location}: cannot open: {first_line(err)}") from None
             self.root = self.root.rstrip("/")
@@ -227,7 +232,7 @@ class Store:
         dest = Path(dest).expanduser().resolve()
         dest.mkdir(parents=True, exist_ok=True)
         for src in self.list(path):
-            (dest / src.rsplit("/", 1)[1]).write_bytes(self.read_bytes(src))
+            Store(dest).write_bytes(str(dest / src.rsplit("/", 1)[1]), self.read_bytes(src))  # atomic, as here
         return dest
 
     # --- checks before anything starts ------------------------------------------------------------

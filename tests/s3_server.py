@@ -15,12 +15,15 @@ BUCKET = "raystudy-test"
 
 
 @contextlib.contextmanager
-def s3_bucket(bucket: str = BUCKET) -> Iterator[str]:
+def s3_bucket(bucket: str = BUCKET, servers: list | None = None) -> Iterator[str]:
     """Start moto's S3 server, set AWS_* (dummy keys, region, endpoint), create ``bucket``; yield its URI
-    ``s3://bucket``. Afterwards the environment is restored and the server stopped."""
+    ``s3://bucket``. Afterwards the environment is restored and the server stopped. ``servers``, if given,
+    receives the server (a fault test stops it, then ``restart``s it)."""
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
+    if servers is not None:
+        servers.append(server)
     host, port = server.get_host_and_port()
     env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1",
@@ -37,7 +40,18 @@ def s3_bucket(bucket: str = BUCKET) -> Iterator[str]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        server.stop()
+        for running in servers or [server]:
+            with contextlib.suppress(Exception):  # a fault test may have stopped it already
+                running.stop()
+
+
+def restart(server: ThreadedMotoServer) -> ThreadedMotoServer:
+    """A new server on the stopped ``server``'s address: the same endpoint, the same buckets and objects
+    (moto keeps them in this process, not in the server)."""
+    host, port = server.get_host_and_port()
+    again = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
+    again.start()
+    return again
 
 
 def bucket_files(uri: str) -> list[str]:

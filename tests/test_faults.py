@@ -18,7 +18,7 @@ import ray
 from ray_procs import find_worker, raylet_pid
 from raystudy.plan import plan
 from raystudy.run import execute
-from raystudy.spec import StudyError, expand, load_study
+from raystudy.spec import expand, load_study
 
 pytestmark = pytest.mark.slow
 STUDY = """
@@ -146,7 +146,8 @@ def test_killed_measuring_actor_is_replaced(tmp_path, cluster):
 
 def test_truncated_files_are_named_and_repaired(tmp_path, cluster):
     """(e) a truncated result file is named and measured again in the next run; a truncated checkpoint is
-    named, set aside (exit 2), and the rerun retrains it; everything else stays as it was."""
+    named, set aside and retrained in that same run (from the checkpoint before it, issue 13); everything
+    else stays as it was."""
     path = _study(tmp_path, "trunc")
     assert not execute(plan(str(path)), verbose=0).failed
     runs = tmp_path / "runs" / "trunc"
@@ -158,18 +159,19 @@ def test_truncated_files_are_named_and_repaired(tmp_path, cluster):
     assert not execute(p, verbose=0).measure_errors
     assert pl.read_parquet(result).height == 1  # repaired in place
 
-    ckpt = sorted(runs.glob("checkpoints/*/epoch_000006.pt"))[0]
+    ckpt = sorted(runs.glob("checkpoints/*/epoch_000004.pt"))[0]
     trial_id = ckpt.parent.name
-    for f in runs.glob(f"results/{trial_id}/epoch_000006*"):
+    for f in runs.glob(f"results/{trial_id}/epoch_000004*"):
         f.unlink()
     ckpt.write_bytes(ckpt.read_bytes()[:100])
-    with pytest.raises(StudyError) as err:
-        plan(str(path))
-    assert str(err.value).startswith(f"{ckpt}: corrupt checkpoint") and "set aside" in str(err.value)
-    assert (ckpt.parent / "epoch_000006.pt.corrupt").exists() and not ckpt.exists()
+    later = _mtimes(tmp_path, "trunc", f"checkpoints/{trial_id}/epoch_000006.pt")
     p = plan(str(path))
+    assert len(p.damaged) == 1 and p.damaged[0].startswith(f"{ckpt}: corrupt checkpoint")
+    assert "set aside" in p.damaged[0] and (ckpt.parent / "epoch_000004.pt.corrupt").exists() and not ckpt.exists()
     assert [t.trial_id for t in p.to_train] == [trial_id]
-    assert not execute(p, verbose=0).failed
+    out = execute(p, verbose=0)
+    assert not out.failed and not out.measure_errors
+    assert _mtimes(tmp_path, "trunc", f"checkpoints/{trial_id}/epoch_000006.pt") == later  # not retrained
     df = _rows(tmp_path, "trunc")
     assert df.height == len(_expected(path)) and set(zip(df["trial_id"], df["epoch"])) == _expected(path)
 

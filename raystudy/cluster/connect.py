@@ -38,6 +38,8 @@ def quiet_ray(verbose: int) -> None:
     if verbose < 3:
         for name in ("ray", "ray.tune", "ray.train", "ray.data"):
             logging.getLogger(name).setLevel(logging.WARNING if verbose >= 2 else logging.ERROR)
+        for name in ("ray.tune", "ray.train"):  # their errors come with tracebacks; raystudy says each in a line
+            logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def _init_options(verbose: int) -> dict:

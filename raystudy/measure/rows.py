@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
+import pyarrow.parquet as pq
 
 from raystudy.schema import SCHEMA
 from raystudy.storage import Store
@@ -40,7 +41,8 @@ def write_row(store: Store, row: dict[str, Any]) -> str:
     """Atomically write one row as its own Parquet file, then delete the rows of the same checkpoint
     measured under other settings (write first: a crash between the two loses nothing). Returns its path."""
     buf = io.BytesIO()
-    row_frame([row]).write_parquet(buf)
+    # Page checksums: a file damaged anywhere is found when read back (``plan.row_file_problem``).
+    pq.write_table(row_frame([row]).to_arrow(), buf, compression="zstd", write_page_checksum=True)
     path = result_path(store, row["trial_id"], row["epoch"], row["measure_hash"])
     store.write_bytes(path, buf.getvalue())
     for old in row_files(store, row["trial_id"]):

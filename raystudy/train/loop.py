@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from raystudy.checkpoints import (checkpoint_path, delete_resume_point, resume_state, save_checkpoint,
-                                  save_resume_point)
+from raystudy.checkpoints import checkpoint_path, delete_resume_point, save_checkpoint, save_resume_point
 from raystudy.build import build_model, load_trial_task, loss_fn_for  # noqa: F401 (re-exported)
+from raystudy.repair import start_point
 from raystudy.storage import Store
 from raystudy.tasks.base import Task
 from raystudy.train.ddp import DataParallel
@@ -67,8 +68,10 @@ def train_trial(trial: Trial, store: Store, report: Report | None = None,
     """Train ``trial``, saving a checkpoint at each epoch in ``trial.checkpoints`` and calling
     ``report(info)`` after each save with ``trial_id, epoch, step, checkpoint, train_loss_running,
     final``. Between checkpoints it saves a resume point every ``trial.resume_every`` epochs or
-    minutes (``checkpoints.save_resume_point``; deleted once the last checkpoint is written), and it
-    resumes from the later of the trial's last checkpoint and its resume point on ``store``.
+    minutes (``checkpoints.save_resume_point``; deleted once the last checkpoint is written). It writes only
+    the checkpoints missing on ``store`` and resumes from the latest intact state before the first of them
+    (``repair.start_point``: a gap left by a corrupt or deleted checkpoint is rebuilt, never skipped; a
+    trial with every checkpoint on storage trains nothing).
     A trial whose weights turn non-finite stops training: its remaining checkpoints are written from
     those weights (non-finite weights stay non-finite, so they would measure the same) and record
     ``diverged_at``, the first epoch that ended with non-finite weights.
@@ -98,7 +101,10 @@ def train_trial(trial: Trial, store: Store, report: Report | None = None,
     writes = parallel is None or parallel.writes
     start_epoch, prior_wall, resumed, diverged, curve = 0, 0.0, None, None, []
 
-    state = resume_state(store, trial.trial_id, map_location=device)
+    start = start_point(store, trial.trial_id, trial.checkpoints, map_location=device, writes=writes)
+    for line in start.set_aside:
+        warnings.warn(f"rebuilding {line}", RuntimeWarning, stacklevel=2)
+    state, missing = start.state, set(start.missing)
     if parallel is not None:
         parallel.barrier()  # every worker has read storage before rank 0 writes anything to it
     if state is not None:
@@ -133,9 +139,9 @@ def train_trial(trial: Trial, store: Store, report: Report | None = None,
     due = _resume_clock(trial.resume_every)
     progress = _progress(report, trial.trial_id, steps_per_epoch)
     stride = max(1, trial.epochs // CURVE_POINTS)
-    if start_epoch == 0 and 0 in trial.checkpoints and state is None:
+    if 0 in missing and state is None:
         checkpoint(0, None)
-    for epoch in range(start_epoch + 1, trial.epochs + 1):
+    for epoch in range(start_epoch + 1, max(missing, default=0) + 1):  # up to the last missing checkpoint
         running_loss = train_epoch(step, data.batches(schedule, epoch))
         sched.step()
         if epoch <= CURVE_POINTS // 10 or epoch % stride == 0 or epoch in trial.checkpoints:
@@ -144,17 +150,18 @@ def train_trial(trial: Trial, store: Store, report: Report | None = None,
         if diverged is None and not math.isfinite(running_loss) and not _finite(model):
             diverged = epoch
         if epoch in trial.checkpoints:
-            checkpoint(epoch, running_loss)
+            if epoch in missing:  # one still on storage is kept as it is (this run rebuilds an earlier one)
+                checkpoint(epoch, running_loss)
             due(epoch, saved=True)
         elif due(epoch) and writes:
             save_resume_point(store, trial.trial_id, epoch, contents(epoch, running_loss))
         if diverged is not None:  # nothing left to learn: the remaining checkpoints hold these weights
-            for later in (c for c in trial.checkpoints if c > epoch):
+            for later in (c for c in trial.checkpoints if c > epoch and c in missing):
                 checkpoint(later, running_loss)
             break
     if writes:
         delete_resume_point(store, trial.trial_id)
-    return TrainSummary(trial.trial_id, trial.epochs - start_epoch, resumed,
+    return TrainSummary(trial.trial_id, max(max(missing, default=0) - start_epoch, 0), resumed,
                         prior_wall + time.perf_counter() - t0)
 
 

@@ -1,0 +1,273 @@
+"""Storage faults as one line (issue 13, item 4): a full disk (a real tmpfs), an S3 server that stops and a
+bucket deleted (moto's real S3 server), at the start and in the middle of a run. Each ends with one line naming
+the location and the right exit code (2 before anything starts, 1 mid-run), nothing half-written, and a rerun
+that completes once the storage is back. The fast tests drive the CLI's own entry points in this process; the
+slow ones run ``python -m raystudy.run`` on a Ray instance and break the storage under it."""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import polars as pl
+import pytest
+from moto.server import ThreadedMotoServer
+from pyarrow import fs as pafs
+
+import raystudy.report
+import raystudy.run
+from fake_results import write_study
+from raystudy.faults import storage_fault
+from raystudy.plan import plan
+from raystudy.spec import expand, load_study
+from raystudy.storage import Store
+from s3_server import s3_bucket
+
+STUDY = """
+name: {name}
+storage: {storage}
+analysis: {{actors: 1, cpus: 0.5}}
+blocks:
+  - name: c
+    family: circles
+    task: circles
+    factor: 0.5
+    model: mlp
+    model_args: {{hidden: [8]}}
+    seed: [0, 1]
+    shuffle_seed: 0
+    lr: 0.05
+    batch_size: 10
+    epochs: {epochs}
+    checkpoints: {checkpoints}
+    metrics: [fisher_rao]
+"""
+
+
+def _study(tmp_path: Path, name: str, storage: str, epochs: int = 4, checkpoints=(2, 4), retries: int = 2) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(STUDY.format(name=name, storage=storage, epochs=epochs, checkpoints=list(checkpoints))
+                    + f"max_failures: {retries}\n")
+    return path
+
+
+@contextlib.contextmanager
+def tmpfs(where: Path, size: str = "4m") -> Iterator[Path]:
+    """A real, small filesystem of its own at ``where``, so that it can be filled; skips without root."""
+    if os.geteuid() != 0:
+        pytest.skip("a full disk needs a tmpfs of its own: mounting one needs root")
+    where.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Fill ``disk`` to the last byte with one file (returned: delete it to free the space)."""
+    filler = disk / "filler"
+    with open(filler, "wb") as out:
+        with contextlib.suppress(OSError):
+            while True:
+                out.write(b"\0" * 65536)
+                out.flush()
+    with contextlib.suppress(OSError), open(filler, "ab") as out:  # the last partial block
+        while True:
+            out.write(b"\0")
+            out.flush()
+    return filler
+
+
+def _one_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_disk_full_at_start_is_one_line_exit_2(tmp_path, capsys):
+    """Disk full before the run writes anything: exit 2, one line naming the storage, no lock left behind;
+    once space is freed the same study plans normally."""
+    with tmpfs(tmp_path / "disk") as disk:
+        path = _study(tmp_path, "full", str(disk / "runs"))
+        filler = fill(disk)
+        assert raystudy.run.main([str(path), "--no-report"]) == 2
+        line = _one_line(capsys.readouterr().err)
+        assert line.startswith(f"{path}: storage: ") and f"{disk}/runs/full" in line, line
+        assert "No space left on device" in line or "disk full" in line, line
+        assert not (disk / "runs" / "full" / "lock.json").exists()
+        assert not [f for f in (disk / "runs").rglob("*") if f.is_file()]  # nothing half-written
+        filler.unlink()
+        p = plan(str(path))
+        assert len(p.to_train) == 2 and (disk / "runs" / "full" / "study.yaml").exists()
+
+
+def test_disk_full_while_writing_the_report(tmp_path, capsys):
+    """Disk full while the report is written: exit 1, one line, the previous verdicts file still whole and no
+    file in flight left over; with space again it is written. (The page's files go through the same atomic
+    ``Store.write_bytes`` and the same handler; ``--verdicts-only`` keeps this test fast.)"""
+    with tmpfs(tmp_path / "disk", size="1m") as disk:
+        study = write_study(disk / "runs")
+        assert raystudy.report.main([str(study), "--verdicts-only"]) == 0
+        verdicts = (study / "report" / "verdicts.json").read_bytes()
+        capsys.readouterr()
+        filler = fill(disk)
+        assert raystudy.report.main([str(study), "--verdicts-only"]) == 1
+        line = _one_line(capsys.readouterr().err)
+        assert line.startswith(f"storage: {study}: disk full"), line
+        assert (study / "report" / "verdicts.json").read_bytes() == verdicts
+        assert not [f for f in study.rglob(".*") if f.is_file()], "a temporary file was left behind"
+        filler.unlink()
+        assert raystudy.report.main([str(study), "--verdicts-only"]) == 0
+
+
+def test_s3_server_gone_and_bucket_deleted_are_named(tmp_path):
+    """The storage probe behind every mid-run fault: an S3 server that stopped, a bucket deleted, a results/
+    folder emptied away, each one line naming the location; a healthy store and an unrelated error give None."""
+    from raystudy.analysis.results import NotAStudyError, load_results
+
+    with s3_bucket() as bucket:
+        store = Store(f"{bucket}/runs/gone")
+        store.write_text(store.path("results", "t", "x.txt"), "x")
+        assert storage_fault(None, store) is None and storage_fault(ValueError("no"), store) is None
+        store.delete_dir(store.path("results"))
+        with pytest.raises(NotAStudyError) as err:
+            load_results(store)
+        assert storage_fault(err.value, store).startswith(f"storage: {store.uri}: its results/ folder vanished")
+        fs = pafs.S3FileSystem(endpoint_override=os.environ["AWS_ENDPOINT_URL"], allow_bucket_deletion=True)
+        fs.delete_dir(bucket.removeprefix("s3://"))
+        line = storage_fault(None, store)
+        assert line.startswith(f"storage: {store.uri}: bucket 'raystudy-test' does not exist; rerun"), line
+    line = storage_fault(OSError("AWS Error NETWORK_CONNECTION"), store)  # the server has stopped
+    assert line.startswith(f"storage: {store.uri}: cannot reach bucket 'raystudy-test'") and "\n" not in line
+
+
+# --- mid-run, through the CLI on a Ray instance (slow) -------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cluster():
+    """moto's S3 server and one Ray instance for the slow tests: (bucket URI, [servers], Ray address). AWS_*
+    is set before ray.init, so Ray's workers and the CLI's processes reach the same server."""
+    import ray
+    servers: list = []
+    with s3_bucket(servers=servers) as bucket:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        try:
+            yield bucket, servers, ray.get_runtime_context().gcs_address
+        finally:
+            ray.shutdown()
+
+
+def _cli(path: Path, address: str) -> subprocess.Popen:
+    log = path.with_name(f"{path.stem}.{time.monotonic_ns()}.log")
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "raystudy.run", str(path), "--no-report"],
+                                env={**os.environ, "RAY_ADDRESS": address, "PYTHONUNBUFFERED": "1"},
+                                stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc.log = log
+    return proc
+
+
+def _finish(proc: subprocess.Popen, timeout: float) -> str:
+    proc.wait(timeout=timeout)
+    return proc.log.read_text()
+
+
+def _stopped(proc: subprocess.Popen, store: Store, timeout: float = 240) -> str:
+    """The output of ``proc`` once it has exited on its storage fault: its last line must be the one line."""
+    log = _finish(proc, timeout)
+    assert proc.returncode == 1, log
+    said = [line for line in log.splitlines() if line.startswith("storage: ")]
+    assert len(said) == 1 and said[0].startswith(f"storage: {store.uri}: ") and said[0].endswith("is redone)"), log
+    assert "Traceback" not in log, log[-3000:]
+    return said[0]
+
+
+def _mid_run(store: Store, proc: subprocess.Popen, timeout: float = 240):
+    """Hold the run mid-way, whatever the machine's speed: its measuring actor stopped (SIGSTOP) before it
+    writes a row, and the first checkpoint on storage. Returns a callable that lets the actor go on."""
+    from ray_procs import find_worker, raylet_pid
+    deadline = time.time() + timeout
+    measurer = find_worker(b"ray::Measurer", raylet_pid(), deadline)
+    os.kill(measurer, signal.SIGSTOP)
+    while not store.list(store.path("checkpoints"), ".pt", recursive=True):
+        assert time.time() < deadline and proc.poll() is None, proc.log.read_text()
+        time.sleep(0.05)
+    return lambda: os.kill(measurer, signal.SIGCONT)
+
+
+def _complete(path: Path, store: Store, address: str) -> None:
+    """The rerun, storage back: exit 0, every (trial, checkpoint) row exactly once."""
+    rerun = _cli(path, address)
+    log = _finish(rerun, 300)
+    assert rerun.returncode == 0, log
+    df = pl.concat([pl.read_parquet(store.read_bytes(f)) for f in
+                    store.list(store.path("results"), ".parquet", recursive=True)])
+    want = {(t.trial_id, e) for t in expand(load_study(path)) for e in t.checkpoints}
+    assert df.height == len(want) and set(zip(df["trial_id"], df["epoch"])) == want
+
+
+@pytest.mark.slow
+def test_s3_server_stopped_mid_run(tmp_path, cluster):
+    """The S3 server stops mid-run (a checkpoint written, no row yet): exit 1 with one line naming the bucket location (no OSError
+    traceback); the server back, the rerun completes with every row once."""
+    from s3_server import restart
+    bucket, servers, address = cluster
+    # No retries: each would wait out the S3 client's own retries against a server that is not there.
+    path = _study(tmp_path, "s3stop", f"{bucket}/runs", epochs=400, checkpoints=(100, 200, 300, 400), retries=0)
+    store = Store(f"{bucket}/runs/s3stop")
+    proc = _cli(path, address)
+    go_on = _mid_run(store, proc)
+    servers[-1].stop()
+    go_on()
+    line = _stopped(proc, store)
+    assert "cannot reach bucket 'raystudy-test'" in line, line
+    servers.append(restart(servers[-1]))
+    _complete(path, store, address)
+
+
+@pytest.mark.slow
+def test_bucket_deleted_mid_run(tmp_path, cluster):
+    """The bucket deleted (with everything in it) mid-run: exit 1, one line saying the bucket does
+    not exist (no NotAStudyError traceback); the bucket made again, the rerun redoes the study completely."""
+    bucket, servers, address = cluster
+    path = _study(tmp_path, "gone", f"{bucket}/runs", epochs=400, checkpoints=(100, 200, 300, 400))
+    store = Store(f"{bucket}/runs/gone")
+    proc = _cli(path, address)
+    go_on = _mid_run(store, proc)
+    fs = pafs.S3FileSystem(endpoint_override=os.environ["AWS_ENDPOINT_URL"], allow_bucket_deletion=True,
+                           allow_bucket_creation=True)
+    fs.delete_dir(bucket.removeprefix("s3://"))
+    go_on()
+    line = _stopped(proc, store)
+    assert "bucket 'raystudy-test' does not exist" in line, line
+    fs.create_dir(bucket.removeprefix("s3://"))
+    _complete(path, store, address)
+
+
+@pytest.mark.slow
+def test_disk_full_mid_run(tmp_path, cluster):
+    """The study's disk fills mid-run: exit 1, one line naming the folder, no half-written file
+    (no temporary file left, every result file reads whole); space freed, the rerun completes."""
+    _, _, address = cluster
+    with tmpfs(tmp_path / "disk", size="16m") as disk:
+        path = _study(tmp_path, "diskfull", str(disk / "runs"), epochs=400, checkpoints=(100, 200, 300, 400))
+        store = Store(disk / "runs" / "diskfull")
+        proc = _cli(path, address)
+        go_on = _mid_run(store, proc)
+        filler = fill(disk)
+        go_on()
+        line = _stopped(proc, store)
+        assert "disk full" in line, line
+        assert not list((disk / "runs").rglob(".*.tmp")), "a temporary file was left behind"
+        for f in (disk / "runs").rglob("*.parquet"):
+            pl.read_parquet(f)
+        filler.unlink()
+        _complete(path, store, address)
