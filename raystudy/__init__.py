@@ -104,6 +104,7 @@ def build_report(study_dir: "str | Path", out: "str | Path | None" = None) -> "P
     """Rebuild ``<study_dir>/report/`` (index.html, charts, verdicts.json) from the stored rows alone and
     return the page's location (a Path, or a URI for a study in object storage). With ``out``, also copy
     the report into that local folder and return the copied page's Path."""
+    from raystudy.layout import report_path
     from raystudy.report import build_report as _build
     from raystudy.storage import Store
 
@@ -111,4 +112,4 @@ def build_report(study_dir: "str | Path", out: "str | Path | None" = None) -> "P
     if out is None:
         return page
     store = Store(study_dir)
-    return store.copy_dir_to_local(store.path("report"), out) / "index.html"
+    return store.copy_dir_to_local(report_path(store), out) / "index.html"

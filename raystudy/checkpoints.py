@@ -14,13 +14,14 @@ checkpoint (``repair.start_point``); otherwise it is simply ignored.
 from __future__ import annotations
 
 import io
-import re
 import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+# Where checkpoints live is the study layout's business; re-exported for the training loop and the repairs.
+from raystudy.layout import checkpoint_epoch, checkpoint_path, checkpoints_dir, resume_path  # noqa: F401
 from raystudy.storage import Store, first_line
 
 FORMAT = 1
@@ -37,8 +38,6 @@ class CheckpointRef:
     path: str
 
 
-def checkpoint_path(store: Store, trial_id: str, epoch: int) -> str:
-    return store.path("checkpoints", trial_id, f"epoch_{epoch:06d}.pt")
 
 
 def _write(store: Store, path: str, trial_id: str, epoch: int, state: dict[str, Any]) -> None:
@@ -73,15 +72,13 @@ def load_checkpoint(store: Store, path: str, map_location: str | torch.device = 
 def list_checkpoints(store: Store, trial_id: str) -> list[CheckpointRef]:
     """The trial's checkpoints on storage, by epoch (ignores half-written temporary files)."""
     refs = []
-    for path in store.list(store.path("checkpoints", trial_id), suffix=".pt"):
-        m = re.search(r"epoch_(\d+)\.pt$", path)
-        if m:
-            refs.append(CheckpointRef(trial_id, int(m.group(1)), path))
+    for path in store.list(checkpoints_dir(store, trial_id), suffix=".pt"):
+        epoch = checkpoint_epoch(path)
+        if epoch is not None:
+            refs.append(CheckpointRef(trial_id, epoch, path))
     return sorted(refs, key=lambda r: r.epoch)
 
 
-def resume_path(store: Store, trial_id: str) -> str:
-    return store.path("checkpoints", trial_id, "resume.pt")
 
 
 def save_resume_point(store: Store, trial_id: str, epoch: int, state: dict[str, Any]) -> str:

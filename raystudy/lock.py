@@ -28,6 +28,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from raystudy.layout import lock_file
 from raystudy.lockfile import Seen, backend_for
 from raystudy.storage import Store
 
@@ -90,9 +91,9 @@ class Fence:
     def check(self) -> None:
         if self.store_uri not in _BACKENDS:
             store = Store(self.store_uri)
-            _BACKENDS[self.store_uri] = (store, backend_for(store, store.path("lock.json"), warn=False))
+            _BACKENDS[self.store_uri] = (store, backend_for(store, lock_file(store), warn=False))
         store, backend = _BACKENDS[self.store_uri]
-        _check(backend, self.token, store.uri_of(store.path("lock.json")))
+        _check(backend, self.token, store.uri_of(lock_file(store)))
 
     def portable(self) -> "Fence":
         return self
@@ -108,7 +109,7 @@ class StudyLock:
 
     def __init__(self, store: Store, heartbeat_s: float | None = None, stale_s: float | None = None,
                  on_lost: Callable[[str], None] | None = None):
-        self.store, self.path = store, store.path("lock.json")
+        self.store, self.path = store, lock_file(store)
         self.where = store.uri_of(self.path)
         self.heartbeat_s = HEARTBEAT_S if heartbeat_s is None else heartbeat_s
         self.stale_s = STALE_S if stale_s is None else stale_s

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raystudy.checkpoints import CheckpointError, CheckpointRef, list_checkpoints, load_checkpoint
-from raystudy.measure.rows import RowFile, measured, row_files
+from raystudy.layout import OUTPUTS, RowFile, measured, row_files, study_file
 from raystudy.preflight import preflight
 from raystudy.repair import set_aside
 from raystudy.spec import Study, StudyError, expand, load_study
@@ -62,9 +62,9 @@ def plan(study_path: str, fresh: bool = False, storage: str | None = None, remea
         before_writing(store)
     try:
         if fresh:  # the study's own subfolders only (delete_dir refuses anything outside its root)
-            for sub in ("checkpoints", "results", "ray", "report"):
+            for sub in OUTPUTS:
                 store.delete_dir(store.path(sub))
-        store.write_bytes(store.path("study.yaml"), open(study_path, "rb").read())
+        store.write_bytes(study_file(store), open(study_path, "rb").read())
     except OSError as err:
         raise StudyError(f"{study_path}: storage: {study.storage}: cannot write {store.uri}: {first_line(err)}") \
             from None

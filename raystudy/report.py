@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from raystudy.layout import report_path, results_dir
 from raystudy.storage import Store, StorageError
 
 
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     try:  # checked before the slow imports
         store = Store(args.study)
         store.check_usable()
-        if not store.is_dir(store.path("results")):
+        if not store.is_dir(results_dir(store)):
             print(f"{args.study}: no results/ directory (not a study directory?)", file=sys.stderr)
             return 2
     except StorageError as err:
@@ -65,7 +66,7 @@ def _write(store: Store, args: argparse.Namespace) -> int:
         return 0
     print(build_report(args.study))
     if args.out:
-        print(store.copy_dir_to_local(store.path("report"), args.out) / "index.html")
+        print(store.copy_dir_to_local(report_path(store), args.out) / "index.html")
     return 0
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pyarrow import ArrowException
 
 from raystudy.cluster.connect import connect
+from raystudy.layout import lock_file, report_path
 from raystudy.lock import StudyLock, StudyLocked
 from raystudy.plan import Plan, plan, still_unmeasured
 from raystudy.preflight import preflight
@@ -132,7 +133,7 @@ def summarise(p: Plan, report: object) -> None:
         print(f"summary: {final_rows(df)['trial_id'].n_unique()} of {len(p.trials)} trials finished, {df.height} "
               f"checkpoints measured ({not_ok} not ok)", flush=True)
     print(f"report: {report}", flush=True)
-    path = f"{p.store.path('report')}/{VERDICTS_FILE}"
+    path = report_path(p.store, VERDICTS_FILE)
     if p.store.exists(path):
         for v in json.loads(p.store.read_bytes(path)):
             block = f" ({v['block']})" if v.get("block") else ""
@@ -226,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             lock.append(StudyLock(store, on_lost=lambda line: lock_lost(line, store)).acquire())
         except OSError as err:  # disk full, storage unreachable: unusable storage at the start
-            raise StudyLocked(f"storage: cannot take the study's lock {store.uri_of(store.path('lock.json'))}: "
+            raise StudyLocked(f"storage: cannot take the study's lock {store.uri_of(lock_file(store))}: "
                               f"{first_line(err)}") from None
         FENCES[store.uri] = lock[-1]  # every later write of this run checks that the lock is still ours
 
@@ -329,7 +330,7 @@ def _finish(p: Plan, args: argparse.Namespace, t0: float, out: Outcome) -> int:
         if out.failed or out.measure_errors or not report_is_current(p.store):
             report = build_report(p.store.uri)
         else:  # a report built from exactly these rows (and this study file) is already there
-            report = f"{p.store.uri_of(p.store.path('report'))}/index.html (current: built from these rows)"
+            report = f"{p.store.uri_of(report_path(p.store, 'index.html'))} (current: built from these rows)"
     for tid, err in out.failed.items():
         print(f"failed: {tid}: {err}", file=sys.stderr)
     for err in out.measure_errors:

@@ -102,7 +102,7 @@ class Store:
         return self.root.rsplit("/", 1)[-1]
 
     def path(self, *parts: str) -> str:
-        """A path on ``fs`` under the root: ``store.path("results", trial_id)``."""
+        """A path on ``fs`` under the root: ``store.path("a", "b")`` is ``<root>/a/b``."""
         return "/".join([self.root, *parts])
 
     def uri_of(self, path: str) -> str:

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from raystudy.analysis.consistency import add_consistency
-from raystudy.measure.safety import corruption_columns, read_predictions, write_predictions
+from raystudy.analysis.consistency import read_predictions
+from raystudy.measure.safety import corruption_columns, write_predictions
 from raystudy.storage import Store
 from raystudy.tasks.base import CorruptionSet, Task
 

@@ -3,6 +3,7 @@ seed agree on the test set. Computed from the predictions the measuring stage st
 regime-vs-base test of consistency runs on the pairs themselves (``consistency_tests``)."""
 from __future__ import annotations
 
+import io
 import itertools
 import warnings
 from typing import Callable
@@ -13,9 +14,21 @@ import polars as pl
 from raystudy.analysis.aggregate import comparison_keys
 from raystudy.analysis.inference import swap_test
 from raystudy.analysis.results import final_rows, ok_rows
+from raystudy.layout import predictions_file
 from raystudy.safety.consistency import disagreement, js_divergence
+from raystudy.storage import Store
 
 Read = Callable[[str], tuple[np.ndarray, np.ndarray]]  # relative path -> (classes (N,), probabilities (N, C))
+
+
+def read_predictions(store: Store, relative: str) -> tuple[np.ndarray, np.ndarray]:
+    """(classes (N,) int64, probabilities (N, C) float64 renormalised after float16 storage) of the predictions
+    a row records (its path relative to the study root). ValueError, nothing read, unless the path names a
+    predictions file inside the study's results/ folder (``layout.predictions_file``): rows are data anyone
+    with write access to the bucket could have crafted. Never unpickles."""
+    with np.load(io.BytesIO(store.read_bytes(predictions_file(store, relative))), allow_pickle=False) as f:
+        pred, probs = f["pred"].astype(np.int64), f["probs"].astype(np.float64)
+    return pred, probs / probs.sum(axis=1, keepdims=True)
 
 
 def readable(df: pl.DataFrame, read: Read) -> tuple[pl.DataFrame, dict[str, tuple[np.ndarray, np.ndarray]]]:

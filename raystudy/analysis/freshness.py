@@ -8,6 +8,7 @@ import hashlib
 import json
 
 import raystudy
+from raystudy.layout import report_path, results_dir, study_file
 from raystudy.storage import Store
 
 BUILT_FROM = "built_from.json"
@@ -18,28 +19,28 @@ def fingerprint(store: Store) -> str:
     raystudy version: any row written, replaced or removed, any edit of the study file (its verdict
     settings shape the report) or a new version changes it."""
     h = hashlib.sha256(raystudy.__version__.encode())
-    root = store.path("results")
+    root = results_dir(store)
     if store.is_dir(root):
         for info in sorted(store.files(root, ".parquet", recursive=True), key=lambda i: i.path):
             h.update(f"{info.path[len(root):]}\0{info.size}\0{info.mtime_ns}\n".encode())
-    study_file = store.path("study.yaml")
-    if store.exists(study_file):
-        h.update(hashlib.sha256(store.read_bytes(study_file)).digest())
+    study = study_file(store)
+    if store.exists(study):
+        h.update(hashlib.sha256(store.read_bytes(study)).digest())
     return h.hexdigest()
 
 
 def record_built_from(store: Store, print_: str) -> None:
     """Write report/built_from.json for a report just built from rows with fingerprint ``print_``."""
-    store.write_text(store.path("report", BUILT_FROM), json.dumps({"fingerprint": print_,
+    store.write_text(report_path(store, BUILT_FROM), json.dumps({"fingerprint": print_,
                                                                    "raystudy": raystudy.__version__}))
 
 
 def report_is_current(store: Store) -> bool:
     """True when report/index.html exists and was built from exactly the rows and study file stored now."""
     try:
-        if not store.exists(store.path("report", "index.html")):
+        if not store.exists(report_path(store, "index.html")):
             return False
-        recorded = json.loads(store.read_bytes(store.path("report", BUILT_FROM))).get("fingerprint")
+        recorded = json.loads(store.read_bytes(report_path(store, BUILT_FROM))).get("fingerprint")
     except (OSError, ValueError, AttributeError):
         return False
     return recorded == fingerprint(store)

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from raystudy.analysis.consistency import consistency_tests
+from raystudy.analysis.consistency import consistency_tests, read_predictions
 from raystudy.analysis.results import load_results
 from raystudy.analysis.verdicts import Verdict, verdicts
+from raystudy.layout import report_path, study_file
 from raystudy.spec import StudyError, Verdicts, verdict_settings
 from raystudy.storage import Store
 
@@ -36,7 +37,7 @@ def declared_settings(store: Store) -> tuple[Verdicts, str]:
     """The ``verdicts`` section of the study file as run (``<study>/study.yaml``) and a note on its source.
     The defaults, saying so, when the file is missing or its section cannot be read (an edited file):
     the report states which settings decided."""
-    path = store.path("study.yaml")
+    path = study_file(store)
     if not store.exists(path):
         return Verdicts(), "the defaults: no study.yaml in the study folder"
     try:
@@ -50,8 +51,6 @@ def declared_settings(store: Store) -> tuple[Verdicts, str]:
 def judge(store: Store, rows: pl.DataFrame | None = None) -> Judgement:
     """The study's verdicts. ``rows``: its result rows if already loaded (else read from the store). Cost: reads
     every result file and, for consistency, every final checkpoint's stored predictions once."""
-    from raystudy.measure.safety import read_predictions  # torch: only here, not for every analysis import
-
     rows = load_results(store) if rows is None else rows
     settings, note = declared_settings(store)
     pairs = consistency_tests(rows, lambda relative: read_predictions(store, relative)) if not rows.is_empty() \
@@ -62,7 +61,7 @@ def judge(store: Store, rows: pl.DataFrame | None = None) -> Judgement:
 def write_verdicts(store: Store, judgement: Judgement) -> str:
     """Write ``report/verdicts.json``: a list with one object per verdict, in family order (``Verdict.to_dict``,
     plus ``settings_source``); return its location (path or URI)."""
-    path = f"{store.path('report')}/{VERDICTS_FILE}"
+    path = report_path(store, VERDICTS_FILE)
     body = [{**v.to_dict(), "settings_source": judgement.settings_note} for v in judgement.verdicts]
     store.write_text(path, json.dumps(body, indent=1, default=str) + "\n")
     return path if store.local else store.uri_of(path)

@@ -9,14 +9,14 @@ import altair as alt
 import polars as pl
 
 from raystudy.analysis.catalogue import report_charts
-from raystudy.analysis.consistency import add_consistency
+from raystudy.analysis.consistency import add_consistency, read_predictions
 from raystudy.analysis.freshness import fingerprint, record_built_from
 from raystudy.analysis.html import chart_spec, figure, inline_svg, page, png_bytes
 from raystudy.analysis.judge import judge, write_verdicts
 from raystudy.analysis.results import load_results
 from raystudy.analysis.sections import (block_sections, correlation_section, overview, stale_batchnorm,
                                         verdict_section)
-from raystudy.measure.safety import read_predictions
+from raystudy.layout import report_path
 from raystudy.storage import Store
 
 
@@ -57,7 +57,7 @@ def write_report(study: str | Path) -> Path | str:
     judgement = judge(store, rows)
     write_verdicts(store, judgement)
     df = add_consistency(rows, lambda relative: read_predictions(store, relative))
-    out = store.path("report")
+    out = report_path(store)
     name = df["study"].drop_nulls().first() if "study" in df.columns else None
     figures = Figures(store, out)
     if df.is_empty():

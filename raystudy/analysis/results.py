@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from raystudy.layout import results_dir
 from raystudy.schema import HESSIAN, SCHEMA, SHARPNESS, columns
 from raystudy.storage import Store
 
@@ -44,7 +45,7 @@ def result_files(study: str | Path | Store) -> list[str]:
 
 
 def _result_files(store: Store, label: str) -> list[str]:
-    root = store.path("results")
+    root = results_dir(store)
     if not store.is_dir(root):
         raise NotAStudyError(f"{label}: no results/ directory (not a study directory?)")
     found = sorted(store.files(root, ".parquet", recursive=True), key=lambda i: (i.mtime_ns, i.path))

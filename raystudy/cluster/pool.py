@@ -14,6 +14,7 @@ import ray
 
 from raystudy.checkpoints import CheckpointError
 from raystudy.cluster import metrics
+from raystudy.layout import checkpoint_trial
 
 
 @ray.remote
@@ -91,7 +92,7 @@ class MeasurePool:
         """Start queued work on idle actors and return results finished since the last call."""
         while self.queue and self._idle:
             actor, job = self._idle.pop(), self.queue.pop(0)
-            trial_id = job.path.rstrip("/").rsplit("/", 2)[-2]  # checkpoints/<trial_id>/epoch_N.pt
+            trial_id = checkpoint_trial(job.path)
             ref = actor.measure.remote(job.path, self.trials.get(trial_id))
             self._running[ref] = (actor, job, time.perf_counter())
         finished: list[dict[str, Any]] = []

@@ -25,6 +25,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from raystudy.cluster import metrics
 from raystudy.cluster.pool import MeasurePool
+from raystudy.layout import ray_dir
 from raystudy.trial import Trial
 from raystudy.storage import Store
 
@@ -93,7 +94,7 @@ def run_trial(config: dict[str, Any], trials: dict[str, dict], store_uri: str, m
         scaling_config=scaling,
         # Same name + storage on a rerun: Train picks the run up where it stopped. Train's state goes
         # through the study's own filesystem (local or object store), like everything else.
-        run_config=train.RunConfig(name=trial["trial_id"], storage_path=store.path("ray", "train"),
+        run_config=train.RunConfig(name=trial["trial_id"], storage_path=ray_dir(store, "train"),
                                    storage_filesystem=store.fs, callbacks=callbacks, failure_config=failure),
     )
     trainer.fit()
@@ -202,7 +203,7 @@ def run_trials(trials: list[Trial], store: Store, pool: MeasurePool, verbose: in
             reuse_actors=True,
         ),
         # A path on the Store's filesystem (not a URI): pyarrow gives Ray the same endpoint and options.
-        run_config=tune.RunConfig(name="tune", storage_path=store.path("ray"), storage_filesystem=store.fs,
+        run_config=tune.RunConfig(name="tune", storage_path=ray_dir(store), storage_filesystem=store.fs,
                                   verbose=verbose, callbacks=[feed, *loggers(list(logger_names), trials[0].study)],
                                   failure_config=tune.FailureConfig(max_failures=max_failures)),
     )

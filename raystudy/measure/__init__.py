@@ -22,7 +22,8 @@ import raystudy
 from raystudy import tasks
 from raystudy.checkpoints import load_checkpoint
 from raystudy.measure.geometry import metric_columns
-from raystudy.measure.rows import measured, result_path, row_frame, write_row
+from raystudy.layout import measured, result_path
+from raystudy.measure.rows import row_frame, write_row
 from raystudy.safety import evaluate
 from raystudy.schema import SCHEMA
 from raystudy.trial import Trial

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from raystudy.safety import evaluate
+from raystudy.layout import predictions_path
 from raystudy.storage import Store
 from raystudy.tasks.base import Task
 
@@ -35,12 +36,6 @@ def corruption_columns(task: Task, model: nn.Module, loss_fn, on: OnDevice, max_
             "corruption_set": sets.name}
 
 
-def predictions_path(trial_id: str, epoch: int) -> str:
-    """Where a checkpoint's predictions live, relative to the study root (what the row records); a
-    re-measure overwrites them."""
-    return f"results/{trial_id}/epoch_{epoch:06d}.predictions.npz"
-
-
 def write_predictions(store: Store, trial_id: str, epoch: int, logits: torch.Tensor) -> str:
     """Store the test-set predictions of one checkpoint beside its row, compactly: argmax class (int16)
     and softmax probabilities (float16; ~2 bytes per class per image, 2 MB for CIFAR-100's test set).
@@ -53,17 +48,3 @@ def write_predictions(store: Store, trial_id: str, epoch: int, logits: torch.Ten
     relative = predictions_path(trial_id, epoch)
     store.write_bytes(store.path(*relative.split("/")), buf.getvalue())
     return relative
-
-
-def read_predictions(store: Store, relative: str) -> tuple[np.ndarray, np.ndarray]:
-    """(classes (N,) int64, probabilities (N, C) float64 renormalised after float16 storage) of a stored
-    file, given its path relative to the study root as a row records it. The path comes from a file anyone
-    with write access to the bucket could have crafted: ValueError unless it names a predictions file inside
-    the study's results/ folder (no '..', no absolute path), so nothing outside the study is ever read."""
-    parts = str(relative).split("/")
-    if (len(parts) < 3 or parts[0] != "results" or any(p in ("", ".", "..") or "\\" in p for p in parts)
-            or not parts[-1].endswith(".predictions.npz")):
-        raise ValueError(f"{relative!r} is not a predictions file inside the study's results/ folder")
-    with np.load(io.BytesIO(store.read_bytes(store.path(*parts))), allow_pickle=False) as f:
-        pred, probs = f["pred"].astype(np.int64), f["probs"].astype(np.float64)
-    return pred, probs / probs.sum(axis=1, keepdims=True)
