@@ -7,7 +7,7 @@ import numpy as np
 import polars as pl
 
 from raystudy.analysis.aggregate import comparison_keys, condition_label, config_label
-from raystudy.analysis.charts import HEIGHT, WIDTH, images_vs_gap
+from raystudy.analysis.charts import CURVE_POINTS, HEIGHT, MAX_MARKS, images_vs_gap, panel_width, with_note
 from raystudy.analysis.labels import chart_title
 from raystudy.analysis.results import final_rows, ok_rows, present
 
@@ -56,24 +56,57 @@ def density_frame(df: pl.DataFrame, floor: float = 1e-8) -> pl.DataFrame:
     return pl.concat(out).sort("panel", maintain_order=True) if out else pl.DataFrame()
 
 
+def _x_scale(panel: pl.DataFrame) -> alt.Scale:
+    """The panel's own eigenvalue axis: linear, or symlog when the mass sits in a sliver of the range (an outlier
+    eigenvalue far from the bulk would squeeze the bulk into a spike at 0)."""
+    lam = panel["eigenvalue"].to_numpy()
+    order = np.argsort(lam)
+    lam, mass = lam[order], np.cumsum(panel["density"].to_numpy()[order])
+    mass = mass / mass[-1] if mass[-1] > 0 else mass
+    bulk = np.interp(0.95, mass, lam) - np.interp(0.05, mass, lam)
+    span = lam[-1] - lam[0]
+    if span > 0 and 0 < bulk < span / 50:
+        return alt.Scale(type="symlog", constant=float(bulk / 4), zero=False)
+    return alt.Scale(zero=False)
+
+
 def spectral_density(df: pl.DataFrame, floor: float = 1e-8) -> alt.Chart | None:
     """Hessian spectral density (SLQ) at the final checkpoint, mean over seeds, one line per regime overlaid,
-    log density axis (floor `floor`); one panel per task / model. None when no density was stored."""
+    log density axis (floor `floor`); one panel per task / model, three a row, each on its own eigenvalue and
+    density range (symlog eigenvalues where an outlier would hide the bulk). Curves thinned to a few hundred
+    points at most. None when no density was stored."""
     frame = density_frame(df, floor)
     if frame.is_empty():
         return None
-    chart = alt.Chart(frame).mark_line().encode(
-        x=alt.X("eigenvalue:Q", title="Hessian eigenvalue"),
-        y=alt.Y("density:Q", scale=alt.Scale(type="log"), axis=alt.Axis(tickCount=5, format="~e"),
-                title=f"spectral density (log; floor {floor:g})"),
-        color=alt.Color("regime:N"),
-        tooltip=["panel", "regime", "n_trials", alt.Tooltip("eigenvalue:Q", format=".4g"),
-                 alt.Tooltip("density:Q", format=".3g")],
-    ).properties(width=WIDTH + 60, height=HEIGHT)
+    n_curves = frame.select("panel", "regime").n_unique()
+    most = max(30, min(CURVE_POINTS, 4 * MAX_MARKS // n_curves))
+    grid = frame.select("panel", "eigenvalue").unique().with_columns(
+        keep=(pl.col("eigenvalue").rank("dense").over("panel") - 1) % (pl.col("eigenvalue").n_unique().over("panel")
+                                                                      // most + 1) == 0)
+    before = frame.height
+    frame = frame.join(grid, on=["panel", "eigenvalue"]).filter("keep").drop("keep").sort("panel", "regime",
+                                                                                         "eigenvalue")
+    panels = frame["panel"].unique(maintain_order=True).to_list()
+    columns = min(3, len(panels))
+    legend = alt.Legend(orient="bottom", columns=4, labelLimit=0, title="regime")
+    charts = []
+    for panel in panels:
+        mine = frame.filter(pl.col("panel") == panel)
+        charts.append(alt.Chart(mine).mark_line().encode(
+            x=alt.X("eigenvalue:Q", title="Hessian eigenvalue", scale=_x_scale(mine)),
+            y=alt.Y("density:Q", scale=alt.Scale(type="log"), axis=alt.Axis(tickCount=5, format="~e"),
+                    title=f"spectral density (log; floor {floor:g})"),
+            color=alt.Color("regime:N", legend=legend, scale=alt.Scale(domain=frame["regime"].unique().sort()
+                                                                       .to_list())),
+            tooltip=["panel", "regime", "n_trials", alt.Tooltip("eigenvalue:Q", format=".4g"),
+                     alt.Tooltip("density:Q", format=".3g")],
+        ).properties(width=panel_width(columns, legend=False), height=HEIGHT,
+                     title=alt.Title(panel, fontSize=11, limit=panel_width(columns, legend=False) + 60)))
     title = chart_title(ok_rows(final_rows(df)),
                         "Hessian spectral density at the final checkpoint (SLQ, mean over seeds)", "hessian_n")
-    return chart.facet(facet=alt.Facet("panel:N", title=None), columns=3).resolve_scale(
-        x="independent", y="independent").properties(title=title)
+    note = "Curves thinned for drawing to evenly spaced eigenvalues." if frame.height < before else ""
+    return with_note(alt.concat(*charts, columns=columns).resolve_scale(color="shared"), note).properties(
+        title=title)
 
 
 def curvature_vs_gap(df: pl.DataFrame) -> alt.Chart | None:
