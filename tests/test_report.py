@@ -144,3 +144,24 @@ def test_crafted_rows_cannot_inject_the_page_or_read_outside_the_study(tmp_path)
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html  # shown, as text
     verdicts = json.loads((page.parent / "verdicts.json").read_text())
     assert any(v["block"] == "<img src=x onerror=alert(2)>" for v in verdicts)  # JSON keeps the data as data
+
+
+def test_rows_summary_and_definitions_beside_the_charts(report):
+    import polars as pl
+
+    html = report.read_text()
+    rows = pl.read_parquet(report.parent / "results.parquet")
+    assert rows.height == 124 and {"trial_id", "step", "sam_sharpness_by_rho"} <= set(rows.columns)
+    summary = pl.read_csv(report.parent / "summary.csv")
+    digits = summary.filter((pl.col("block") == "digits") & (pl.col("regime") == "base"))
+    assert digits["test_acc_mean"].item() == pytest.approx(93.0)
+    assert '<a href="results.parquet">results.parquet</a>' in html and '<a href="summary.csv">summary.csv</a>' in html
+    # Family C's paired chart shows what the regime did to accuracy beside sharpness and safety.
+    spec = json.loads(re.search(r'verdict_c_paired_differences\.png".*?class="vl-spec">(.*?)</script>', html,
+                                flags=re.S).group(1).replace("<\\/", "</"))
+    labels = {r.get("label") for rows in spec["datasets"].values() for r in rows}
+    assert {"test accuracy", "generalisation gap", "SAM-sharpness", "ECE (15 bins, L1)"} <= labels
+    # Each metric defined once, under the first chart that shows it.
+    for name in ("SAM-sharpness", "Psi", "Fisher-Rao norm", "ECE", "Kendall tau"):
+        assert html.count(f"<br><b>{name}</b>: ") == 1, name
+    assert html.index("<br><b>SAM-sharpness</b>: ") < html.index("verdict_b_sharpness_vs_factor.png")
