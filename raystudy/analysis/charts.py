@@ -51,6 +51,12 @@ def thin(frame: pl.DataFrame, x: str, by: list[str], most: int = CURVE_POINTS) -
     return frame.filter(keep)
 
 
+def curve_points(n_curves: int) -> int:
+    """Points each of ``n_curves`` curves of one chart keeps: MAX_MARKS in all (each point is a record of the page's
+    data), at least 20 a curve, at most CURVE_POINTS."""
+    return max(20, min(CURVE_POINTS, MAX_MARKS // max(n_curves, 1)))
+
+
 def with_note(chart: alt.TopLevelMixin, *notes: str) -> alt.TopLevelMixin:
     """``chart`` carrying what it drew instead of every row (usermeta "note"; the page adds it to the caption)."""
     text = " ".join(n for n in notes if n)
@@ -257,7 +263,7 @@ def learning_curves(df: pl.DataFrame) -> alt.Chart | None:
     mean = (points.group_by("block", "regime", "epoch").agg(loss=pl.col("loss").mean(), n_seeds=pl.len())
             .sort("block", "regime", "epoch"))
     n_lines = mean.select("block", "regime").n_unique()
-    mean = thin(mean, "epoch", ["block", "regime"], most=max(20, min(CURVE_POINTS, 4 * MAX_MARKS // n_lines)))
+    mean = thin(mean, "epoch", ["block", "regime"], most=curve_points(n_lines))
     log_x = mean["epoch"].max() > 100 and mean["epoch"].min() >= 1
     columns = min(2, mean["block"].n_unique())
     # Legends below each panel: labels such as "circles, base, factor=0.3, lr=0.01" get the panel's full width.

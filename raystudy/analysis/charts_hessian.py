@@ -7,7 +7,7 @@ import numpy as np
 import polars as pl
 
 from raystudy.analysis.aggregate import comparison_keys, condition_label, config_label
-from raystudy.analysis.charts import CURVE_POINTS, HEIGHT, MAX_MARKS, images_vs_gap, panel_width, with_note
+from raystudy.analysis.charts import HEIGHT, curve_points, images_vs_gap, panel_width, thin, with_note
 from raystudy.analysis.labels import chart_title
 from raystudy.analysis.results import final_rows, ok_rows, present
 
@@ -73,20 +73,19 @@ def _x_scale(panel: pl.DataFrame) -> alt.Scale | None:
 def spectral_density(df: pl.DataFrame, floor: float = 1e-8) -> alt.Chart | None:
     """Hessian spectral density (SLQ) at the final checkpoint, mean over seeds, one line per regime overlaid,
     log density axis (floor `floor`); one panel per task / model, three a row, each on its own eigenvalue and
-    density range (symlog eigenvalues where an outlier would hide the bulk). Curves thinned to a few hundred
-    points at most. None when no density was stored."""
+    density range (symlog eigenvalues where an outlier would hide the bulk). Curves thinned to MAX_MARKS points
+    in all (``charts.curve_points``). None when no density was stored."""
     frame = density_frame(df, floor)
     if frame.is_empty():
         return None
-    n_curves = frame.select("panel", "regime").n_unique()
-    most = max(30, min(CURVE_POINTS, 4 * MAX_MARKS // n_curves))
-    grid = frame.select("panel", "eigenvalue").unique().with_columns(
-        keep=(pl.col("eigenvalue").rank("dense").over("panel") - 1) % (pl.col("eigenvalue").n_unique().over("panel")
-                                                                      // most + 1) == 0)
+    most = curve_points(frame.select("panel", "regime").n_unique())
     before = frame.height
-    frame = frame.join(grid, on=["panel", "eigenvalue"]).filter("keep").drop("keep").sort("panel", "regime",
-                                                                                         "eigenvalue")
+    frame = thin(frame, "eigenvalue", ["panel", "regime"], most).sort("panel", "regime", "eigenvalue",
+                                                                       maintain_order=True)
     panels = frame["panel"].unique(maintain_order=True).to_list()
+    # Records carry the panel's number, not its name (the panel's title): 40% less data on the page.
+    frame = frame.with_columns(pid=pl.col("panel").replace_strict({p: i for i, p in enumerate(panels)},
+                                                                   return_dtype=pl.Int32)).drop("panel")
     columns = min(3, len(panels))
     width = panel_width(columns, legend=False)
     # Channels built once (altair validates each on construction: 0.1 s apiece); one dataset for every panel.
@@ -95,14 +94,14 @@ def spectral_density(df: pl.DataFrame, floor: float = 1e-8) -> alt.Chart | None:
                 title=f"spectral density (log; floor {floor:g})"),
         color=alt.Color("regime:N", legend=alt.Legend(orient="bottom", columns=4, labelLimit=0, title="regime"),
                         scale=alt.Scale(domain=frame["regime"].unique().sort().to_list())),
-        tooltip=["panel", "regime", "n_trials", alt.Tooltip("eigenvalue:Q", format=".4g"),
+        tooltip=["regime", "n_trials", alt.Tooltip("eigenvalue:Q", format=".4g"),
                  alt.Tooltip("density:Q", format=".3g")])
     linear = alt.X("eigenvalue:Q", title="Hessian eigenvalue", scale=alt.Scale(zero=False))
     charts = []
-    for panel in panels:
-        scale = _x_scale(frame.filter(pl.col("panel") == panel))
+    for pid, panel in enumerate(panels):
+        scale = _x_scale(frame.filter(pl.col("pid") == pid))
         x = linear if scale is None else alt.X("eigenvalue:Q", title="Hessian eigenvalue (symlog)", scale=scale)
-        charts.append(base.encode(x=x).transform_filter(alt.datum.panel == panel).properties(
+        charts.append(base.encode(x=x).transform_filter(alt.datum.pid == pid).properties(
             width=width, height=HEIGHT, title=alt.Title(panel, fontSize=11, limit=width + 60)))
     title = chart_title(ok_rows(final_rows(df)),
                         "Hessian spectral density at the final checkpoint (SLQ, mean over seeds)", "hessian_n")
