@@ -23,11 +23,14 @@ def test_tau_test_counted_by_sorting_matches_the_pairwise_sums(monkeypatch):
     y = rng.normal(size=(2, 90))
     y[:, :6] = 0.0  # ties in y too
     y[1, ::4] = 1.0
-    sorted_path = inference.tau_test(x, y, seeds, n_perm=999)
+    prefix_counts = inference.tau_test(x, y, seeds, n_perm=999)  # 9 distinct x: counts below each rank
+    monkeypatch.setattr(inference, "FENWICK_FROM", 2)
+    fenwick = inference.tau_test(x, y, seeds, n_perm=999)
     monkeypatch.setattr(inference, "SORTED_FROM", 10**9)
     pairwise = inference.tau_test(x, y, seeds, n_perm=999)
     for field in ("statistic", "p_greater", "p_less"):
-        assert np.array_equal(getattr(sorted_path, field), getattr(pairwise, field))
+        assert np.array_equal(getattr(prefix_counts, field), getattr(pairwise, field))
+        assert np.array_equal(getattr(fenwick, field), getattr(pairwise, field))
 
 
 def test_tau_b_of_many_points_is_scipys():

@@ -30,6 +30,7 @@ from scipy import stats
 N_PERM = 9999  # random permutations when the exact distribution is too large to enumerate
 MAX_ENUMERATE = 2**14  # enumerate every permutation up to this many (cost: this many statistics per study)
 PAIR_CELLS = 2**22  # permutation x pair cells held at once by tau_test (~50 MB of temporaries)
+FENWICK_FROM = 64  # distinct x values from which the sorted count uses a Fenwick tree rather than prefix counts
 SORTED_FROM = 40  # points in a seed from which tau_test counts pairs by sorting rather than by sign matrices
 _EPS = 1e-9  # permuted statistics within this of the observed one count as ties (float round-off)
 
@@ -99,6 +100,17 @@ def _counted_sums(y: np.ndarray, xs: np.ndarray, perms: np.ndarray) -> np.ndarra
     n_ranks = int(ranks.max()) + 1
     xr = ranks[perms][:, order]  # (B, k): the x rank given to the t-th point in y order
     rows = np.arange(len(perms))
+    if n_ranks < FENWICK_FROM:  # few distinct x (targets, factors): counts below each rank, O(B x ranks) a step
+        prefix = np.zeros((len(perms), n_ranks + 1), dtype=np.int64)  # prefix[b, r]: inserted with rank < r
+        cols = np.arange(n_ranks + 1)
+
+        def below(r: np.ndarray) -> np.ndarray:
+            return prefix[rows, r]
+
+        def insert(r: np.ndarray) -> None:
+            prefix[...] += cols[None, :] > r[:, None]
+
+        return _concordance(ys, xr, below, insert)
     tree = np.zeros((len(perms), n_ranks + 2), dtype=np.int64)  # Fenwick tree; index n_ranks + 1 is a sink
     steps = int(n_ranks).bit_length() + 1
 
@@ -117,7 +129,13 @@ def _counted_sums(y: np.ndarray, xs: np.ndarray, perms: np.ndarray) -> np.ndarra
             idx = np.minimum(idx, n_ranks + 1)
         tree[:, n_ranks + 1] = 0
 
-    total = np.zeros(len(perms), dtype=np.int64)
+    return _concordance(ys, xr, below, insert)
+
+
+def _concordance(ys: np.ndarray, xr: np.ndarray, below, insert) -> np.ndarray:
+    """(B,) concordant - discordant pairs, from the points in y order (``ys`` sorted, ``xr`` (B, k) their x ranks)
+    and a rank counter: ``below(r)`` = inserted points with an x rank < r, ``insert(r)`` adds one per row."""
+    total = np.zeros(len(xr), dtype=np.int64)
     starts = np.flatnonzero(np.r_[True, ys[1:] != ys[:-1]])
     for a, b in zip(starts, [*starts[1:], len(ys)]):  # points tied in y: counted against earlier groups only
         for t in range(a, b):
