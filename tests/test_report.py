@@ -165,3 +165,19 @@ def test_rows_summary_and_definitions_beside_the_charts(report):
     for name in ("SAM-sharpness", "Psi", "Fisher-Rao norm", "ECE", "Kendall tau"):
         assert html.count(f"<br><b>{name}</b>: ") == 1, name
     assert html.index("<br><b>SAM-sharpness</b>: ") < html.index("verdict_b_sharpness_vs_factor.png")
+
+
+def test_figures_without_pngs_embed_the_spec_alone(tmp_path):
+    import altair as alt
+    import polars as pl
+
+    from raystudy.analysis.page import Figures
+    from raystudy.storage import Store
+
+    chart = alt.Chart(pl.DataFrame({"x": [1.0, 2.0], "y": [3.0, 4.0]})).mark_point().encode(x="x:Q", y="y:Q")
+    store = Store(tmp_path)
+    html = Figures(store, store.path("report"), pngs=False)("tiny", chart.properties(usermeta={"note": "Drawn: all."}),
+                                                          "A SAM-sharpness chart.")
+    assert "<img" not in html and ".png" not in html and not list(tmp_path.rglob("*.png"))
+    assert 'class="vl-spec"' in html and "A SAM-sharpness chart. Drawn: all." in html  # the chart's note joins the caption
+    assert html.count("<b>SAM-sharpness</b>") == 1
