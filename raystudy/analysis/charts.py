@@ -18,7 +18,7 @@ CLASSIFIER_SHARPNESS = ("fisher_rao", "relative_flatness", "sam_sharpness", "ada
 ROOM = 1080  # px a chart may take of the page's 1,200 px column: Vega pads it, and facet headers need room
 AXIS = 75  # px a panel's own y axis (labels and title) takes beside it
 LEGEND = 170  # px a legend on the right takes
-MAX_MARKS = 3000  # points a per-point chart draws at most; beyond, a seeded random sample of them
+MAX_MARKS = 2000  # points a per-point chart draws at most; beyond, a seeded random sample of them
 CURVE_POINTS = 150  # points a curve keeps at most (evenly spaced in rank along x)
 
 
@@ -28,9 +28,10 @@ def panel_width(columns: int, legend: bool = True, axis: int = AXIS, most: int =
     return int(max(least, min(most, (ROOM - (LEGEND if legend else 0)) / max(columns, 1) - axis)))
 
 
-def sample_points(rows: pl.DataFrame, what: str = "points", limit: int = MAX_MARKS) -> tuple[pl.DataFrame, str]:
-    """At most ``limit`` of ``rows`` (a random sample, seed 0, in their original order) and the note saying so
-    ("" when every row is kept). Statistics are computed elsewhere, from every row."""
+def sample_points(rows: pl.DataFrame, what: str = "points", limit: int | None = None) -> tuple[pl.DataFrame, str]:
+    """At most ``limit`` (default MAX_MARKS) of ``rows`` (a random sample, seed 0, in their original order) and the
+    note saying so ("" when every row is kept). Statistics are computed elsewhere, from every row."""
+    limit = MAX_MARKS if limit is None else limit
     if rows.height <= limit:
         return rows, ""
     kept = rows.with_row_index("_i").sample(limit, seed=0).sort("_i").drop("_i")

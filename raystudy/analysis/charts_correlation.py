@@ -12,7 +12,7 @@ from raystudy.analysis.correlation import (COMPLEXITY_LABELS, complexity_rows, c
 from raystudy.analysis.labels import chart_title, metric_label
 from raystudy.analysis.results import final_rows, ok_rows
 
-MAX_PANEL = 1000  # points per panel of the complexity chart (a dozen panels or more)
+MAX_PANEL = 1000  # trials the complexity chart draws (in each of its dozen or more panels)
 TAU = "tau: median over seeds of the within-seed tau (distribution-free 95% interval from 6 seeds)"
 PSI = "Psi (granulated over hyperparameter axes)"
 
@@ -88,24 +88,23 @@ def correlation_chart(df: pl.DataFrame, table: pl.DataFrame | None = None) -> al
                                 "final checkpoint, per block"))
 
 
-def _complexity_panel(rows: pl.DataFrame, label: str, column: str, measure: str, stats: pl.DataFrame,
-                      width: int) -> alt.Chart:
-    """One sharpness metric against one complexity measure, one point per final trial (a random MAX_PANEL of them
-    at most), coloured by block; the title gives each block's tau (``stats``: the complexity_table rows of this
-    metric and measure)."""
-    group = pl.concat_str([pl.col("family"), pl.col("block")], separator=" / ", ignore_nulls=True)
-    data = rows.drop_nulls([column, measure]).select("trial_id", "seed", "regime", group=group, x=measure, y=column)
-    data, _ = sample_points(data, limit=MAX_PANEL)
+def _complexity_panel(data: pl.DataFrame, names: dict[str, str], label: str, column: str, measure: str,
+                      stats: pl.DataFrame, width: int) -> alt.Chart:
+    """One sharpness metric against one complexity measure, one point per drawn trial (``data``, shared by every
+    panel, its columns renamed by ``names`` to plain field names), coloured by block; the title gives each
+    block's tau (``stats``: the complexity_table rows of this metric and measure)."""
+    x, y = names[measure], names[column]
+    present_xy = data.drop_nulls([x, y])
     title = "tau " + "; ".join(f"{r['block']} {format_interval(r['tau'], r['ci_low'], r['ci_high'])}"
                                for r in stats.iter_rows(named=True))
-    return alt.Chart(data).mark_point(filled=True, size=40, opacity=0.8).encode(
-        x=alt.X("x:Q", scale=scale_for(data["x"]), title=COMPLEXITY_LABELS.get(measure, measure)),
-        y=alt.Y("y:Q", scale=scale_for(data["y"]), title=label),
+    return alt.Chart().mark_point(filled=True, size=40, opacity=0.8).encode(
+        x=alt.X(f"{x}:Q", scale=scale_for(present_xy[x]), title=COMPLEXITY_LABELS.get(measure, measure)),
+        y=alt.Y(f"{y}:Q", scale=scale_for(present_xy[y]), title=label),
         color=alt.Color("group:N", title="family / block"),
         tooltip=["trial_id", "seed", "regime", alt.Tooltip("group:N", title="family / block"),
-                 alt.Tooltip("x:Q", title=measure, format=".4g"), alt.Tooltip("y:Q", title=label, format=".4g")],
-    ).properties(width=width, height=HEIGHT * 0.8,
-                 title=alt.Title(title, fontSize=11, fontWeight="normal", limit=width + 60))
+                 alt.Tooltip(f"{x}:Q", title=measure, format=".4g"), alt.Tooltip(f"{y}:Q", title=label, format=".4g")],
+    ).transform_filter(f"isValid(datum.{x}) && isValid(datum.{y})").properties(
+        width=width, height=HEIGHT * 0.8, title=alt.Title(title, fontSize=11, fontWeight="normal", limit=width + 60))
 
 
 def complexity_chart(df: pl.DataFrame, table: pl.DataFrame | None = None) -> alt.Chart | None:
@@ -121,17 +120,23 @@ def complexity_chart(df: pl.DataFrame, table: pl.DataFrame | None = None) -> alt
     rows, metrics, _ = complexity_rows(df)
     rows = rows.with_columns(pl.col(c).cast(pl.String) if c in rows.columns else pl.lit(None, pl.String).alias(c)
                              for c in ("trial_id", "regime", "family", "block"))
+    # One dataset for every panel: the drawn trials with each metric and measure as a plain field (f0, f1, ...:
+    # column names such as "_sam_0.005" would read as nested fields in Vega).
+    used = list(dict.fromkeys([*table["measure"], *table["column"]]))
+    names = {c: f"f{i}" for i, c in enumerate(used)}
+    group = pl.concat_str([pl.col("family"), pl.col("block")], separator=" / ", ignore_nulls=True)
+    data = rows.filter(pl.any_horizontal(pl.col(used).is_not_null())).select(
+        "trial_id", "seed", "regime", group=group, **{names[c]: pl.col(c) for c in used})
+    drawn, note = sample_points(data, "trials", limit=MAX_PANEL)
     lines = []
     width = panel_width(table["measure"].n_unique())
     for label, column in metrics:
         mine = table.filter(pl.col("column") == column)
-        panels = [_complexity_panel(rows, label, column, measure, part, width)
+        panels = [_complexity_panel(drawn, names, label, column, measure, part, width)
                   for (measure,), part in mine.group_by("measure", maintain_order=True)]
         if panels:
-            lines.append(alt.hconcat(*panels))
-    chart = alt.vconcat(*lines) if len(lines) > 1 else lines[0]
-    n_trials = rows.height
-    note = (f"Drawn: a random sample of {MAX_PANEL:,} of the {n_trials:,} trials per panel at most (seed 0); "
-            "every tau uses them all." if n_trials > MAX_PANEL else "")
+            lines.append(panels)
+    chart = (alt.vconcat(*(alt.hconcat(*p) for p in lines), data=drawn) if len(lines) > 1
+             else alt.hconcat(*lines[0], data=drawn))
     return with_note(chart, note).properties(title=chart_title(
         rows, "Sharpness against the complexity of the learned function (final checkpoints; tau per block)"))
