@@ -11,12 +11,12 @@ from pathlib import Path
 import altair as alt
 import polars as pl
 
+from raystudy.analysis.aggregate import summary_table
 from raystudy.analysis.catalogue import report_charts
 from raystudy.analysis.consistency import add_consistency
-from raystudy.analysis.aggregate import summary_table
 from raystudy.analysis.html import chart_spec, figure, page, png_bytes, png_size
-from raystudy.analysis.labels import definitions_in
 from raystudy.analysis.judge import judge, write_verdicts
+from raystudy.analysis.labels import definitions_in
 from raystudy.analysis.results import load_results
 from raystudy.analysis.sections import (block_sections, correlation_section, overview, stale_batchnorm,
                                         verdict_section)
@@ -33,7 +33,7 @@ class Figures:
     ("note"), which is added to the caption."""
 
     def __init__(self, store: Store, out: str, pngs: bool = True):
-        self.store, self.out, self.pngs, self.count = store, out, pngs, 0
+        self.store, self.out, self.pngs = store, out, pngs
         self.defined: set[str] = set()  # metrics already defined under an earlier figure
 
     def __call__(self, name: str, chart: alt.TopLevelMixin | None, caption: str) -> str:
@@ -42,7 +42,6 @@ class Figures:
         spec = chart_spec(chart)
         if note := spec.get("usermeta", {}).get("note"):
             caption = f"{caption} {note}"
-        self.count += 1
         defs = definitions_in(caption + json.dumps(spec), self.defined)
         if not self.pngs:
             return figure(spec, caption, definitions=defs)
@@ -58,8 +57,9 @@ def chart_sections(df: pl.DataFrame, figures: Figures) -> list[str]:
 
 
 def write_tables(store: Store, out: str, rows: pl.DataFrame) -> str:
-    """Write the result rows as ``out``/results.parquet and the per-configuration mean and SEM at the final
-    checkpoint as ``out``/summary.csv (both through ``store``); return the page's paragraph linking them."""
+    """Write the result rows (with the consistency the analysis computed) as ``out``/results.parquet and the
+    per-configuration mean and SEM at the final checkpoint as ``out``/summary.csv (both through ``store``); return
+    the page's paragraph linking them."""
     buffer = io.BytesIO()
     rows.write_parquet(buffer)
     store.write_bytes(f"{out}/results.parquet", buffer.getvalue())
@@ -90,7 +90,7 @@ def write_report(study: str | Path, pngs: bool = True) -> Path | str:
     if df.is_empty():
         body = [overview(df, store.uri), "<p>No results yet: results/ holds no readable result rows.</p>"]
     else:
-        body = ([write_tables(store, out, rows)] + verdict_section(judgement, df, figures) + stale_batchnorm(df)
+        body = ([write_tables(store, out, df)] + verdict_section(judgement, df, figures) + stale_batchnorm(df)
                 + correlation_section(df, figures) + [overview(df, store.uri)]
                 + block_sections(df, judgement.pair_tests) + chart_sections(df, figures))
     store.write_text(f"{out}/index.html", page(f"raystudy report: {name or store.name}", body))
