@@ -25,6 +25,7 @@ from raystudy.storage import Store
 
 
 PNG_SCALE = 2  # pixels per CSS pixel of the PNGs: sharp on high-density screens and in print
+CURVES = ("train_loss_curve", "hessian_density", "hessian_density_grid")  # list columns only charts read
 
 
 class Figures:
@@ -80,18 +81,27 @@ def write_report(study: str | Path, pngs: bool = True) -> Path | str:
     thousand marks each (aggregated or sampled), about 0.1-1 s of rendering per PNG.
     """
     store = Store(study)
-    rows = load_results(store)
+    full = load_results(store)
+    # Every stage but the charts that draw them works on the rows without the per-epoch and per-eigenvalue lists:
+    # its many filters then copy a few hundred bytes per row instead of the curves (most of a large study's data).
+    curves = [c for c in CURVES if c in full.columns] if {"trial_id", "step"} <= set(full.columns) else []
+    rows = full.drop(curves)
     judgement = judge(store, rows)
     write_verdicts(store, judgement)
     df = add_consistency(rows, lambda relative: read_predictions(store, relative))
+    whole = df  # with the curves again, for the charts that draw them and results.parquet
+    if curves:  # (trial_id, step) is unique after load_results
+        whole = df.join(full.select("trial_id", "step", *curves), on=["trial_id", "step"], how="left",
+                        maintain_order="left")
+    del full
     out = store.path("report")
     name = df["study"].drop_nulls().first() if "study" in df.columns else None
     figures = Figures(store, out, pngs)
     if df.is_empty():
         body = [overview(df, store.uri), "<p>No results yet: results/ holds no readable result rows.</p>"]
     else:
-        body = ([write_tables(store, out, df)] + verdict_section(judgement, df, figures) + stale_batchnorm(df)
+        body = ([write_tables(store, out, whole)] + verdict_section(judgement, df, figures) + stale_batchnorm(df)
                 + correlation_section(df, figures) + [overview(df, store.uri)]
-                + block_sections(df, judgement.pair_tests) + chart_sections(df, figures))
+                + block_sections(df, judgement.pair_tests) + chart_sections(whole, figures))
     store.write_text(f"{out}/index.html", page(f"raystudy report: {name or store.name}", body))
     return Path(f"{out}/index.html") if store.local else store.uri_of(f"{out}/index.html")
