@@ -1,7 +1,7 @@
 """Does the report scale with the study? Builds study folders by replicating realistic result rows (the three
-families of tests/fake_results.py, 124 rows with learning curves, about the smoke study's 141) 1x, 10x, 100x, 700x with new trial ids,
-then times ``write_report`` on each in a fresh child process and prints its seconds, peak RSS and the size of
-index.html.
+families of tests/fake_results.py, 124 rows with learning curves, about the smoke study's 141) 1x, 10x, 100x,
+700x with new trial ids, then times ``write_report`` on each in a fresh child process and prints its seconds (wall
+and CPU), peak RSS and the size of index.html.
 
 Replica r of a trial gets the trial id suffix "-rN", the seed + 100 * (r // 10) and the learning rate x (1 + r % 10
 / 100): more seeds and a ten-valued learning-rate axis, as a real study grows (regime pairs stay paired by seed).

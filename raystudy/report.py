@@ -1,5 +1,6 @@
 """python -m raystudy.report STUDY [--out DIR] [--no-png] [--verdicts-only]: rebuild STUDY/report/index.html, one
-PNG per chart (none with --no-png), results.parquet, summary.csv and report/verdicts.json from the stored result rows alone (aggregate -> statistics -> charts -> HTML).
+PNG per chart (none with --no-png), results.parquet, summary.csv and report/verdicts.json from the stored result
+rows alone (aggregate -> statistics -> charts -> HTML).
 STUDY is a study folder or its s3:// / gs:// URI (<storage>/<study name>); the page is written into the study's
 own storage and is self-contained (offline). --out DIR also copies the page and its PNGs into a local folder,
 e.g. to open one from a bucket. --verdicts-only writes just verdicts.json and prints the verdicts, drawing

@@ -179,5 +179,5 @@ def test_figures_without_pngs_embed_the_spec_alone(tmp_path):
     html = Figures(store, store.path("report"), pngs=False)("tiny", chart.properties(usermeta={"note": "Drawn: all."}),
                                                           "A SAM-sharpness chart.")
     assert "<img" not in html and ".png" not in html and not list(tmp_path.rglob("*.png"))
-    assert 'class="vl-spec"' in html and "A SAM-sharpness chart. Drawn: all." in html  # the chart's note joins the caption
+    assert 'class="vl-spec"' in html and "A SAM-sharpness chart. Drawn: all." in html  # the note joins the caption
     assert html.count("<b>SAM-sharpness</b>") == 1

@@ -239,8 +239,8 @@ def images_vs_gap(df: pl.DataFrame, metrics: tuple[str, ...] = CLASSIFIER_SHARPN
     header = alt.Header(labelLimit=width + AXIS)
     names = ", ".join(metric_label(m) for m in metrics)
     faceted = chart.facet(facet=alt.Facet("panel:N", title=None, header=header), columns=columns)
-    return with_note(faceted.resolve_scale(y="independent"), note).properties(title=chart_title(rows, f"Family C: {names} vs generalisation gap, by regime",
-                                                 _n_column(metrics[0])))
+    return with_note(faceted.resolve_scale(y="independent"), note).properties(title=chart_title(
+        rows, f"Family C: {names} vs generalisation gap, by regime", _n_column(metrics[0])))
 
 
 def _n_column(metric: str) -> str:

@@ -66,7 +66,8 @@ def functions_verdict_chart(df: pl.DataFrame, settings: Verdicts) -> alt.Chart |
         chart = chart.facet(facet=alt.Facet("rho:O", title="perturbation radius rho"), columns=2).resolve_scale(
             y="independent")
     rows = ok_rows(final_rows(df)).filter(pl.col("family") == "functions")
-    return with_note(chart, note).properties(title=chart_title(rows, "Family A: scale-free sharpness vs the target's shape complexity"))
+    return with_note(chart, note).properties(
+        title=chart_title(rows, "Family A: scale-free sharpness vs the target's shape complexity"))
 
 
 def functions_amplitude_chart(df: pl.DataFrame, settings: Verdicts) -> alt.Chart | None:
