@@ -119,8 +119,8 @@ def load_results(study: str | Path | Store) -> pl.DataFrame:
         scale = pl.col("target_scale") if "target_scale" in df.columns else pl.lit(None, pl.Float64)
         df = df.with_columns(target_scale=pl.when(pl.col("family") == "functions").then(scale.fill_null(1.0))
                              .otherwise(scale))
-    if {"trial_id", "step"} <= set(df.columns):
-        df = df.unique(subset=["trial_id", "step"], keep="last", maintain_order=True)
+    if {"trial_id", "step"} <= set(df.columns) and df.select(pl.struct("trial_id", "step").is_duplicated().any()).item():
+        df = df.unique(subset=["trial_id", "step"], keep="last", maintain_order=True)  # a copy: only when needed
     floats = [c for c, t in df.schema.items() if t in (pl.Float32, pl.Float64)]
     return df.with_columns(pl.col(floats).fill_nan(None))
 
