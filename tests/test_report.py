@@ -39,7 +39,9 @@ def test_page_is_offline_and_complete(report):
     assert html.count("<script") == html.count('<script type="application/json" class="vl-spec">') + 1
     assert re.search(r"<script[^>]*\bsrc=", html) is None
     outside = re.sub(r"<script.*?</script>", "", html, flags=re.S)
-    assert "src=" not in outside and "<link" not in outside and "@import" not in outside
+    # The only other source: each chart's PNG beside the page, standing in until the runtime draws the chart.
+    assert re.findall(r'src="([^"]*)"', outside) == re.findall(r'<img class="fallback" src="([\w.]+\.png)"', outside)
+    assert "<link" not in outside and "@import" not in outside
     assert "http" not in outside.lower()  # no external URL outside the runtime, not even an XML namespace
     assert "raystudy report: toy" in html
     assert "eval mode (BN stats stored), train set, un-augmented, n=500" in html  # what was measured
@@ -58,9 +60,9 @@ def test_page_is_offline_and_complete(report):
     assert "Family B (block circles): <span class=\"verdict supported\">supported</span>" in html
     assert "sharpness relative to the target variance" in html and "Settings (the defaults: no study.yaml" in html
     assert '<a href="verdicts.json">verdicts.json</a>' in html
-    assert outside.count("<svg") == len(CHARTS) == html.count("<figcaption>") == html.count('class="vl-spec"')
-    ids = re.findall(r'\bid="([^"]+)"', html)
-    assert len(ids) == len(set(ids))  # inline SVGs do not clash
+    assert outside.count("<img") == len(CHARTS) == html.count("<figcaption>") == html.count('class="vl-spec"')
+    assert "<svg" not in outside  # each chart's data once: in its spec, not again as a static drawing
+    assert len(html.encode()) < 2_000_000
 
 
 def test_one_valid_png_per_chart(report):
@@ -137,7 +139,45 @@ def test_crafted_rows_cannot_inject_the_page_or_read_outside_the_study(tmp_path)
     blocks = re.findall(r'<script type="application/json" class="vl-spec">(.*?)</script>', html, flags=re.S)
     assert blocks and not any("</" in b for b in blocks)  # chart data is JSON that cannot close its block
     outside = re.sub(r'<script type="(application/json|module)"[^>]*>.*?</script>', "", html, flags=re.S)
+    outside = re.sub(r'<img class="fallback" src="\w+\.png" alt="[^"<>]*" width="\d+">', "", outside)  # our own
     assert "<script" not in outside and "<img" not in outside  # every string from rows escaped as text
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html  # shown, as text
     verdicts = json.loads((page.parent / "verdicts.json").read_text())
     assert any(v["block"] == "<img src=x onerror=alert(2)>" for v in verdicts)  # JSON keeps the data as data
+
+
+def test_rows_summary_and_definitions_beside_the_charts(report):
+    import polars as pl
+
+    html = report.read_text()
+    rows = pl.read_parquet(report.parent / "results.parquet")
+    assert rows.height == 124 and {"trial_id", "step", "sam_sharpness_by_rho"} <= set(rows.columns)
+    summary = pl.read_csv(report.parent / "summary.csv")
+    digits = summary.filter((pl.col("block") == "digits") & (pl.col("regime") == "base"))
+    assert digits["test_acc_mean"].item() == pytest.approx(93.0)
+    assert '<a href="results.parquet">results.parquet</a>' in html and '<a href="summary.csv">summary.csv</a>' in html
+    # Family C's paired chart shows what the regime did to accuracy beside sharpness and safety.
+    spec = json.loads(re.search(r'verdict_c_paired_differences\.png".*?class="vl-spec">(.*?)</script>', html,
+                                flags=re.S).group(1).replace("<\\/", "</"))
+    labels = {r.get("label") for rows in spec["datasets"].values() for r in rows}
+    assert {"test accuracy", "generalisation gap", "SAM-sharpness", "ECE (15 bins, L1)"} <= labels
+    # Each metric defined once, under the first chart that shows it.
+    for name in ("SAM-sharpness", "Psi", "Fisher-Rao norm", "ECE", "Kendall tau"):
+        assert html.count(f"<br><b>{name}</b>: ") == 1, name
+    assert html.index("<br><b>SAM-sharpness</b>: ") < html.index("verdict_b_sharpness_vs_factor.png")
+
+
+def test_figures_without_pngs_embed_the_spec_alone(tmp_path):
+    import altair as alt
+    import polars as pl
+
+    from raystudy.analysis.page import Figures
+    from raystudy.storage import Store
+
+    chart = alt.Chart(pl.DataFrame({"x": [1.0, 2.0], "y": [3.0, 4.0]})).mark_point().encode(x="x:Q", y="y:Q")
+    store = Store(tmp_path)
+    html = Figures(store, store.path("report"), pngs=False)("tiny", chart.properties(usermeta={"note": "Drawn: all."}),
+                                                          "A SAM-sharpness chart.")
+    assert "<img" not in html and ".png" not in html and not list(tmp_path.rglob("*.png"))
+    assert 'class="vl-spec"' in html and "A SAM-sharpness chart. Drawn: all." in html  # the note joins the caption
+    assert html.count("<b>SAM-sharpness</b>") == 1

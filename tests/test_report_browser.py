@@ -1,5 +1,8 @@
 """The report opened in a real headless browser (Debian's chromium), offline: every chart renders through the
-inlined Vega runtime, the console shows no error, and a screenshot is saved."""
+inlined Vega runtime, the console shows no error, every chart fits its column in a 1,200 px window, and a
+screenshot is saved."""
+import html as htmllib
+import json
 import re
 import shutil
 import subprocess
@@ -53,6 +56,37 @@ def test_console_shows_no_errors(rendered):
     console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line]
     errors = [line for line in console if ":ERROR:" in line or "not rendered" in line or "Uncaught" in line]
     assert not errors, "\n".join(errors)
+
+
+# Appended to a copy of the page: once every chart is drawn, measure each one in the laid-out page and leave the
+# numbers in an attribute that --dump-dom prints.
+MEASURE = """<script>
+function measure() {
+  const charts = [...document.querySelectorAll('figure > .chart')];
+  if (charts.some((el) => !el.querySelector('svg'))) { setTimeout(measure, 100); return; }
+  const out = charts.map((el) => { const svg = el.querySelector('svg');
+    return {column: el.parentElement.clientWidth, box: el.clientWidth, scroll: el.scrollWidth,
+            svg: svg.getBoundingClientRect().width, marks: svg.querySelectorAll('g.role-mark > *').length}; });
+  document.body.setAttribute('data-layout', JSON.stringify(out));
+}
+window.addEventListener('load', () => setTimeout(measure, 100));
+</script></body>"""
+
+
+def test_every_chart_fits_its_column_at_1200px(rendered, tmp_path):
+    index, _, _ = rendered
+    measured = index.parent / "measured.html"
+    head, _, tail = index.read_text().rpartition("</body>")  # the page's own end (the runtime may spell it too)
+    measured.write_text(head + MEASURE + tail)
+    dom = _chromium(tmp_path, "--window-size=1200,3000", "--dump-dom", measured.as_uri())
+    found = re.search(r'data-layout="([^"]*)"', dom.stdout)
+    assert found, dom.stderr[-2000:]
+    charts = json.loads(htmllib.unescape(found.group(1)))
+    assert len(charts) == index.read_text().count('class="vl-spec"')
+    for c in charts:
+        assert 1100 <= c["column"] <= 1200  # the page's column in a 1,200 px window
+        assert c["svg"] <= c["column"] and c["scroll"] <= c["box"], c  # no chart wider than it, nothing cut
+        assert c["marks"] > 0, c  # drawn: data marks, not only axes
 
 
 def test_screenshot_is_a_png(rendered):

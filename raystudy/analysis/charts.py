@@ -1,5 +1,10 @@
 """Charts of the three families (altair, from polars frames). Each returns an alt.Chart, or None when the
-rows it needs are absent. Values are plotted on a log axis when every plotted value is positive."""
+rows it needs are absent. Values are plotted on a log axis when every plotted value is positive.
+
+Every chart fits the page's 1,200 px column (panel widths computed from the number of panels side by side) and
+draws at most a few thousand marks whatever the size of the study: rows are aggregated in polars first, curves
+thinned and per-point charts sampled, which the chart's ``usermeta["note"]`` says (the page adds it to the
+caption)."""
 from __future__ import annotations
 
 import altair as alt
@@ -11,6 +16,53 @@ from raystudy.schema import SHARPNESS
 
 WIDTH, HEIGHT = 260, 180
 CLASSIFIER_SHARPNESS = SHARPNESS  # every registered sharpness metric (those a study measured are plotted)
+ROOM = 1080  # px a chart may take of the page's 1,200 px column: Vega pads it, and facet headers need room
+AXIS = 75  # px a panel's own y axis (labels and title) takes beside it
+LEGEND = 170  # px a legend on the right takes
+MAX_MARKS = 2000  # points a per-point chart draws at most; beyond, a seeded random sample of them
+CURVE_POINTS = 150  # points a curve keeps at most (evenly spaced in rank along x)
+
+
+def panel_width(columns: int, legend: bool = True, axis: int = AXIS, most: int = WIDTH, least: int = 110) -> int:
+    """Width in px of each of ``columns`` panels side by side, each with its own y axis (``axis`` px), with a
+    legend on the right or not, so that the whole chart fits in ROOM."""
+    return int(max(least, min(most, (ROOM - (LEGEND if legend else 0)) / max(columns, 1) - axis)))
+
+
+def sample_points(rows: pl.DataFrame, what: str = "points", limit: int | None = None) -> tuple[pl.DataFrame, str]:
+    """At most ``limit`` (default MAX_MARKS) of ``rows`` (a random sample, seed 0, in their original order) and the
+    note saying so ("" when every row is kept). Statistics are computed elsewhere, from every row."""
+    limit = MAX_MARKS if limit is None else limit
+    if rows.height <= limit:
+        return rows, ""
+    kept = rows.with_row_index("_i").sample(limit, seed=0).sort("_i").drop("_i")
+    return kept, (f"Drawn: a random sample of {limit:,} of the {rows.height:,} {what} (seed 0), to keep the page "
+                  "light; every statistic uses them all.")
+
+
+def thin(frame: pl.DataFrame, x: str, by: list[str], most: int = CURVE_POINTS) -> pl.DataFrame:
+    """Each ``by`` group's rows at no more than ``most`` values of ``x``, evenly spaced in rank (first and last
+    kept), so a curve keeps its shape at a bounded number of points. Cost: one sort and a window pass."""
+    if frame.is_empty():
+        return frame
+    rank = pl.col(x).rank("dense").over(by) - 1
+    count = pl.col(x).n_unique().over(by)
+    step = pl.max_horizontal(count / most, pl.lit(1.0))
+    # rank i is kept when it is the first rank at or after a multiple of step, or the last one
+    keep = ((rank / step).floor() != ((rank - 1) / step).floor()) | (rank == count - 1) | (rank == 0)
+    return frame.filter(keep)
+
+
+def curve_points(n_curves: int) -> int:
+    """Points each of ``n_curves`` curves of one chart keeps: MAX_MARKS in all (each point is a record of the page's
+    data), at least 20 a curve, at most CURVE_POINTS."""
+    return max(20, min(CURVE_POINTS, MAX_MARKS // max(n_curves, 1)))
+
+
+def with_note(chart: alt.TopLevelMixin, *notes: str) -> alt.TopLevelMixin:
+    """``chart`` carrying what it drew instead of every row (usermeta "note"; the page adds it to the caption)."""
+    text = " ".join(n for n in notes if n)
+    return chart.properties(usermeta={"note": text}) if text else chart
 
 
 def family_rows(df: pl.DataFrame, family: str, final: bool = True) -> pl.DataFrame:
@@ -34,6 +86,12 @@ def series(rows: pl.DataFrame, extra: tuple[str, ...] = ()) -> pl.Expr:
     parts += [pl.lit(f"{c}=") + pl.col(c).cast(pl.String)
               for c in extra if c in rows.columns and rows[c].n_unique() > 1]
     return pl.concat_str(parts, separator=", ", ignore_nulls=True)
+
+
+def series_title(rows: pl.DataFrame, extra: tuple[str, ...] = ()) -> str:
+    """What a ``series`` label is made of, for its legend: "block, regime, lr" (the parts that vary)."""
+    parts = ["block"] if "block" in rows.columns and rows["block"].n_unique() > 1 else []
+    return ", ".join([*parts, "regime", *(c for c in extra if c in rows.columns and rows[c].n_unique() > 1)])
 
 
 def _long_metric(rows: pl.DataFrame, metric: str, index: list[str]) -> pl.DataFrame:
@@ -67,6 +125,7 @@ def functions_sharpness_vs_step(df: pl.DataFrame, metric: str = "sam_sharpness")
     if long.is_empty():
         return None
     mean = long.group_by("task", "regime", "step", "rho").agg(pl.col("value").mean()).sort("step")
+    mean = thin(mean, "step", ["task", "regime", "rho"], most=60)
     faceted = mean["rho"].n_unique() > 1
     encoding = dict(
         x=alt.X("step:Q", scale=alt.Scale(type="log"), title="training step (log)"),
@@ -75,7 +134,8 @@ def functions_sharpness_vs_step(df: pl.DataFrame, metric: str = "sam_sharpness")
         tooltip=["task", "regime", "step", "rho", alt.Tooltip("value:Q", format=".4g")])
     if mean["regime"].n_unique() > 1:
         encoding["strokeDash"] = alt.StrokeDash("regime:N")
-    chart = alt.Chart(mean).mark_line(point=True).encode(**encoding).properties(width=WIDTH, height=HEIGHT)
+    width = panel_width(2 if faceted else 1)
+    chart = alt.Chart(mean).mark_line(point=True).encode(**encoding).properties(width=width, height=HEIGHT)
     title = chart_title(rows, f"Family A: {metric_label(metric)} during training (mean over seeds)", _n_column(metric))
     return _facet_by_rho(chart, mean).properties(title=title)
 
@@ -90,14 +150,16 @@ def functions_complexity_vs_sharpness(df: pl.DataFrame, metric: str = "sam_sharp
     if long.is_empty() or (long := long.drop_nulls("target_complexity")).is_empty():
         return None
     faceted = long["rho"].n_unique() > 1
-    chart = alt.Chart(long).mark_point(filled=True, size=60).encode(
+    drawn, note = sample_points(long, "trial x radius points")
+    chart = alt.Chart(drawn).mark_point(filled=True, size=60).encode(
         x=alt.X("target_complexity:Q", scale=scale_for(long["target_complexity"]),
                 title=axis_title(rows, "target_complexity")),
         y=alt.Y("value:Q", scale=scale_for(long["value"]), title=axis_title(rows, metric, rho=not faceted)),
         color=alt.Color("task:N", title="target function"),
-        tooltip=["trial_id", "task", "regime", "seed", "rho", alt.Tooltip("value:Q", format=".4g")],
-    ).properties(width=WIDTH, height=HEIGHT).interactive()
-    return _facet_by_rho(chart, long).properties(
+        tooltip=["trial_id", "task", "regime", "seed", "rho", alt.Tooltip("target_complexity:Q", format=".4g"),
+                 alt.Tooltip("value:Q", format=".4g")],
+    ).properties(width=panel_width(2 if faceted else 1), height=HEIGHT).interactive()
+    return with_note(_facet_by_rho(chart, long), note).properties(
         title=chart_title(rows, f"Family A: final {metric_label(metric)} vs complexity of the target function",
                           _n_column(metric)))
 
@@ -117,7 +179,7 @@ def _sweep_panel(data: pl.DataFrame, x: str, x_title: str) -> alt.LayerChart:
         y=alt.Y("mean:Q", title=None, scale=alt.Scale(zero=False)),
         tooltip=[x, "regime", "label", alt.Tooltip("mean:Q", format=".4g"), alt.Tooltip("sem:Q", format=".2g"),
                  "n"])
-    return alt.layer(line, base.mark_rule().encode(y="lo:Q", y2="hi:Q")).properties(width=WIDTH, height=140)
+    return alt.layer(line, base.mark_rule().encode(y="lo:Q", y2="hi:Q")).properties(width=panel_width(2), height=140)
 
 
 def circles_sweep(df: pl.DataFrame, x: str = "factor") -> alt.Chart | None:
@@ -165,18 +227,21 @@ def images_vs_gap(df: pl.DataFrame, metrics: tuple[str, ...] = CLASSIFIER_SHARPN
     several = long["task"].n_unique() > 1
     long = long.with_columns(panel=pl.col("metric").replace_strict(titles)
                              + (pl.lit(" - ") + pl.col("task") if several else pl.lit("")))
-    chart = alt.Chart(long).mark_point(filled=True, size=50).encode(
+    columns = min(3, long["panel"].n_unique())
+    width = panel_width(columns)
+    drawn, note = sample_points(long, "trial x metric points")
+    chart = alt.Chart(drawn).mark_point(filled=True, size=50).encode(
         x=alt.X("gen_gap:Q", title=axis_title(rows, "gen_gap"), scale=alt.Scale(zero=False)),
         y=alt.Y("value:Q", title=None, scale=scale_for(long["value"])),
         color=alt.Color("regime:N"), shape=alt.Shape("model:N"),
         tooltip=["trial_id", "task", "model", "regime", "seed", alt.Tooltip("gen_gap:Q", format=".3g"),
                  alt.Tooltip("value:Q", format=".4g")],
-    ).properties(width=WIDTH, height=HEIGHT).interactive()
-    header = alt.Header(labelLimit=WIDTH + 40)
+    ).properties(width=width, height=HEIGHT).interactive()
+    header = alt.Header(labelLimit=width + AXIS)
     names = ", ".join(metric_label(m) for m in metrics)
-    return chart.facet(facet=alt.Facet("panel:N", title=None, header=header), columns=3).resolve_scale(
-        y="independent").properties(title=chart_title(rows, f"Family C: {names} vs generalisation gap, by regime",
-                                                 _n_column(metrics[0])))
+    faceted = chart.facet(facet=alt.Facet("panel:N", title=None, header=header), columns=columns)
+    return with_note(faceted.resolve_scale(y="independent"), note).properties(title=chart_title(
+        rows, f"Family C: {names} vs generalisation gap, by regime", _n_column(metrics[0])))
 
 
 def _n_column(metric: str) -> str:
@@ -192,19 +257,31 @@ def learning_curves(df: pl.DataFrame) -> alt.Chart | None:
     if "train_loss_curve" not in present(rows, ("train_loss_curve",)):
         return None
     rows = rows.drop_nulls("train_loss_curve").with_columns(regime=series(rows, ("factor", "lr", "task")))
+    legend_title = series_title(rows, ("factor", "lr", "task"))
     points = (rows.select("block", "regime", "seed", "train_loss_curve").explode("train_loss_curve")
               .unnest("train_loss_curve").drop_nulls("loss"))
     if points.is_empty():
         return None
     mean = (points.group_by("block", "regime", "epoch").agg(loss=pl.col("loss").mean(), n_seeds=pl.len())
             .sort("block", "regime", "epoch"))
+    n_lines = mean.select("block", "regime").n_unique()
+    mean = thin(mean, "epoch", ["block", "regime"], most=curve_points(n_lines))
     log_x = mean["epoch"].max() > 100 and mean["epoch"].min() >= 1
+    columns = min(2, mean["block"].n_unique())
+    # Legends below each panel: labels such as "circles, base, factor=0.3, lr=0.01" get the panel's full width.
+    legend = alt.Legend(orient="bottom", direction="vertical", columns=2 if columns == 1 else 1, labelLimit=0,
+                        titleLimit=0)
     chart = alt.Chart(mean).mark_line().encode(
         x=alt.X("epoch:Q", scale=alt.Scale(type="log") if log_x else alt.Scale(zero=False), title="epoch"),
         y=alt.Y("loss:Q", scale=scale_for(mean["loss"]), title="training loss (running, train mode)"),
-        color=alt.Color("regime:N"),
-        tooltip=["block", "regime", "epoch", alt.Tooltip("loss:Q", format=".4g"), "n_seeds"],
-    ).properties(width=WIDTH, height=HEIGHT).interactive()
-    return chart.facet(facet=alt.Facet("block:N", title=None), columns=2).resolve_scale(
-        x="independent", y="independent", color="independent").properties(
+        color=alt.Color("regime:N", title=legend_title, legend=legend),
+        tooltip=["block", alt.Tooltip("regime:N", title=legend_title), "epoch", alt.Tooltip("loss:Q", format=".4g"),
+                 "n_seeds"],
+    ).properties(width=panel_width(columns, legend=False), height=HEIGHT).interactive()
+    note = ("Curves thinned for drawing to at most "
+            f"{mean.group_by('block', 'regime').len()['len'].max()} evenly spaced epochs each."
+            if mean.height < points.select("block", "regime", "epoch").n_unique() else "")
+    faceted = chart.facet(facet=alt.Facet("block:N", title=None), columns=columns).resolve_scale(
+        x="independent", y="independent", color="independent")
+    return with_note(faceted, note).properties(
         title=alt.Title("Learning curves: running training loss per epoch, mean over seeds", anchor="start"))

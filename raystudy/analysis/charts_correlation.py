@@ -6,12 +6,13 @@ from __future__ import annotations
 import altair as alt
 import polars as pl
 
-from raystudy.analysis.charts import HEIGHT, WIDTH, scale_for
+from raystudy.analysis.charts import HEIGHT, ROOM, panel_width, sample_points, scale_for, with_note
 from raystudy.analysis.correlation import (COMPLEXITY_LABELS, complexity_rows, complexity_table, correlation_table,
                                            format_interval)
 from raystudy.analysis.labels import chart_title, metric_label
 from raystudy.analysis.results import final_rows, ok_rows
 
+MAX_PANEL = 1000  # trials the complexity chart draws (in each of its dozen or more panels)
 TAU = "tau: median over seeds of the within-seed tau (distribution-free 95% interval from 6 seeds)"
 PSI = "Psi (granulated over hyperparameter axes)"
 
@@ -67,34 +68,43 @@ def correlation_chart(df: pl.DataFrame, table: pl.DataFrame | None = None) -> al
     dots = alt.Chart().mark_point(size=70, color="#4c78a8").encode(x=x, y=y, shape=shape, fill=fill,
                                                                    tooltip=tooltip)
     zero = alt.Chart().mark_rule(color="#999", strokeDash=[4, 3]).encode(x=alt.datum(0))
-    n_metrics = long.group_by("block").agg(pl.col("metric").n_unique())["metric"].max()
-    panel = alt.layer(zero, bars, dots, data=long).properties(width=WIDTH * 0.75, height=18 * n_metrics)
-    header = alt.Header(labelAngle=0, labelAlign="left", labelLimit=200)
-    chart = panel.facet(row=alt.Row("block:N", title=None, header=header),
-                        column=alt.Column("target:N", title=None, sort=[metric_label(t) for t in
-                                                                        dict.fromkeys(table["target"])]))
+    # One row of panels per block, each sharing its metric axis across its targets, so the metric names (up to
+    # ~230 px) are drawn once at the left and the targets share what is left of the column.
+    n_targets = long["target"].n_unique()
+    width = int(max(90, (ROOM - 240) / n_targets - 12))
+    targets = [metric_label(t) for t in dict.fromkeys(table["target"])]
+    header = alt.Header(labelLimit=width, labelFontWeight="bold")
+    blocks = []
+    for block in long["block"].unique(maintain_order=True).to_list():
+        mine = long.filter(pl.col("block") == block)
+        panel = alt.layer(zero, bars, dots, data=mine).properties(width=width, height=18 * mine["metric"].n_unique())
+        blocks.append(panel.facet(column=alt.Column("target:N", title=None, sort=targets, header=header),
+                                  spacing=10).properties(title=alt.Title(f"block {block}", anchor="start",
+                                                                         fontSize=12)))
+    chart = alt.vconcat(*blocks, spacing=25) if len(blocks) > 1 else blocks[0]
     rows = ok_rows(final_rows(df))
-    return chart.resolve_scale(y="independent").properties(
+    return chart.properties(
         title=chart_title(rows, "Does sharpness predict generalisation and safety? Kendall tau and Psi at the "
                                 "final checkpoint, per block"))
 
 
-def _complexity_panel(rows: pl.DataFrame, label: str, column: str, measure: str, stats: pl.DataFrame
-                      ) -> alt.Chart:
-    """One sharpness metric against one complexity measure, one point per final trial, coloured by block; the
-    title gives each block's tau (``stats``: the complexity_table rows of this metric and measure)."""
-    group = pl.concat_str([pl.col("family"), pl.col("block")], separator=" / ", ignore_nulls=True)
-    data = rows.drop_nulls([column, measure]).select("trial_id", "seed", "regime", group=group, x=measure, y=column)
+def _complexity_panel(data: pl.DataFrame, names: dict[str, str], label: str, column: str, measure: str,
+                      stats: pl.DataFrame, width: int) -> alt.Chart:
+    """One sharpness metric against one complexity measure, one point per drawn trial (``data``, shared by every
+    panel, its columns renamed by ``names`` to plain field names), coloured by block; the title gives each
+    block's tau (``stats``: the complexity_table rows of this metric and measure)."""
+    x, y = names[measure], names[column]
+    present_xy = data.drop_nulls([x, y])
     title = "tau " + "; ".join(f"{r['block']} {format_interval(r['tau'], r['ci_low'], r['ci_high'])}"
                                for r in stats.iter_rows(named=True))
-    return alt.Chart(data).mark_point(filled=True, size=40, opacity=0.8).encode(
-        x=alt.X("x:Q", scale=scale_for(data["x"]), title=COMPLEXITY_LABELS.get(measure, measure)),
-        y=alt.Y("y:Q", scale=scale_for(data["y"]), title=label),
+    return alt.Chart().mark_point(filled=True, size=40, opacity=0.8).encode(
+        x=alt.X(f"{x}:Q", scale=scale_for(present_xy[x]), title=COMPLEXITY_LABELS.get(measure, measure)),
+        y=alt.Y(f"{y}:Q", scale=scale_for(present_xy[y]), title=label),
         color=alt.Color("group:N", title="family / block"),
         tooltip=["trial_id", "seed", "regime", alt.Tooltip("group:N", title="family / block"),
-                 alt.Tooltip("x:Q", title=measure, format=".4g"), alt.Tooltip("y:Q", title=label, format=".4g")],
-    ).properties(width=WIDTH * 0.8, height=HEIGHT * 0.8,
-                 title=alt.Title(title, fontSize=11, fontWeight="normal", limit=WIDTH * 0.8 + 40))
+                 alt.Tooltip(f"{x}:Q", title=measure, format=".4g"), alt.Tooltip(f"{y}:Q", title=label, format=".4g")],
+    ).transform_filter(f"isValid(datum.{x}) && isValid(datum.{y})").properties(
+        width=width, height=HEIGHT * 0.8, title=alt.Title(title, fontSize=11, fontWeight="normal", limit=width + 60))
 
 
 def complexity_chart(df: pl.DataFrame, table: pl.DataFrame | None = None) -> alt.Chart | None:
@@ -110,13 +120,23 @@ def complexity_chart(df: pl.DataFrame, table: pl.DataFrame | None = None) -> alt
     rows, metrics, _ = complexity_rows(df)
     rows = rows.with_columns(pl.col(c).cast(pl.String) if c in rows.columns else pl.lit(None, pl.String).alias(c)
                              for c in ("trial_id", "regime", "family", "block"))
+    # One dataset for every panel: the drawn trials with each metric and measure as a plain field (f0, f1, ...:
+    # column names such as "_sam_0.005" would read as nested fields in Vega).
+    used = list(dict.fromkeys([*table["measure"], *table["column"]]))
+    names = {c: f"f{i}" for i, c in enumerate(used)}
+    group = pl.concat_str([pl.col("family"), pl.col("block")], separator=" / ", ignore_nulls=True)
+    data = rows.filter(pl.any_horizontal(pl.col(used).is_not_null())).select(
+        "trial_id", "seed", "regime", group=group, **{names[c]: pl.col(c) for c in used})
+    drawn, note = sample_points(data, "trials", limit=MAX_PANEL)
     lines = []
+    width = panel_width(table["measure"].n_unique())
     for label, column in metrics:
         mine = table.filter(pl.col("column") == column)
-        panels = [_complexity_panel(rows, label, column, measure, part)
+        panels = [_complexity_panel(drawn, names, label, column, measure, part, width)
                   for (measure,), part in mine.group_by("measure", maintain_order=True)]
         if panels:
-            lines.append(alt.hconcat(*panels))
-    chart = alt.vconcat(*lines) if len(lines) > 1 else lines[0]
-    return chart.properties(title=chart_title(
+            lines.append(panels)
+    chart = (alt.vconcat(*(alt.hconcat(*p) for p in lines), data=drawn) if len(lines) > 1
+             else alt.hconcat(*lines[0], data=drawn))
+    return with_note(chart, note).properties(title=chart_title(
         rows, "Sharpness against the complexity of the learned function (final checkpoints; tau per block)"))

@@ -7,11 +7,13 @@ import altair as alt
 import polars as pl
 
 from raystudy.analysis.aggregate import comparison_keys
-from raystudy.analysis.charts import HEIGHT, WIDTH, circles_sweep, scale_for
+from raystudy.analysis.charts import HEIGHT, circles_sweep, panel_width, sample_points, scale_for, with_note
 from raystudy.analysis.labels import chart_title, metric_label
 from raystudy.analysis.results import final_rows, ok_rows, present
 from raystudy.analysis.verdicts import functions_points
 from raystudy.schema import SAFETY, SHARPNESS
+
+PERFORMANCE = ("test_acc", "gen_gap")  # beside the paired sharpness and safety: what the regime did to accuracy
 from raystudy.spec import Verdicts
 
 Figure = tuple[str, alt.TopLevelMixin, str]  # (file stem, chart, caption)
@@ -47,7 +49,9 @@ def functions_verdict_chart(df: pl.DataFrame, settings: Verdicts) -> alt.Chart |
     long = _functions_long(df, settings)
     if long.is_empty():
         return None
-    chart = alt.Chart(long).mark_point(size=60, filled=True, opacity=0.85).encode(
+    faceted = long["rho"].n_unique() > 1
+    drawn, note = sample_points(long, "target x seed x radius points")
+    chart = alt.Chart(drawn).mark_point(size=60, filled=True, opacity=0.85).encode(
         x=alt.X("shape_complexity:Q", scale=scale_for(long["shape_complexity"]),
                 title="target shape complexity (mean ||grad f||^2 / Var f)"),
         y=alt.Y("relative:Q", scale=scale_for(long["relative"]), title="SAM-sharpness / target variance"),
@@ -57,12 +61,13 @@ def functions_verdict_chart(df: pl.DataFrame, settings: Verdicts) -> alt.Chart |
         tooltip=["trial_id", "target", "seed", "kept", alt.Tooltip("rho:Q", format="g"),
                  alt.Tooltip("shape_complexity:Q", format=".4g"), alt.Tooltip("relative:Q", format=".4g"),
                  alt.Tooltip("raw:Q", title="raw SAM-sharpness", format=".4g")],
-    ).properties(width=WIDTH, height=HEIGHT)
-    if long["rho"].n_unique() > 1:
+    ).properties(width=panel_width(2 if faceted else 1), height=HEIGHT)
+    if faceted:
         chart = chart.facet(facet=alt.Facet("rho:O", title="perturbation radius rho"), columns=2).resolve_scale(
             y="independent")
     rows = ok_rows(final_rows(df)).filter(pl.col("family") == "functions")
-    return chart.properties(title=chart_title(rows, "Family A: scale-free sharpness vs the target's shape complexity"))
+    return with_note(chart, note).properties(
+        title=chart_title(rows, "Family A: scale-free sharpness vs the target's shape complexity"))
 
 
 def functions_amplitude_chart(df: pl.DataFrame, settings: Verdicts) -> alt.Chart | None:
@@ -81,7 +86,7 @@ def functions_amplitude_chart(df: pl.DataFrame, settings: Verdicts) -> alt.Chart
         color=alt.Color("task:N", title="target function"), strokeDash=alt.StrokeDash("rho:O", title="rho"),
         tooltip=["task", "side", alt.Tooltip("rho:Q", format="g"), alt.Tooltip("target_scale:Q", format="g"),
                  alt.Tooltip("value:Q", format=".4g"), "n"],
-    ).properties(width=WIDTH + 120, height=HEIGHT)
+    ).properties(width=panel_width(2), height=HEIGHT)
     return chart.facet(column=alt.Column("side:N", title=None)).resolve_scale(y="independent").properties(
         title=alt.Title("Family A: sharpness against the target's amplitude", anchor="start",
                         subtitle="raw sharpness grows with the amplitude; the verdict uses the relative one"))
@@ -89,11 +94,12 @@ def functions_amplitude_chart(df: pl.DataFrame, settings: Verdicts) -> alt.Chart
 
 def paired_differences(df: pl.DataFrame) -> pl.DataFrame:
     """Family C at the final checkpoint: for every non-base trial with a base partner of the same seed and
-    configuration, regime - base of each sharpness and safety metric. Columns: block, regime, seed, trial_id,
-    metric, group, difference. Empty without such pairs."""
+    configuration, regime - base of each sharpness and safety metric and of test accuracy and the generalisation
+    gap. Columns: block, regime, seed, trial_id, metric, group (sharpness, safety, performance), difference. Empty
+    without such pairs."""
     rows = ok_rows(final_rows(df))
     rows = rows.filter(pl.col("family") == "images") if "family" in rows.columns else rows.clear()
-    metrics = present(rows, SHARPNESS + SAFETY)
+    metrics = present(rows, SHARPNESS + SAFETY + PERFORMANCE)
     if rows.is_empty() or not metrics or "base" not in rows["regime"].to_list():
         return pl.DataFrame()
     config, _ = comparison_keys(df)
@@ -101,29 +107,39 @@ def paired_differences(df: pl.DataFrame) -> pl.DataFrame:
     other = rows.filter(pl.col("regime") != "base").select(*config, "seed", "regime", "trial_id", *metrics)
     pairs = other.join(base, on=[*config, "seed"], suffix="_base", nulls_equal=True)
     long = [pairs.select("block", "regime", "seed", "trial_id", metric=pl.lit(m),
-                         group=pl.lit("sharpness" if m in SHARPNESS else "safety"),
+                         group=pl.lit("sharpness" if m in SHARPNESS else "safety" if m in SAFETY else "performance"),
                          difference=pl.col(m) - pl.col(f"{m}_base")) for m in metrics]
     return pl.concat(long).drop_nulls("difference") if long else pl.DataFrame()
 
 
 def images_paired_chart(df: pl.DataFrame) -> alt.Chart | None:
-    """One panel per sharpness and safety metric: each seed's regime - base difference (dots) and their mean
-    (bar tick), one row per block x regime; right of the zero line = the regime is larger. Tooltips name the
-    trial, seed and difference."""
+    """One panel per sharpness and safety metric, then test accuracy and the generalisation gap: each seed's
+    regime - base difference (dots; a random MAX_MARKS at most) and their mean (tick, over every seed), one row
+    per block x regime; right of the zero line = the regime is larger. Tooltips name the trial, seed and
+    difference."""
     diffs = paired_differences(df)
     if diffs.is_empty():
         return None
+    order = [m for m in (*SHARPNESS, *SAFETY, *PERFORMANCE) if m in set(diffs["metric"])]
     diffs = diffs.with_columns(label=pl.col("metric").replace_strict({m: metric_label(m) for m in
                                                                        diffs["metric"].unique()}),
                                comparison=pl.col("block") + ": " + pl.col("regime"))
-    base = alt.Chart(diffs).encode(y=alt.Y("comparison:N", title=None))
-    dots = base.mark_point(filled=True, size=40, opacity=0.7).encode(
-        x=alt.X("difference:Q", title="regime - base (same seed)"), color=alt.Color("block:N"),
-        tooltip=["trial_id", "block", "regime", "seed", "label", alt.Tooltip("difference:Q", format=".4g")])
-    mean = base.mark_tick(thickness=2, size=14, color="black").encode(x="mean(difference):Q")
+    means = diffs.group_by("label", "comparison").agg(mean=pl.col("difference").mean(), n=pl.len())
+    drawn, note = sample_points(diffs, "paired differences")
+    data = pl.concat([drawn, means], how="diagonal_relaxed")  # one dataset: the dots, then one mean per row
+    y = alt.Y("comparison:N", title=None, axis=alt.Axis(labelLimit=200))
+    dots = alt.Chart().mark_point(filled=True, size=40, opacity=0.7).encode(
+        x=alt.X("difference:Q", title="regime - base (same seed)"), y=y, color=alt.Color("block:N"),
+        tooltip=["trial_id", "comparison", "seed", "label", alt.Tooltip("difference:Q", format=".4g")],
+    ).transform_filter("isValid(datum.difference)")
+    mean = alt.Chart().mark_tick(thickness=2, size=14, color="black").encode(
+        x="mean:Q", y=y, tooltip=["comparison", "label", alt.Tooltip("mean:Q", title="mean difference", format=".4g"),
+                                  alt.Tooltip("n:Q", title="seeds")]).transform_filter("isValid(datum.mean)")
     zero = alt.Chart().mark_rule(strokeDash=[3, 3], color="grey").encode(x=alt.datum(0))
-    layered = alt.layer(dots, mean, zero, data=diffs).properties(width=WIDTH - 60)
-    return layered.facet(facet=alt.Facet("label:N", title=None), columns=3).resolve_scale(x="independent").properties(
+    layered = alt.layer(dots, mean, zero, data=data).properties(width=panel_width(3, axis=40))
+    labels = [metric_label(m) for m in order]
+    faceted = layered.facet(facet=alt.Facet("label:N", title=None, sort=labels), columns=3)
+    return with_note(faceted.resolve_scale(x="independent"), note).properties(
         title=chart_title(ok_rows(final_rows(df)).filter(pl.col("family") == "images"),
                           "Family C: each regime minus base, paired by seed (dots: seeds; tick: mean)"))
 
@@ -144,7 +160,8 @@ def verdict_charts(df: pl.DataFrame, settings: Verdicts | None = None) -> dict[s
                "Family B: sharpness and test accuracy against the circles' radius ratio (tighter boundary to the "
                "right), mean +- SEM over seeds.")],
         "C": [("verdict_c_paired_differences", images_paired_chart(df),
-               "Family C: each regime minus base for every sharpness and safety metric, paired by seed (dots) with "
-               "their mean (tick); right of the dashed line, the regime is larger.")],
+               "Family C: each regime minus base for every sharpness and safety metric, and for test accuracy and the "
+               "generalisation gap, paired by seed (dots) with their mean (tick); right of the dashed line, the "
+               "regime is larger.")],
     }
     return {k: [f for f in v if f[1] is not None] for k, v in found.items() if any(f[1] is not None for f in v)}

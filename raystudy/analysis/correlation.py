@@ -31,6 +31,7 @@ import math
 
 import numpy as np
 import polars as pl
+from scipy import stats
 
 from raystudy.analysis.aggregate import varying_hyperparameters
 from raystudy.analysis.inference import median_interval
@@ -39,6 +40,7 @@ from raystudy.analysis.results import REGIME_HYPERPARAMETERS, final_rows, ok_row
 from raystudy.analysis.verdicts import with_rho_columns
 from raystudy.schema import HESSIAN, SHARPNESS
 
+PAIRWISE_UP_TO = 500  # points up to which tau_b counts all pairs itself (n^2/2 pairs: 1 MB of signs at 500)
 TARGETS = ("gen_gap", "test_acc", "ece", "corruption_acc", "disagreement")
 COMPLEXITY = ("input_grad_norm", "linear_region_density", "target_shape_complexity", "target_complexity")
 COMPLEXITY_LABELS = {"input_grad_norm": "input-gradient norm (mean ||J||_F)",
@@ -61,7 +63,11 @@ def _finite(v: float) -> float | None:
 def tau_b(x: np.ndarray, y: np.ndarray) -> float:
     """Kendall's tau-b of two 1-D arrays from all n(n-1)/2 pairs: (concordant - discordant) / sqrt((pairs - pairs
     tied in x) (pairs - pairs tied in y)); NaN when x or y is constant. Same value as scipy.stats.kendalltau, at
-    O(n^2) memory without scipy's per-call overhead (~0.2 ms): for the small groups of Psi, many per table."""
+    O(n^2) memory without scipy's per-call overhead (~0.2 ms): for the small groups of Psi, many per table. From
+    PAIRWISE_UP_TO points on, scipy's O(n log n) count, so memory stays linear in a study of any size."""
+    if len(x) > PAIRWISE_UP_TO:
+        tau = stats.kendalltau(x, y, variant="b").statistic
+        return float(tau) if np.isfinite(tau) else float("nan")
     i, j = np.triu_indices(len(x), k=1)
     sx, sy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
     untied = float((sx != 0).sum()) * float((sy != 0).sum())

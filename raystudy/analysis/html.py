@@ -1,13 +1,13 @@
-"""Self-contained HTML: tables from polars frames, charts as inline SVG made interactive by the Vega
-runtime inlined into the page (vl-convert's bundle of Vega, Vega-Lite and Vega-Embed), one page with
-plain CSS. Nothing on the page loads from a network address, so it opens offline; without JavaScript
-the static SVG of each chart stays."""
+"""Self-contained HTML: tables from polars frames, charts as Vega-Lite specs drawn by the Vega runtime inlined
+into the page (vl-convert's bundle of Vega, Vega-Lite and Vega-Embed), one page with plain CSS. Nothing on the
+page loads from a network address, so it opens offline. Each chart's data is embedded once, in its spec; without
+JavaScript the chart's PNG beside the page stands in (an <img>, not a second copy of the data)."""
 from __future__ import annotations
 
 import functools
 import json
 import math
-import re
+import struct
 from html import escape
 
 import altair as alt
@@ -30,6 +30,7 @@ dl { display: grid; grid-template-columns: max-content auto; gap: .2rem 1rem; } 
 .note { color: #555; font-size: .9rem; }
 details { margin: .6rem 0; } summary { cursor: pointer; font-weight: 600; }
 .chart { max-width: 100%; overflow-x: auto; } .vg-tooltip { font-size: .8rem; }
+.chart img.fallback { max-width: 100%; height: auto; }
 .warn { background: #fff4e0; border-left: 4px solid #e8a33d; padding: .4rem .8rem; }
 .verdict { padding: 0 .4rem; border-radius: 3px; } .supported { background: #d9f2dd; }
 .contradicted { background: #f8d7d7; } .inconclusive { background: #eee; }
@@ -37,27 +38,34 @@ details { margin: .6rem 0; } summary { cursor: pointer; font-weight: 600; }
 # Left-aligned identity columns; numbers and "mean (sem)" cells stay right-aligned for comparison.
 TEXT_COLUMNS = ("block", "family", "task", "model", "regime", "metric", "group", "alternative", "correction",
                 "optimizer")
-# XML namespace declarations look like URLs; an HTML page does not need them on inline SVG.
-_XMLNS = re.compile(r'\s+xmlns(:\w+)?="[^"]*"')
+DIGITS = 5  # significant digits of floats in embedded chart data: tooltips show 4, pixels need far fewer
+
+
+def _round(value: object) -> object:
+    if isinstance(value, float) and math.isfinite(value) and value != 0.0:
+        return float(f"{value:.{DIGITS}g}")
+    return value
 
 
 def chart_spec(chart: alt.TopLevelMixin) -> dict:
-    """The chart's Vega-Lite spec with its data inlined (no row limit: densities have many points)."""
+    """The chart's Vega-Lite spec with its data inlined once (altair's top-level ``datasets``; no row limit: the
+    charts aggregate or sample before drawing) and floats cut to DIGITS significant digits, which roughly halves
+    the JSON. Cost: linear in the data values."""
     with alt.data_transformers.disable_max_rows():
-        return chart.to_dict()
-
-
-def inline_svg(spec: dict, prefix: str) -> str:
-    """SVG markup of a Vega-Lite spec, ready to paste into HTML: namespace declarations removed and every
-    element id (clip paths, gradients) prefixed with `prefix`, since ids must be unique across the page."""
-    svg = _XMLNS.sub("", vl_convert.vegalite_to_svg(spec))
-    svg = re.sub(r'\bid="([^"]+)"', rf'id="{prefix}-\1"', svg)
-    return re.sub(r'(url\(#|href="#)([^)"]+)', rf"\g<1>{prefix}-\2", svg)
+        spec = chart.to_dict()
+    for name, records in spec.get("datasets", {}).items():
+        spec["datasets"][name] = [{k: _round(v) for k, v in r.items()} for r in records]
+    return spec
 
 
 def png_bytes(spec: dict, scale: float = 2.0) -> bytes:
     """PNG image of a Vega-Lite spec at `scale` times its CSS pixel size."""
     return vl_convert.vegalite_to_png(spec, scale=scale)
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) in pixels from a PNG's IHDR header."""
+    return struct.unpack(">II", data[16:24])
 
 
 def cell(value: object) -> str:
@@ -88,17 +96,23 @@ def definition_list(items: dict[str, str]) -> str:
     return "<dl>" + "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in items.items()) + "</dl>"
 
 
-def figure(svg: str, caption: str, png_name: str, spec: dict | None = None) -> str:
-    """A <figure> with the chart's inline SVG, its caption and a relative link to the PNG next to the page.
-    With ``spec``, the Vega-Lite spec rides along (JSON in a script block) and the page's runtime swaps the
-    static SVG for an interactive rendering (tooltips, zoom where the chart allows it)."""
-    link = f'<a href="{escape(png_name)}">{escape(png_name)}</a>'
-    data = ""
-    if spec is not None:  # "</" would end the script block early; JSON allows "<\/" for it
-        text = json.dumps(spec).replace("</", "<\\/")
-        data = f'<script type="application/json" class="vl-spec">{text}</script>'
-    return (f'<figure><div class="chart">{svg}</div>{data}<figcaption>{escape(caption)} ({link})</figcaption>'
-            "</figure>")
+def figure(spec: dict, caption: str, png_name: str | None = None, png_width: int | None = None,
+           definitions: list[tuple[str, str]] = ()) -> str:
+    """A <figure> with the chart's Vega-Lite spec (JSON in a script block, drawn by the page's runtime with
+    tooltips, and zoom where the chart allows it), its caption and, with ``png_name``, a relative link to the PNG
+    next to the page. That PNG also stands in for the chart (``png_width`` CSS pixels wide) until JavaScript draws
+    it, or when it cannot: a picture of the data rather than a second copy of it. ``definitions``: (name, meaning)
+    pairs listed under the caption."""
+    text = json.dumps(spec, separators=(",", ":")).replace("</", "<\\/")  # "</" would end the block early
+    data = f'<script type="application/json" class="vl-spec">{text}</script>'
+    fallback = link = ""
+    if png_name:
+        size = f' width="{png_width}"' if png_width else ""
+        fallback = f'<img class="fallback" src="{escape(png_name)}" alt="{escape(caption)}"{size}>'
+        link = f' (<a href="{escape(png_name)}">{escape(png_name)}</a>)'
+    defined = "".join(f"<br><b>{escape(name)}</b>: {escape(meaning)}." for name, meaning in definitions)
+    return (f'<figure><div class="chart">{fallback}</div>{data}<figcaption>{escape(caption)}{link}{defined}'
+            "</figcaption></figure>")
 
 
 @functools.lru_cache(maxsize=1)
@@ -108,6 +122,7 @@ def vega_runtime() -> str:
     render = ("for (const fig of document.querySelectorAll('figure')) {"
               " const el = fig.querySelector('.chart'), data = fig.querySelector('script.vl-spec');"
               " if (!el || !data) continue;"
+              " el.replaceChildren();"  # the PNG stand-in goes; the interactive chart takes its place
               " vegaEmbed(el, JSON.parse(data.textContent), {actions: false, renderer: 'svg'})"
               ".catch((err) => console.error('chart not rendered: ' + err)); }")
     return vl_convert.javascript_bundle(snippet=render)  # the snippet sees vegaEmbed in scope

@@ -88,3 +88,44 @@ def chart_title(df: pl.DataFrame, text: str, n_column: str = "measure_n") -> alt
     """A chart title with the measuring mode as subtitle, e.g. "geometry measured with eval mode (BN stats stored), train set, ..."."""
     note = measurement_note(df, n_column)
     return alt.Title(text, subtitle=f"geometry measured with {note}" if note else "", anchor="start")
+
+
+# One-line definitions, shown under the first chart of the page that shows the metric: (the text a chart or caption
+# shows, what it means). Sign conventions matter here: average-case sharpness can be negative.
+DEFINITIONS = {
+    "SAM-sharpness": "mean over random draws of |L(w + delta) - L(w)| / rho, delta uniform on the sphere of radius "
+                     "rho around the weights w (loss per unit of radius; training loss, eval mode)",
+    "Fisher-Rao norm": "(L + 1)^2 E[<w, grad_w log p(y|x)>^2] over the training inputs, L = number of layers "
+                       "(Liang et al. 2019); grows with the size and alignment of the weights",
+    "relative flatness": "trace of the loss Hessian with respect to the classifier layer's weights, times their "
+                         "squared norm (Petzka et al. 2021): invariant to rescaling the layers",
+    "adaptive sharpness": "(Andriushchenko et al. 2023): L(w + |w| * u) - L(w) in loss units, worst case "
+                "= max over ||u|| <= rho, average case = mean over u ~ N(0, rho^2 I); the average case is "
+                "negative when random perturbations lower the loss (a saddle or a minimum not yet reached)",
+    "Hessian lambda_max": "largest eigenvalue of the training-loss Hessian (Lanczos); lambda_min the smallest",
+    "Hessian trace": "sum of the Hessian's eigenvalues (Hutchinson / Hutch++ estimate)",
+    "Kendall tau": "rank correlation in [-1, 1]: (concordant - discordant pairs) / pairs, tau-b with ties; taken "
+                   "within each seed, then the median (correlations) or mean (verdicts) over seeds",
+    "Psi": "Jiang et al.'s granulated Kendall coefficient: for each hyperparameter axis, the mean tau over groups "
+           "of trials that differ only along that axis, averaged over the axes; it credits a measure only for "
+           "changes that the hyperparameters cause",
+    "ECE": "expected calibration error: |accuracy - confidence| of the top label in 15 equal-width confidence "
+           "bins, weighted by the bins' sizes",
+    "generalisation gap": "train - test accuracy in percentage points (classification), test - train MSE "
+                          "(regression)",
+    "disagreement between seeds": "fraction of test inputs on which two seeds' models predict different labels",
+    "Jensen-Shannon divergence between seeds": "mean JSD between two seeds' predicted class distributions",
+    "corruption accuracy": "test accuracy on the corrupted test set (every corruption x severity), mean",
+    "target shape complexity": "mean ||grad f||^2 / Var f of the target function over its domain "
+                               "(1 / input unit^2): the same at every amplitude",
+    "spectral density": "the Hessian's eigenvalue density from stochastic Lanczos quadrature, Gaussian-broadened",
+}
+
+
+def definitions_in(text: str, seen: set[str]) -> list[tuple[str, str]]:
+    """(name, definition) of every DEFINITIONS name that occurs in ``text`` and is not in ``seen`` (added to it)."""
+    needle = {"adaptive sharpness": "adaptive "}  # also "adaptive worst-case sharpness (l2, rho=0.1)"
+    found = [(name, meaning) for name, meaning in DEFINITIONS.items()
+             if name not in seen and needle.get(name, name) in text]
+    seen.update(name for name, _ in found)
+    return found

@@ -1,18 +1,23 @@
 """The report page (``python -m raystudy.report``): verdicts first, with the charts that carry them; then
-the correlation analysis, provenance and counts, per-block tables (collapsed) and every other chart. Charts are
-inline SVG made interactive offline, each with a PNG next to the page."""
+the correlation analysis, provenance and counts, per-block tables (collapsed) and every other chart. Each chart is
+its Vega-Lite spec (its data embedded once) drawn offline by the inlined runtime, with a PNG next to the page; the
+rows themselves are beside it too, as results.parquet and summary.csv."""
 from __future__ import annotations
 
+import io
+import json
 from pathlib import Path
 
 import altair as alt
 import polars as pl
 
+from raystudy.analysis.aggregate import summary_table
 from raystudy.analysis.catalogue import report_charts
 from raystudy.analysis.consistency import add_consistency, read_predictions
 from raystudy.analysis.freshness import fingerprint, record_built_from
-from raystudy.analysis.html import chart_spec, figure, inline_svg, page, png_bytes
+from raystudy.analysis.html import chart_spec, figure, page, png_bytes, png_size
 from raystudy.analysis.judge import judge, write_verdicts
+from raystudy.analysis.labels import definitions_in
 from raystudy.analysis.results import load_results
 from raystudy.analysis.sections import (block_sections, correlation_section, overview, stale_batchnorm,
                                         verdict_section)
@@ -20,20 +25,31 @@ from raystudy.layout import report_path
 from raystudy.storage import Store
 
 
-class Figures:
-    """Turns charts into embedded figures: the PNG (scale 2) is written to ``out``/<name>.png in ``store``;
-    element ids are unique across the page."""
+PNG_SCALE = 2  # pixels per CSS pixel of the PNGs: sharp on high-density screens and in print
+CURVES = ("train_loss_curve", "hessian_density", "hessian_density_grid")  # list columns only charts read
 
-    def __init__(self, store: Store, out: str):
-        self.store, self.out, self.count = store, out, 0
+
+class Figures:
+    """Turns charts into embedded figures; with ``pngs`` (the default) also writes ``out``/<name>.png (PNG_SCALE)
+    into ``store``. A chart that drew a sample or an aggregate of its rows says so in its Vega-Lite ``usermeta``
+    ("note"), which is added to the caption."""
+
+    def __init__(self, store: Store, out: str, pngs: bool = True):
+        self.store, self.out, self.pngs = store, out, pngs
+        self.defined: set[str] = set()  # metrics already defined under an earlier figure
 
     def __call__(self, name: str, chart: alt.TopLevelMixin | None, caption: str) -> str:
         if chart is None:
             return ""
         spec = chart_spec(chart)
-        self.store.write_bytes(f"{self.out}/{name}.png", png_bytes(spec, scale=2))
-        self.count += 1
-        return figure(inline_svg(spec, prefix=f"c{self.count}"), caption, f"{name}.png", spec)
+        if note := spec.get("usermeta", {}).get("note"):
+            caption = f"{caption} {note}"
+        defs = definitions_in(caption + json.dumps(spec), self.defined)
+        if not self.pngs:
+            return figure(spec, caption, definitions=defs)
+        png = png_bytes(spec, scale=PNG_SCALE)
+        self.store.write_bytes(f"{self.out}/{name}.png", png)
+        return figure(spec, caption, f"{name}.png", png_size(png)[0] // PNG_SCALE, defs)
 
 
 def chart_sections(df: pl.DataFrame, figures: Figures) -> list[str]:
@@ -42,29 +58,53 @@ def chart_sections(df: pl.DataFrame, figures: Figures) -> list[str]:
     return ["<h2>Charts</h2>", *shown] if shown else []
 
 
-def write_report(study: str | Path) -> Path | str:
-    """Write STUDY/report/index.html (self-contained, offline), a PNG per chart and verdicts.json into the
-    study's storage (a local folder, or an s3:// or gs:// URI); return the page's location: a Path for a local
-    study, else its URI.
+def write_tables(store: Store, out: str, rows: pl.DataFrame) -> str:
+    """Write the result rows (with the consistency the analysis computed) as ``out``/results.parquet and the
+    per-configuration mean and SEM at the final checkpoint as ``out``/summary.csv (both through ``store``); return
+    the page's paragraph linking them."""
+    buffer = io.BytesIO()
+    rows.write_parquet(buffer)
+    store.write_bytes(f"{out}/results.parquet", buffer.getvalue())
+    store.write_text(f"{out}/summary.csv", summary_table(rows).write_csv())
+    return ('<p class="note">The data behind this page, beside it: <a href="results.parquet">results.parquet</a> '
+            "(every result row, one per trial x checkpoint; columns as in raystudy/schema.py) and "
+            '<a href="summary.csv">summary.csv</a> (mean and SEM over seeds of every metric per configuration at '
+            "the final checkpoint).</p>")
+
+
+def write_report(study: str | Path, pngs: bool = True) -> Path | str:
+    """Write STUDY/report/index.html (self-contained, offline), a PNG per chart (unless ``pngs`` is False),
+    results.parquet, summary.csv and verdicts.json into the study's storage (a local folder, or an s3:// or gs://
+    URI); return the page's location: a Path for a local study, else its URI.
 
     Raises NotAStudyError when STUDY has no results/ directory. An empty results/ gives a page that says so.
-    Cost: reads every result file (and the stored predictions, for consistency); about 0.1-1 s of rendering
-    per chart.
+    Cost: reads every result file (and the stored predictions, for consistency); charts draw at most a few
+    thousand marks each (aggregated or sampled), about 0.1-1 s of rendering per PNG.
     """
     store = Store(study)
     built_from = fingerprint(store)  # before reading: rows written meanwhile make the report stale
-    rows = load_results(store)
+    full = load_results(store)
+    # Every stage but the charts that draw them works on the rows without the per-epoch and per-eigenvalue lists:
+    # its many filters then copy a few hundred bytes per row instead of the curves (most of a large study's data).
+    curves = [c for c in CURVES if c in full.columns] if {"trial_id", "step"} <= set(full.columns) else []
+    rows = full.drop(curves)
     judgement = judge(store, rows)
     write_verdicts(store, judgement)
     df = add_consistency(rows, lambda relative: read_predictions(store, relative))
+    whole = df  # with the curves again, for the charts that draw them and results.parquet
+    if curves:  # (trial_id, step) is unique after load_results
+        whole = df.join(full.select("trial_id", "step", *curves), on=["trial_id", "step"], how="left",
+                        maintain_order="left")
+    del full
     out = report_path(store)
     name = df["study"].drop_nulls().first() if "study" in df.columns else None
-    figures = Figures(store, out)
+    figures = Figures(store, out, pngs)
     if df.is_empty():
         body = [overview(df, store.uri), "<p>No results yet: results/ holds no readable result rows.</p>"]
     else:
-        body = (verdict_section(judgement, df, figures) + stale_batchnorm(df) + correlation_section(df, figures)
-                + [overview(df, store.uri)] + block_sections(df, judgement.pair_tests) + chart_sections(df, figures))
+        body = ([write_tables(store, out, whole)] + verdict_section(judgement, df, figures) + stale_batchnorm(df)
+                + correlation_section(df, figures) + [overview(df, store.uri)]
+                + block_sections(df, judgement.pair_tests) + chart_sections(whole, figures))
     store.write_text(f"{out}/index.html", page(f"raystudy report: {name or store.name}", body))
     record_built_from(store, built_from)
     return Path(f"{out}/index.html") if store.local else store.uri_of(f"{out}/index.html")

@@ -8,11 +8,11 @@ columns that newer ones have, so the files are read as one dataset under the uni
 from __future__ import annotations
 
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from raystudy.layout import results_dir
@@ -27,6 +27,10 @@ GEOMETRY = SHARPNESS + HESSIAN  # every curvature-type metric a chart may plot
 # Scalar numbers a summary table averages over seeds (list-valued and provenance columns are not).
 SCALAR_METRICS = tuple(c for g in ("performance", "safety", "sharpness", "hessian", "complexity")
                        for c in columns(g) if SCHEMA[c] == pl.Float64 and c != "sam_sharpness_rho")
+
+
+READ_THREADS = 4  # files read at once: object storage answers in ~10-50 ms, so a few in flight hide the latency
+READ_BATCH = 256  # files stacked into one contiguous table at a time
 
 
 class NotAStudyError(FileNotFoundError):
@@ -56,14 +60,22 @@ def _read_rows(store: Store, paths: list[str]) -> pa.Table:
     """The files as one table, rows in file order, under the union of their schemas (a column a file lacks
     is null; differing types are widened, as polars' diagonal_relaxed concat would).
 
-    pyarrow's dataset rather than polars' scan_parquet: it reads through the Store's own filesystem (one
-    set of credentials, endpoint and URI options for every stage; polars would need them again as storage
-    options), unifies the schemas of all files (scan_parquet takes the first file's), and fetches the files
-    concurrently. Dataset.to_table keeps fragment order, which "the row written last wins" relies on.
+    Read through the Store's own filesystem (one set of credentials, endpoint and URI options for every stage;
+    polars would need them again as storage options), READ_THREADS files at a time, and stacked READ_BATCH files
+    at a time into one contiguous table: a study writes one small file per checkpoint, and thousands of tiny
+    tables held at once cost ~0.25 MB each in allocator overhead (4,100 files: 1.2 GB through a pyarrow dataset,
+    0.1 GB this way, in half the time). Order is kept, which "the row written last wins" relies on.
     """
-    factory = ds.FileSystemDatasetFactory(store.fs, paths, ds.ParquetFileFormat())
-    schema = factory.inspect(promote_options="permissive", fragments=None)
-    return factory.finish(schema).to_table()
+    def read(path: str) -> pa.Table:
+        with store.fs.open_input_file(path) as f:
+            return pq.ParquetFile(f).read(use_threads=False)  # threads across files instead
+
+    parts = []
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        for start in range(0, len(paths), READ_BATCH):
+            tables = list(pool.map(read, paths[start:start + READ_BATCH]))
+            parts.append(pa.concat_tables(tables, promote_options="permissive").combine_chunks())
+    return pa.concat_tables(parts, promote_options="permissive") if parts else pa.table({})
 
 
 def _readable(store: Store, paths: list[str]) -> list[str]:
@@ -108,8 +120,8 @@ def load_results(study: str | Path | Store) -> pl.DataFrame:
         scale = pl.col("target_scale") if "target_scale" in df.columns else pl.lit(None, pl.Float64)
         df = df.with_columns(target_scale=pl.when(pl.col("family") == "functions").then(scale.fill_null(1.0))
                              .otherwise(scale))
-    if {"trial_id", "step"} <= set(df.columns):
-        df = df.unique(subset=["trial_id", "step"], keep="last", maintain_order=True)
+    if {"trial_id", "step"} <= set(df.columns) and df.select(pl.struct("trial_id", "step").is_duplicated().any()).item():
+        df = df.unique(subset=["trial_id", "step"], keep="last", maintain_order=True)  # a copy: only when needed
     floats = [c for c, t in df.schema.items() if t in (pl.Float32, pl.Float64)]
     return df.with_columns(pl.col(floats).fill_nan(None))
 

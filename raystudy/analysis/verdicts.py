@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
-from raystudy.analysis.inference import N_PERM, holm, smallest_p, tau_test
+from raystudy.analysis.inference import N_PERM, PermutationTest, holm, smallest_p, tau_test
 from raystudy.analysis.labels import metric_label
 from raystudy.analysis.results import REGIME_HYPERPARAMETERS, final_rows, ok_rows, present
 from raystudy.analysis.stats import compare_to_base
@@ -134,15 +134,35 @@ def _p(v: float | None) -> str:
     return "-" if v is None or not math.isfinite(v) else f"{v:.2g}" if v < 0.001 else f"{v:.3f}"
 
 
+def _tau_tests(rows: pl.DataFrame, x: str, columns: list[str]) -> dict[str, PermutationTest]:
+    """``tau_test`` of x against each column over the rows where both are present, one call per set of rows:
+    metrics measured on the same points share the permutations' cost (the test of a batch is the test of each
+    of its rows, the permutations depend on the design alone). Cost: one tau_test per distinct set of rows."""
+    present_x = rows[x].is_not_null()
+    groups: dict[bytes, list[str]] = {}
+    for column in columns:
+        mask = (present_x & rows[column].is_not_null()).to_numpy()
+        groups.setdefault(mask.tobytes(), []).append(column)
+    out = {}
+    for mine in groups.values():
+        r = rows.drop_nulls([x, mine[0]])
+        test = tau_test(r[x].to_numpy(), r.select(pl.col(mine).cast(pl.Float64)).to_numpy().T, r["seed"].to_numpy())
+        for i, column in enumerate(mine):
+            out[column] = PermutationTest(test.statistic[i:i + 1], test.p_greater[i:i + 1], test.p_less[i:i + 1],
+                                          test.n_perm, test.exact)
+    return out
+
+
 def _tau_verdict(family: str, block: str, rows: pl.DataFrame, x: str, what: str,
                  metrics: list[tuple[str, str]], s: Verdicts, notes: list[str], excluded: tuple[str, ...] = ()
                  ) -> Verdict:
     """Families A and B: one ``tau_test`` per metric of x (fixed per point) against it, combined by the group
     rule. ``what`` names x in the method ("target complexity", "factor")."""
     table, n_perm, exact = [], N_PERM + 1, False
+    tests = _tau_tests(rows, x, [column for _, column in metrics])
     for label, column in metrics:
         r = rows.drop_nulls([x, column])
-        test = tau_test(r[x].to_numpy(), r[column].to_numpy(), r["seed"].to_numpy())
+        test = tests[column]
         n_perm, exact = test.n_perm, test.exact
         tau, p, p_rev = (float(v[0]) for v in (test.statistic, test.p_greater, test.p_less))
         reading = "supported" if p <= s.alpha else "contradicted" if p_rev <= s.alpha else "inconclusive"

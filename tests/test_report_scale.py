@@ -1,0 +1,86 @@
+"""The report at scale, without drawing a page: the statistics' large-sample paths give the same bits as the
+pairwise ones, and every chart draws a bounded number of points, saying so, however many rows the study has."""
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from fake_results import write_study
+from raystudy.analysis import charts, charts_correlation, correlation, inference
+from raystudy.analysis.catalogue import report_charts
+from raystudy.analysis.charts import panel_width, sample_points, thin
+from raystudy.analysis.charts_correlation import complexity_chart, correlation_chart
+from raystudy.analysis.charts_verdicts import verdict_charts
+from raystudy.analysis.html import chart_spec
+from raystudy.analysis.results import load_results
+
+
+def test_tau_test_counted_by_sorting_matches_the_pairwise_sums(monkeypatch):
+    rng = np.random.default_rng(3)
+    x = np.tile(np.repeat(np.arange(9.0), 5), 2)  # 45 points a seed, x tied in fives as replicated targets are
+    seeds = np.repeat([0, 1], 45)
+    y = rng.normal(size=(2, 90))
+    y[:, :6] = 0.0  # ties in y too
+    y[1, ::4] = 1.0
+    prefix_counts = inference.tau_test(x, y, seeds, n_perm=999)  # 9 distinct x: counts below each rank
+    monkeypatch.setattr(inference, "FENWICK_FROM", 2)
+    fenwick = inference.tau_test(x, y, seeds, n_perm=999)
+    monkeypatch.setattr(inference, "SORTED_FROM", 10**9)
+    pairwise = inference.tau_test(x, y, seeds, n_perm=999)
+    for field in ("statistic", "p_greater", "p_less"):
+        assert np.array_equal(getattr(prefix_counts, field), getattr(pairwise, field))
+        assert np.array_equal(getattr(fenwick, field), getattr(pairwise, field))
+
+
+def test_tau_b_of_many_points_is_scipys():
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 20, size=800).astype(float), rng.normal(size=800)
+    big = correlation.tau_b(x, y)  # above PAIRWISE_UP_TO: scipy's O(n log n) count
+    i, j = np.triu_indices(800, k=1)
+    sx, sy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
+    assert big == pytest.approx((sx * sy).sum() / np.sqrt((sx != 0).sum() * (sy != 0).sum()), abs=1e-12)
+
+
+def test_thin_and_sample_bound_what_is_drawn():
+    curve = pl.DataFrame({"line": ["a"] * 1000 + ["b"] * 10, "x": [*range(1000), *range(10)]})
+    kept = thin(curve, "x", ["line"], most=50)
+    a = kept.filter(pl.col("line") == "a")["x"]
+    assert 45 <= a.len() <= 52 and a.min() == 0 and a.max() == 999  # the ends stay
+    assert kept.filter(pl.col("line") == "b").height == 10  # short curves whole
+    rows = pl.DataFrame({"v": range(10_000)})
+    drawn, note = sample_points(rows, "points", limit=500)
+    assert drawn.height == 500 and drawn["v"].is_sorted() and "500 of the 10,000 points" in note
+    assert sample_points(rows.head(10))[1] == ""
+    assert panel_width(1) == 260 and 3 * (panel_width(3) + 75) + 170 <= 1080
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory) -> pl.DataFrame:
+    """The fake study's rows 6 times over (new trial ids, 6 learning rates): ~750 rows."""
+    rows = load_results(write_study(tmp_path_factory.mktemp("scale")))
+    return pl.concat(rows.with_columns(trial_id=pl.col("trial_id") + f"-r{r}", seed=pl.col("seed") + 100 * (r // 10),
+                                       lr=pl.col("lr") * (1 + (r % 10) / 100)) for r in range(6))
+
+
+def test_every_chart_draws_a_bounded_number_of_points(many, monkeypatch):
+    # The limits scaled down with the rows, so that a fast test meets them as a 100k-row study would.
+    monkeypatch.setattr(charts, "MAX_MARKS", 150)
+    monkeypatch.setattr(charts_correlation, "MAX_PANEL", 50)
+    found = [(e.name, e.chart) for e in report_charts(many)]
+    found += [(name, chart) for figures in verdict_charts(many).values() for name, chart, _ in figures]
+    found += [("correlation_tau", correlation_chart(many)), ("sharpness_vs_complexity", complexity_chart(many))]
+    sampled = set()
+    for name, chart in found:
+        spec = chart_spec(chart)
+        records = [r for v in spec["datasets"].values() for r in v]
+        curves = {(r.get("pid", r.get("block")), r.get("regime")) for r in records}
+        if name in ("learning_curves", "hessian_spectral_density"):  # 150 points in all, 20 (+ the last) a curve
+            assert len(records) <= max(150, 21 * len(curves)), name
+        else:  # points: 150 at most (x 2 for the paired chart's means and the amplitude chart's two sides)
+            assert len(records) <= 300 + 40, name
+        if "random sample of" in spec.get("usermeta", {}).get("note", ""):
+            sampled.add(name)
+    # Every per-point chart with more points than the limit says it drew a sample.
+    assert {"verdict_a_sharpness_vs_complexity", "verdict_c_paired_differences", "images_sharpness_vs_gap",
+            "sharpness_vs_complexity"} <= sampled
