@@ -97,7 +97,7 @@ def test_diverging_trial_is_a_result_not_a_failure(tmp_path, cluster):
     model: mlp
     model_args: {hidden: [8]}
     optimizer: sgd
-    lr: [1.0e+6, 0.01]
+    lr: [100.0, 0.01]  # the top of the documented range (raystudy/bounds.py) diverges here
     epochs: 20
     checkpoints: [5]
     n_train: 64
@@ -110,13 +110,13 @@ def test_diverging_trial_is_a_result_not_a_failure(tmp_path, cluster):
     out = execute(p, verbose=0)
     assert not out.failed and not out.measure_errors and not out.interrupted  # exit 0
     df = _rows(p)
-    assert sorted(zip(df["lr"], df["epoch"])) == [(0.01, 5), (0.01, 20), (1e6, 5), (1e6, 20)]
-    bad, good = df.filter(pl.col("lr") == 1e6), df.filter(pl.col("lr") == 0.01)
+    assert sorted(zip(df["lr"], df["epoch"])) == [(0.01, 5), (0.01, 20), (100.0, 5), (100.0, 20)]
+    bad, good = df.filter(pl.col("lr") == 100.0), df.filter(pl.col("lr") == 0.01)
     assert (bad["status"] == "nonfinite").all() and bad["sam_sharpness"].null_count() == bad.height
     assert bad["hessian_lambda_max"].null_count() == bad.height  # not measured on non-finite weights
     assert (good["status"] == "ok").all() and good["sam_sharpness"].null_count() == 0
     assert good["hessian_lambda_max"].null_count() == 0
-    diverged = next(t for t in expand(load_study(path)) if t.lr == 1e6)
+    diverged = next(t for t in expand(load_study(path)) if t.lr == 100.0)
     at5, at20 = (load_checkpoint(p.store, c.path) for c in list_checkpoints(p.store, diverged.trial_id))
     assert (at5["epoch"], at20["epoch"]) == (5, 20)
     assert isinstance(at20["diverged_at"], int) and 1 <= at20["diverged_at"] <= 5  # diverged before epoch 5

@@ -90,7 +90,8 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         import sys
         from raystudy.run import main
         code = main({list(args)!r})
-        print("RAY_IMPORTED", "ray" in sys.modules)
+        ray = sys.modules.get("ray")  # imported to look for a `ray start` cluster, perhaps; started?
+        print("RAY_STARTED", ray is not None and ray.is_initialized())
         sys.exit(code)
     """)
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=cwd)
@@ -115,7 +116,7 @@ def test_console_reads_like_a_summary_and_a_noop_rerun_starts_nothing(tmp_path):
     again = _cli(str(study), "-q", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     lines = again.stdout.splitlines()
-    assert lines[-1] == "RAY_IMPORTED False"  # nothing to train or measure: Ray never started
+    assert lines[-1] == "RAY_STARTED False"  # nothing to train or measure: Ray never started
     assert any("(current: built from these rows)" in line for line in lines)
     assert report.stat().st_mtime_ns == built and not lines[0].startswith("study mini")  # -q: summary only
 
