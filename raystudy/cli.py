@@ -2,11 +2,14 @@
 nothing heavy (torch, Ray, polars load only when a subcommand runs)."""
 from __future__ import annotations
 
+import argparse
 import sys
 from importlib import import_module
 
 import raystudy
 
+EXIT_CODES = ("exit codes: 0 done; 1 some trials or measurements failed (listed) or storage was lost mid-run;\n"
+              "2 bad input (one line naming the file and field; nothing started); 130 interrupted (rerun to resume).")
 COMMANDS = {  # name -> (module whose main(argv) runs it, one line of help)
     "run": ("raystudy.run", "run or resume a study: train, measure every checkpoint, write the report"),
     "report": ("raystudy.report", "rebuild a study's report and verdicts from its stored results alone"),
@@ -21,15 +24,43 @@ or a property of the function being learned?
 commands:
 {chr(10).join(f"  {name:<8}{text}" for name, (_, text) in COMMANDS.items())}
 
-`raystudy COMMAND --help` describes a command. Examples:
+'raystudy COMMAND --help' describes a command. Examples:
   raystudy run studies/smoke.yaml            the default study, offline on a CPU (about 4 minutes)
   raystudy run studies/full.yaml --dry-run   its grid and cost; starts nothing
   raystudy report runs/smoke                 the report again, from stored results
   raystudy schema > study.schema.json        editor completion for study files
 
-exit codes: 0 done; 1 some trials or measurements failed (listed) or storage was lost mid-run;
-2 bad input (one line naming the file and field; nothing started); 130 interrupted (rerun to resume).
+{EXIT_CODES}
 """
+
+
+def run_parser() -> argparse.ArgumentParser:
+    """The options of ``raystudy run`` / ``python -m raystudy.run``: defined here, beside the command's help,
+    so that ``--help`` answers without importing torch or Ray."""
+    parser = argparse.ArgumentParser(prog="raystudy run", description="Run or resume a study: train, measure every "
+                                     "checkpoint, write the report.", epilog=EXIT_CODES)
+    parser.add_argument("study", help="study YAML file")
+    parser.add_argument("--storage", help="store results here instead of the study file's storage")
+    parser.add_argument("--fresh", action="store_true", help="delete this study's results and start over")
+    parser.add_argument("--remeasure", action="store_true",
+                        help="measure every checkpoint again (changed measurement settings re-measure by themselves)")
+    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, a cluster that 'ray start' runs "
+                                          "here, or a new local instance)")
+    parser.add_argument("--num-cpus", type=int, help="CPUs for a newly started local Ray instance")
+    parser.add_argument("--no-report", action="store_true", help="skip building the report")
+    parser.add_argument("--logger", action="append", default=[], choices=["tensorboard", "mlflow", "wandb"],
+                        help="also send Tune's per-epoch results here (repeatable; adds to the study's loggers)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the grid, missing datasets and the training device-hours; start nothing")
+    parser.add_argument("--device", metavar="NAME",
+                        help="with --dry-run: cpu or cuda (time it here), or a device profile of recorded "
+                             "throughputs (h100, a100, l4)")
+    talk = parser.add_mutually_exclusive_group()
+    talk.add_argument("-q", "--quiet", action="store_true", help="print only the closing summary")
+    talk.add_argument("-v", "--verbose", action="count", default=0,
+                      help="-v: a [measured] line per checkpoint; -vv: also Tune's and Ray's own output "
+                           "(status tables, every trial's configuration and result, worker logs)")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"raystudy: unknown command {argv[0]!r}; commands: {', '.join(COMMANDS)} (raystudy --help)",
               file=sys.stderr)
         return 2
+    if argv[0] == "run" and any(a in ("-h", "--help") for a in argv[1:]):
+        run_parser().print_help()  # without importing the run module (torch, Ray)
+        return 0
     module = import_module(COMMANDS[argv[0]][0])
     if argv[0] == "schema":
         if argv[1:] and argv[1] in ("-h", "--help"):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from pyarrow import ArrowException
 
+from raystudy.cli import run_parser
 from raystudy.cluster.connect import connect
 from raystudy.layout import lock_file, report_path
 from raystudy.lock import StudyLock, StudyLocked
@@ -189,28 +190,7 @@ def lock_lost(line: str, store=None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m raystudy.run", description=__doc__.splitlines()[0])
-    parser.add_argument("study", help="study YAML file")
-    parser.add_argument("--storage", help="store results here instead of the study file's storage")
-    parser.add_argument("--fresh", action="store_true", help="delete this study's results and start over")
-    parser.add_argument("--remeasure", action="store_true",
-                        help="measure every checkpoint again (changed measurement settings re-measure by themselves)")
-    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, a cluster `ray start` runs "
-                                          "here, or a new local instance)")
-    parser.add_argument("--num-cpus", type=int, help="CPUs for a newly started local Ray instance")
-    parser.add_argument("--no-report", action="store_true", help="skip building the report")
-    parser.add_argument("--logger", action="append", default=[], choices=["tensorboard", "mlflow", "wandb"],
-                        help="also send Tune's per-epoch results here (repeatable; adds to the study's loggers)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print the grid, missing datasets and the training device-hours; start nothing")
-    parser.add_argument("--device", metavar="NAME",
-                        help="with --dry-run: cpu or cuda (time it here), or a device profile of recorded "
-                             "throughputs (h100, a100, l4)")
-    talk = parser.add_mutually_exclusive_group()
-    talk.add_argument("-q", "--quiet", action="store_true", help="print only the closing summary")
-    talk.add_argument("-v", "--verbose", action="count", default=0,
-                      help="-v: a [measured] line per checkpoint; -vv: also Tune's and Ray's own output "
-                           "(status tables, every trial's configuration and result, worker logs)")
+    parser = run_parser()
     args = parser.parse_args(argv)
     args.verbosity = 0 if args.quiet else 1 + args.verbose
     t0 = time.perf_counter()
