@@ -1,5 +1,5 @@
 """Does the report scale with the study? Builds study folders by replicating realistic result rows (the three
-families of tests/fake_results.py, 124 rows with learning curves, about the smoke study's 141) 1x, 10x, 100x,
+families of tests/support/fake_results.py, 124 rows with learning curves, about the smoke study's 141) 1x, 10x, 100x,
 700x with new trial ids, then times ``write_report`` on each in a fresh child process and prints its seconds (wall
 and CPU), peak RSS and the size of index.html.
 
@@ -40,10 +40,10 @@ print(json.dumps({"seconds": time.perf_counter() - t0, "rss_mb": use.ru_maxrss /
 
 
 def base_rows(tmp: Path) -> pl.DataFrame:
-    """The fabricated rows of tests/fake_results.py, as the report reads them (re-measured rows resolved), with
+    """The fabricated rows of tests/support/fake_results.py, as the report reads them (re-measured rows resolved), with
     the learning curve a real final checkpoint stores (train_loss_curve: every epoch, as the smoke study's)."""
     sys.path.insert(0, str(REPO / "tests"))
-    from fake_results import write_study
+    from support.fake_results import write_study
 
     from raystudy.analysis.results import load_results
     rows = load_results(write_study(tmp))

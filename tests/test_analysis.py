@@ -9,7 +9,7 @@ import pytest
 import vl_convert
 from scipy import stats as sps
 
-from fake_results import write_study
+from support.fake_results import write_study
 from raystudy.analysis import charts, charts_hessian
 from raystudy.analysis.aggregate import format_mean_sem, format_summary, summary_table, varying_hyperparameters
 from raystudy.analysis.html import chart_spec

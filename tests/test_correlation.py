@@ -12,7 +12,7 @@ from raystudy.analysis.charts_correlation import complexity_chart, correlation_c
 from raystudy.analysis.correlation import (complexity_table, correlation_table, format_correlation_table,
                                            granulated_kendall, psi_axes, sharpness_columns, tau_b)
 from raystudy.analysis.html import chart_spec
-from tests.fake_results import circle_rows, digit_rows, function_rows
+from support.fake_results import circle_rows, digit_rows, function_rows
 
 BASE = dict(study="t", family="images", task="digits", model="cnn", regime="base", final=True, status="ok",
             lr=0.01, batch_size=64)

@@ -15,7 +15,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from dataset_files import write_cifar10
+from support.dataset_files import write_cifar10
 from raystudy.data import FetchError, Release, fetch, safe_extract, verify
 from raystudy.data.__main__ import main
 from raystudy.data.releases import RELEASES

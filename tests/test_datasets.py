@@ -1,4 +1,4 @@
-"""Real image datasets: loaders on files generated in the exact release formats (tests/dataset_files),
+"""Real image datasets: loaders on files generated in the exact release formats (tests/support/dataset_files),
 the -C corruption sets, plan-time checks and one-line errors."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from dataset_files import (
+from support.dataset_files import (
     CIFAR_CORRUPTIONS, TINY_CORRUPTIONS, class_colour, write_cifar10, write_cifar10_c, write_cifar100,
     write_tinyimagenet, write_tinyimagenet_c,
 )

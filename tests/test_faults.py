@@ -15,7 +15,7 @@ import polars as pl
 import pytest
 import ray
 
-from ray_procs import find_worker, raylet_pid
+from support.ray_procs import find_worker, raylet_pid
 from raystudy.plan import plan
 from raystudy.run import execute
 from raystudy.spec import expand, load_study

@@ -21,12 +21,12 @@ from pyarrow import fs as pafs
 
 import raystudy.report
 import raystudy.run
-from fake_results import write_study
+from support.fake_results import write_study
 from raystudy.faults import storage_fault
 from raystudy.plan import plan
 from raystudy.spec import expand, load_study
 from raystudy.storage import Store
-from s3_server import s3_bucket
+from support.s3_server import s3_bucket
 
 STUDY = """
 name: {name}
@@ -193,7 +193,7 @@ def _stopped(proc: subprocess.Popen, store: Store, timeout: float = 240) -> str:
 def _mid_run(store: Store, proc: subprocess.Popen, timeout: float = 240):
     """Hold the run mid-way, whatever the machine's speed: its measuring actor stopped (SIGSTOP) before it
     writes a row, and the first checkpoint on storage. Returns a callable that lets the actor go on."""
-    from ray_procs import find_worker, raylet_pid
+    from support.ray_procs import find_worker, raylet_pid
     deadline = time.time() + timeout
     measurer = find_worker(b"ray::Measurer", raylet_pid(), deadline)
     os.kill(measurer, signal.SIGSTOP)
@@ -218,7 +218,7 @@ def _complete(path: Path, store: Store, address: str) -> None:
 def test_s3_server_stopped_mid_run(tmp_path, cluster):
     """The S3 server stops mid-run (a checkpoint written, no row yet): exit 1 with one line naming the bucket location (no OSError
     traceback); the server back, the rerun completes with every row once."""
-    from s3_server import restart
+    from support.s3_server import restart
     bucket, servers, address = cluster
     # No retries: each would wait out the S3 client's own retries against a server that is not there.
     path = _study(tmp_path, "s3stop", f"{bucket}/runs", epochs=400, checkpoints=(100, 200, 300, 400), retries=0)

@@ -15,7 +15,7 @@ import pytest
 import ray
 import torch
 
-from ray_procs import find_worker, raylet_pid
+from support.ray_procs import find_worker, raylet_pid
 from raystudy.checkpoints import CheckpointError, list_checkpoints, load_checkpoint, resume_path
 from raystudy.run import execute, plan
 from raystudy.spec import expand, load_study

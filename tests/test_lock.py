@@ -17,7 +17,7 @@ import pytest
 
 from raystudy.lock import LockLost, StudyLock, StudyLocked
 from raystudy.storage import Store
-from s3_server import BUCKET, s3_bucket
+from support.s3_server import BUCKET, s3_bucket
 
 ROUNDS = 20
 

@@ -15,7 +15,7 @@ from ray.cluster_utils import Cluster
 from raystudy.run import execute, plan
 from raystudy.spec import expand, load_study
 from raystudy.storage import Store
-from s3_server import s3_bucket
+from support.s3_server import s3_bucket
 
 pytestmark = pytest.mark.slow
 STUDY = """

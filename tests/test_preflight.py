@@ -2,7 +2,7 @@
 and field, before Ray starts and before anything is written."""
 import pytest
 
-from dataset_files import write_cifar10, write_cifar10_c
+from support.dataset_files import write_cifar10, write_cifar10_c
 from raystudy.run import main
 
 BASE = """

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fake_results import write_study
+from support.fake_results import write_study
 from raystudy.report import build_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

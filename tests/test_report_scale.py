@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from fake_results import write_study
+from support.fake_results import write_study
 from raystudy.analysis import charts, charts_correlation, correlation, inference
 from raystudy.analysis.catalogue import report_charts
 from raystudy.analysis.charts import panel_width, sample_points, thin

@@ -12,11 +12,11 @@ import polars as pl
 import pytest
 import ray
 
-from fake_results import write_study
+from support.fake_results import write_study
 from raystudy.analysis.results import NotAStudyError, load_results
 from raystudy.run import main, plan
 from raystudy.storage import Store, StorageError, study_store
-from s3_server import bucket_files, s3_bucket
+from support.s3_server import bucket_files, s3_bucket
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -75,7 +75,7 @@ def test_study_end_to_end(tmp_path, cluster):
 def test_cifar_format_study_with_corruption_and_consistency(tmp_path, cluster):
     """Family C on CIFAR-10 files in the release format (generated): corruption accuracy over the 95 -C sets
     and disagreement between seeds reach the rows and the report's paired tests."""
-    from dataset_files import write_cifar10, write_cifar10_c
+    from support.dataset_files import write_cifar10, write_cifar10_c
     data = write_cifar10(tmp_path / "data", n_train=200, n_test=60)
     write_cifar10_c(tmp_path / "data", data["x_test"], data["y_test"])
     path = tmp_path / "cifar.yaml"

@@ -19,7 +19,7 @@ from raystudy.report import build_report
 from raystudy.run import execute, plan
 from raystudy.spec import expand, load_study
 from raystudy.storage import Store
-from s3_server import s3_bucket
+from support.s3_server import s3_bucket
 
 pytestmark = pytest.mark.slow
 TINY = Path(__file__).parent / "studies" / "tiny.yaml"

@@ -11,7 +11,7 @@ from torch import nn
 
 from raystudy.train.epoch import BatchSchedule, TrainingData, TrainStep, train_epoch
 from raystudy.train.sam import SAM
-from synthetic_images import small_cnn, uint8_task
+from support.synthetic_images import small_cnn, uint8_task
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

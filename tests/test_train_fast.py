@@ -21,7 +21,7 @@ from raystudy.train.augment import augment
 from raystudy.train.epoch import BatchSchedule, TrainingData, TrainStep, fits_on_device, train_epoch
 from raystudy.train.loop import build_model, load_trial_task, memory_share, train_trial
 from raystudy.train.sam import SAM, bn_stats_frozen
-from synthetic_images import small_cnn, uint8_task
+from support.synthetic_images import small_cnn, uint8_task
 
 STUDY = """
 name: fast
