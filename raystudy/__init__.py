@@ -75,20 +75,11 @@ def run_study(study: "str | Path | Study | dict[str, Any]", *, storage: str | No
             + (["--num-cpus", str(num_cpus)] if num_cpus else []) + ([] if report else ["--no-report"])
         code = main(argv)
         try:
-            spec = _load_quietly(path)
-            where = study_store(storage or spec.storage, spec.name).uri if spec else None
+            spec = load_study(path)  # bad input was already reported by main (exit 2): no folder then
+            where = study_store(storage or spec.storage, spec.name).uri
         except (StudyError, StorageError):
             where = None
     return StudyRun(code, where)
-
-
-def _load_quietly(path: Path) -> "Study | None":
-    from raystudy.spec import StudyError, load_study as _load
-
-    try:
-        return _load(path)
-    except StudyError:
-        return None
 
 
 def load_results(study_dir: "str | Path") -> "pl.DataFrame":
