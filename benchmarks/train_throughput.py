@@ -157,7 +157,7 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also time raystudy's loop with torch.compile")
     ap.add_argument("--no-sam", action="store_true")
     ap.add_argument("--record", metavar="PROFILE",
-                    help="append our fastest base-step img/s to raystudy/throughput.json under this device profile "
+                    help="append our fastest base-step img/s to raystudy/study/throughput.json under this device profile "
                          "(h100, a100, l4, ...), for --dry-run --device PROFILE")
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: 1 on the CPU, torch's own on CUDA)")
     args = ap.parse_args()
@@ -205,7 +205,7 @@ def main() -> None:
         cells = [(statistics.median(t[label]), statistics.median(t[ref])) for _, t in tables]
         print(f"{label:<28}" + "".join(f"{r:>11.0f}{r / r0:>7.2f}" for r, r0 in cells) + f"  {notes[label]}")
     if args.record:  # a trial's step as the study would run it: ours, no SAM, uncompiled, per precision
-        from raystudy.cost import _config, record_throughput
+        from raystudy.study.cost import _config, record_throughput
         for precision in precisions:
             rate = statistics.median(rates[f"ours base {precision}"])
             record_throughput(args.record, _config(args.model, args.model_args, (3, 32, 32), 10, args.batch, precision),

@@ -24,7 +24,7 @@ __all__ = ["StudyRun", "__version__", "build_report", "load_results", "load_stud
 if TYPE_CHECKING:
     import polars as pl
 
-    from raystudy.spec import Study
+    from raystudy.study import Study
 
 
 @dataclass(frozen=True)
@@ -41,9 +41,9 @@ class StudyRun:
 
 
 def load_study(path: str | Path) -> "Study":
-    """Read and validate a study YAML file. Raises ``raystudy.spec.StudyError`` (one line naming the file
+    """Read and validate a study YAML file. Raises ``raystudy.study.StudyError`` (one line naming the file
     and field) when it is not a valid study."""
-    from raystudy.spec import load_study as _load
+    from raystudy.study import load_study as _load
 
     return _load(path)
 
@@ -60,7 +60,7 @@ def run_study(study: "str | Path | Study | dict[str, Any]", *, storage: str | No
     import yaml
 
     from raystudy.run import main
-    from raystudy.spec import Study as _Study, StudyError
+    from raystudy.study import Study as _Study, StudyError
     from raystudy.storage import StorageError, study_store
 
     with tempfile.TemporaryDirectory(prefix="raystudy-") as tmp:

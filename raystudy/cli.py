@@ -14,7 +14,7 @@ COMMANDS = {  # name -> (module whose main(argv) runs it, one line of help)
     "run": ("raystudy.run", "run or resume a study: train, measure every checkpoint, write the report"),
     "report": ("raystudy.report", "rebuild a study's report and verdicts from its stored results alone"),
     "data": ("raystudy.data.__main__", "fetch and check the image dataset releases (CIFAR, Tiny ImageNet, -C)"),
-    "schema": ("raystudy.study_schema", "print the study file's JSON Schema (for editors)"),
+    "schema": ("raystudy.study.json_schema", "print the study file's JSON Schema (for editors)"),
 }
 HELP = f"""usage: raystudy [--version] [--help] COMMAND [ARGS...]
 

@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 
 from raystudy.checkpoints import CheckpointError, CheckpointRef, list_checkpoints, load_checkpoint
 from raystudy.layout import OUTPUTS, RowFile, measured, row_files, study_file
-from raystudy.preflight import preflight
+from raystudy.study.preflight import preflight
 from raystudy.repair import set_aside
-from raystudy.spec import Study, StudyError, expand, load_study
+from raystudy.study import Study, StudyError, expand, load_study
 from raystudy.trial import Trial
 from raystudy.storage import Store, StorageError, first_line, study_store
 

@@ -19,8 +19,8 @@ from raystudy.cluster.connect import connect
 from raystudy.layout import lock_file, report_path
 from raystudy.lock import StudyLock, StudyLocked
 from raystudy.plan import Plan, plan, still_unmeasured
-from raystudy.preflight import preflight
-from raystudy.spec import StudyError, expand, load_study
+from raystudy.study.preflight import preflight
+from raystudy.study import StudyError, expand, load_study
 from raystudy.storage import FENCES, first_line
 
 
@@ -147,7 +147,7 @@ def dry_run(study_path: str, device_name: str | None = None) -> int:
     throughput table's device profile (``h100``, ...). Writes nothing, starts nothing. Exit 0, or 2 on bad
     input."""
     import torch
-    from raystudy.cost import format_cost, profile_names, study_cost
+    from raystudy.study.cost import format_cost, profile_names, study_cost
     from raystudy.data.releases import RELEASES
 
     profile = device_name if device_name not in (None, "cpu", "cuda") else None

@@ -1,7 +1,7 @@
 """The trial record: one grid point of a study, everything needed to train it and measure its checkpoints.
 
 A plain frozen dataclass (JSON-able through ``to_dict``/``from_dict``) that training, measuring and the Ray
-layer import without the study-file parser (``raystudy.spec`` builds trials from a validated study). Its id
+layer import without the study-file parser (``raystudy.study`` builds trials from a validated study). Its id
 (``trial_id``) is set by the grid expansion; ``measure_hash`` names the measurement settings of a row.
 """
 from __future__ import annotations

@@ -9,8 +9,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "raystudy"
 # Stage of each top-level module or package; anything not listed is neutral ground (trial, build, layout,
 # models, tasks, metrics registry, schema, storage, lock, seeding) or the driver (run, cli, cluster).
-STAGE = {"spec": 0, "bounds": 0, "study_schema": 0, "plan": 1, "preflight": 1, "cost": 1, "train": 2,
-         "measure": 3, "geometry": 3, "safety": 3, "analysis": 4, "report": 5}
+STAGE = {"study": 0, "plan": 1, "train": 2, "measure": 3, "geometry": 3, "safety": 3, "analysis": 4, "report": 5}
 
 
 def _imports(path: Path) -> list[str]:
@@ -45,7 +44,20 @@ def test_trial_lives_outside_the_parser():
         # (cluster/resources.py and cluster/connect.py check a Study against the cluster: parser side)
         if path.split("/")[0] in ("train", "measure", "trial.py", "build.py", "checkpoints.py") \
                 or path in ("cluster/trials.py", "cluster/pool.py"):
-            assert "raystudy.spec" not in imports, f"{path} imports the study-file parser"
+            parser = [m for m in imports if m == "raystudy.study" or m.startswith("raystudy.study.")]
+            assert not parser, f"{path} imports the study-file parser: {parser}"
+
+
+def test_the_study_package_is_the_first_stage():
+    """study/ (schema, load, grid, preflight, cost, bounds) imports no later stage and not the Ray glue; the
+    plan may import it; the old flat modules are gone (one definition of each thing)."""
+    later = ("plan", "train", "measure", "analysis", "report", "cluster", "run")
+    offenders = [f"{path} imports {m}" for path, imports in _modules().items() if path.startswith("study/")
+                 for m in imports if m.split(".")[:2] in (["raystudy", x] for x in later)]
+    assert not offenders, offenders
+    assert "raystudy.study" in _imports(PACKAGE / "plan.py")
+    gone = [n for n in ("spec", "bounds", "cost", "preflight", "study_schema") if (PACKAGE / f"{n}.py").exists()]
+    assert not gone, gone
 
 
 def test_the_study_folder_layout_is_written_down_once():

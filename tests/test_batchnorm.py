@@ -8,7 +8,7 @@ from torch import nn
 
 from raystudy.checkpoints import list_checkpoints
 from raystudy.measure import measure_checkpoint
-from raystudy.spec import expand, load_study
+from raystudy.study import expand, load_study
 from raystudy.storage import Store
 from raystudy.train.batchnorm import batchnorm_layers, recalibrate_batchnorm, train_mode_accuracy
 from raystudy.train.loop import train_trial

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from raystudy import bounds
-from raystudy.preflight import memory_bytes, preflight
+from raystudy.study import bounds
+from raystudy.study.preflight import memory_bytes, preflight
 from raystudy.run import main
-from raystudy.spec import StudyError, expand, grid_size, load_study
+from raystudy.study import StudyError, expand, grid_size, load_study
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,7 +16,7 @@ from scipy import stats
 
 from raystudy.analysis.inference import median_interval, sign_flip_test, swap_test, tau_test
 from raystudy.analysis.verdicts import decide, verdict_circles, verdict_functions, verdict_images
-from raystudy.spec import Verdicts
+from raystudy.study import Verdicts
 
 ALPHA, N_SIM = 0.05, 1000
 LIMIT = ALPHA + 2 * np.sqrt(ALPHA * (1 - ALPHA) / N_SIM)

@@ -13,7 +13,7 @@ import yaml
 
 import raystudy
 from raystudy.cli import main
-from raystudy.study_schema import json_schema
+from raystudy.study.json_schema import json_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDIES = sorted((ROOT / "studies").glob("*.yaml"))

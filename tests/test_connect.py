@@ -14,7 +14,7 @@ import pytest
 
 from raystudy.cluster.connect import _probe
 from raystudy.run import main
-from raystudy.spec import StudyError
+from raystudy.study import StudyError
 
 STUDY = """
 name: c

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from raystudy.cost import study_cost, throughput
+from raystudy.study.cost import study_cost, throughput
 from raystudy.run import main
-from raystudy.spec import expand, load_study
+from raystudy.study import expand, load_study
 
 STUDY = """
 name: dry
@@ -88,7 +88,7 @@ def test_unknown_device_profile_is_one_line(write_study, capsys):
 def test_recorded_throughput_becomes_gpu_hours(tmp_path, write_study, monkeypatch):
     import json
 
-    from raystudy import cost
+    from raystudy.study import cost
     table = tmp_path / "throughput.json"
     table.write_text(json.dumps({"format": 1, "profiles": {"h100": {"device": "H100", "entries": []}}}))
     monkeypatch.setattr(cost, "PROFILES", table)

@@ -22,7 +22,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from raystudy.checkpoints import list_checkpoints, load_checkpoint
-from raystudy.spec import expand, load_study
+from raystudy.study import expand, load_study
 from raystudy.storage import Store
 from raystudy.train.batchnorm import HostSyncBatchNorm, sync_batchnorm
 from raystudy.train.ddp import DataParallel, Shard

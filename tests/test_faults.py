@@ -18,7 +18,7 @@ import ray
 from support.ray_procs import find_worker, raylet_pid
 from raystudy.plan import plan
 from raystudy.run import execute
-from raystudy.spec import expand, load_study
+from raystudy.study import expand, load_study
 
 pytestmark = pytest.mark.slow
 STUDY = """

@@ -24,7 +24,7 @@ import raystudy.run
 from support.fake_results import write_study
 from raystudy.faults import storage_fault
 from raystudy.plan import plan
-from raystudy.spec import expand, load_study
+from raystudy.study import expand, load_study
 from raystudy.storage import Store
 from support.s3_server import s3_bucket
 

@@ -18,7 +18,7 @@ import torch
 from support.ray_procs import find_worker, raylet_pid
 from raystudy.checkpoints import CheckpointError, list_checkpoints, load_checkpoint, resume_path
 from raystudy.run import execute, plan
-from raystudy.spec import expand, load_study
+from raystudy.study import expand, load_study
 
 pytestmark = pytest.mark.slow
 
@@ -97,7 +97,7 @@ def test_diverging_trial_is_a_result_not_a_failure(tmp_path, cluster):
     model: mlp
     model_args: {hidden: [8]}
     optimizer: sgd
-    lr: [100.0, 0.01]  # the top of the documented range (raystudy/bounds.py) diverges here
+    lr: [100.0, 0.01]  # the top of the documented range (raystudy/study/bounds.py) diverges here
     epochs: 20
     checkpoints: [5]
     n_train: 64

@@ -115,7 +115,7 @@ def test_rows_carry_the_scale_the_raw_and_the_scale_free_complexity(tmp_path, wr
     from raystudy.measure import measure_checkpoint, write_row
     from raystudy.analysis.aggregate import varying_hyperparameters
     from raystudy.analysis.results import load_results
-    from raystudy.spec import expand, load_study
+    from raystudy.study import expand, load_study
     from raystudy.storage import Store
     from raystudy.train.loop import build_model, load_trial_task, train_trial
 

@@ -11,7 +11,7 @@ from raystudy.geometry.pac_bayes import pac_bayes_flatness
 from raystudy.measure import measure_checkpoint
 from raystudy.metrics.pac_bayes import RelativeMSE, zero_one_error
 from raystudy.seeding import derive_seed
-from raystudy.spec import expand, load_study
+from raystudy.study import expand, load_study
 from raystudy.storage import Store
 from raystudy.tasks.base import batches
 from raystudy.train.loop import build_model, load_trial_task, train_trial

@@ -8,14 +8,14 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from raystudy import metrics, spec
+from raystudy import metrics, study
 from raystudy.analysis.correlation import sharpness_columns
 from raystudy.analysis.labels import metric_label
 from raystudy.checkpoints import list_checkpoints
 from raystudy.measure import measure_checkpoint
 from raystudy.metrics import Column, Metric, get_metric, list_metrics, register_metric
 from raystudy.schema import COLUMNS, HESSIAN, SCHEMA, SHARPNESS
-from raystudy.spec import StudyError, expand, load_study
+from raystudy.study import StudyError, expand, load_study
 from raystudy.storage import Store
 from raystudy.train.loop import train_trial
 
@@ -32,11 +32,11 @@ def test_registry_holds_every_metric_with_its_settings_and_columns():
                     "complexity": "complexity", "hessian": "hessian", "pac_bayes": "pac_bayes"}
     for m in metrics.metrics():  # each settings model is the Block field under its key, with its defaults
         if m.settings is not None:
-            assert spec.Block.model_fields[m.settings_key].annotation is m.settings
-            assert getattr(spec.Block.model_validate({**_block(), "name": "b"}), m.settings_key) == m.settings()
-    # the settings classes keep their names and stay importable from spec (field paths like sharpness.draws)
-    assert (spec.Sharpness, spec.Hessian, spec.Adaptive, spec.Complexity, spec.Corruption) == tuple(
-        get_metric(n).settings for n in ("sam_sharpness", "hessian", "adaptive_sharpness", "complexity", "corruption"))
+            assert study.Block.model_fields[m.settings_key].annotation is m.settings
+            assert getattr(study.Block.model_validate({**_block(), "name": "b"}), m.settings_key) == m.settings()
+    # the settings classes keep their names (the JSON Schema's $defs, field paths like sharpness.draws)
+    assert [get_metric(n).settings.__name__ for n in ("sam_sharpness", "hessian", "adaptive_sharpness", "complexity",
+            "corruption")] == ["Sharpness", "Hessian", "Adaptive", "Complexity", "Corruption"]
     assert get_metric("pac_bayes").settings().model_dump() == {"bound": 0.1, "eps": 1e-3, "draws": 32}
     with pytest.raises(KeyError, match="unknown metric 'nope'; known: ece, corruption"):
         get_metric("nope")
@@ -56,8 +56,8 @@ def test_schema_labels_and_sharpness_sets_come_from_the_registry():
             assert metric_label(c.name) == c.label
     assert SHARPNESS == ("fisher_rao", "relative_flatness", "sam_sharpness", "adaptive_sharpness", "pac_bayes_flatness")
     assert HESSIAN == ("hessian_lambda_max", "hessian_trace")
-    assert "pac_bayes_flatness" in spec.SHARPNESS_METRICS  # a verdict may name it ...
-    assert "pac_bayes_flatness" not in spec.Verdicts().sharpness.metrics  # ... but the defaults are unchanged
+    assert "pac_bayes_flatness" in study.SHARPNESS_METRICS  # a verdict may name it ...
+    assert "pac_bayes_flatness" not in study.Verdicts().sharpness.metrics  # ... but the defaults are unchanged
     # the correlation analysis takes a newly registered sharpness metric with no edit of its own
     rows = pl.DataFrame({"seed": [0, 0, 0], "sam_sharpness": [1.0, 2.0, 3.0], "pac_bayes_flatness": [4.0, 5.0, 6.0]})
     assert ("PAC-Bayes flatness (1/sigma'^2)", "pac_bayes_flatness") in sharpness_columns(rows)[1]

@@ -13,7 +13,7 @@ import ray
 from ray.cluster_utils import Cluster
 
 from raystudy.run import execute, plan
-from raystudy.spec import expand, load_study
+from raystudy.study import expand, load_study
 from raystudy.storage import Store
 from support.s3_server import s3_bucket
 

@@ -50,8 +50,8 @@ def test_corruption_metric_needs_the_c_release(write_study, tmp_path, capsys):
 
 
 def test_a_study_that_fits_passes_preflight(write_study, tmp_path):
-    from raystudy.preflight import preflight
-    from raystudy.spec import load_study
+    from raystudy.study.preflight import preflight
+    from raystudy.study import load_study
     data = write_cifar10(tmp_path / "data", n_train=50, n_test=20)
     write_cifar10_c(tmp_path / "data", data["x_test"], data["y_test"])
     extra = f"    data_root: {tmp_path}/data\n    metrics: [corruption, consistency, hessian]\n"
@@ -63,8 +63,8 @@ def test_a_logger_whose_package_is_missing_is_refused(write_study, tmp_path, cap
     import importlib.util
     path = write_study(BASE.format(tmp="{tmp}", family="images", task="digits", model="mlp")
                        + "loggers: [tensorboard]\n")
-    from raystudy.preflight import preflight
-    from raystudy.spec import load_study
+    from raystudy.study.preflight import preflight
+    from raystudy.study import load_study
     preflight(load_study(path), path)  # tensorboardX is installed with Ray Tune
     if importlib.util.find_spec("mlflow") is None:
         assert main([str(path), "--logger", "mlflow"]) == 2
@@ -74,8 +74,8 @@ def test_a_logger_whose_package_is_missing_is_refused(write_study, tmp_path, cap
 
 def test_corruption_metric_on_digits_passes_and_on_circles_is_refused(write_study, tmp_path, capsys, monkeypatch):
     """digits has a generated corruption set (digits-c, no files); circles has none, refused at load time."""
-    from raystudy.preflight import preflight
-    from raystudy.spec import load_study
+    from raystudy.study.preflight import preflight
+    from raystudy.study import load_study
     monkeypatch.setenv("RAYSTUDY_DATA", str(tmp_path / "nodata"))  # a data root with nothing in it
     path = _study(write_study, extra="    metrics: [corruption, consistency]\n")
     preflight(load_study(path), path)

@@ -19,7 +19,7 @@ from raystudy.measure import measure_checkpoint, write_row
 from raystudy.plan import Plan, plan, still_unmeasured
 from raystudy.repair import start_point
 from raystudy.schema import SCHEMA
-from raystudy.spec import expand, load_study
+from raystudy.study import expand, load_study
 from raystudy.train.loop import train_trial
 
 pytestmark = pytest.mark.usefixtures("one_thread")

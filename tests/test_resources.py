@@ -3,7 +3,7 @@ an autoscaling cluster turns them into a warning naming the node type that would
 import pytest
 
 from raystudy.cluster.resources import NodeShape, check_resources
-from raystudy.spec import StudyError, load_study
+from raystudy.study import StudyError, load_study
 
 STUDY = """
 name: r

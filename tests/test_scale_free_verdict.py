@@ -12,7 +12,7 @@ from raystudy.analysis.judge import judge, write_verdicts
 from raystudy.analysis.results import load_results
 from raystudy.checkpoints import list_checkpoints
 from raystudy.measure import measure_checkpoint, write_row
-from raystudy.spec import expand, load_study
+from raystudy.study import expand, load_study
 from raystudy.storage import Store
 from raystudy.train.loop import train_trial
 

@@ -10,7 +10,7 @@ import pytest
 import ray
 
 from raystudy.run import execute, plan
-from raystudy.spec import expand, load_study
+from raystudy.study import expand, load_study
 
 pytestmark = pytest.mark.slow
 TINY = Path(__file__).parent / "studies" / "tiny.yaml"

@@ -17,7 +17,7 @@ import ray
 from raystudy.analysis.results import load_results
 from raystudy.report import build_report
 from raystudy.run import execute, plan
-from raystudy.spec import expand, load_study
+from raystudy.study import expand, load_study
 from raystudy.storage import Store
 from support.s3_server import s3_bucket
 

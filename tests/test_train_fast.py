@@ -15,7 +15,7 @@ from torch import nn
 
 from raystudy.checkpoints import list_checkpoints, load_checkpoint
 from raystudy.seeding import derive_seed
-from raystudy.spec import expand, load_study
+from raystudy.study import expand, load_study
 from raystudy.storage import Store
 from raystudy.train.augment import augment
 from raystudy.train.epoch import BatchSchedule, TrainingData, TrainStep, fits_on_device, train_epoch

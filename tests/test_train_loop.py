@@ -10,7 +10,7 @@ import torch
 from raystudy.checkpoints import CheckpointError, list_checkpoints, load_checkpoint
 from raystudy.measure import SCHEMA, measure_checkpoint, measured, write_row
 from raystudy.measure.rows import row_files
-from raystudy.spec import expand, load_study
+from raystudy.study import expand, load_study
 from raystudy.storage import Store
 from raystudy.train.loop import build_model, load_trial_task, train_trial
 

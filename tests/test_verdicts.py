@@ -11,7 +11,7 @@ from scipy import stats as sps
 
 from raystudy.analysis.inference import median_interval, sign_flip_test, swap_test, tau_test
 from raystudy.analysis.verdicts import decide, verdict_circles, verdict_functions, verdict_images, verdicts
-from raystudy.spec import Verdicts, VerdictGroup
+from raystudy.study import Verdicts, VerdictGroup
 
 SHAPE = {"sphere": 1.0, "booth": 3.0, "camel": 5.0, "himmelblau": 20.0, "rosenbrock": 80.0}
 

@@ -14,7 +14,7 @@ from raystudy.analysis.verdicts import functions_points
 from raystudy.schema import SAFETY, SHARPNESS
 
 PERFORMANCE = ("test_acc", "gen_gap")  # beside the paired sharpness and safety: what the regime did to accuracy
-from raystudy.spec import Verdicts
+from raystudy.study import Verdicts
 
 Figure = tuple[str, alt.TopLevelMixin, str]  # (file stem, chart, caption)
 

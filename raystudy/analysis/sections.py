@@ -17,7 +17,7 @@ from raystudy.analysis.results import HYPERPARAMETERS, final_rows
 from raystudy.analysis.stats import compare_to_base
 from raystudy.analysis.judge import Judgement
 from raystudy.analysis.verdicts import Verdict, functions_fit_table
-from raystudy.spec import Verdicts
+from raystudy.study import Verdicts
 
 STALE_BN_PP = 5.0  # train accuracy with batch statistics this many points above eval mode: stale running stats
 

@@ -31,7 +31,7 @@ from raystudy.analysis.inference import N_PERM, PermutationTest, holm, smallest_
 from raystudy.analysis.labels import metric_label
 from raystudy.analysis.results import REGIME_HYPERPARAMETERS, final_rows, ok_rows, present
 from raystudy.analysis.stats import compare_to_base
-from raystudy.spec import Verdicts
+from raystudy.study import Verdicts
 
 CLAIMS = {
     "A": "sharpness rises with the complexity of the target function, among equally well-fit solutions",

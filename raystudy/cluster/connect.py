@@ -19,7 +19,7 @@ import sys
 import threading
 from urllib.parse import urlsplit
 
-from raystudy.spec import Study, StudyError
+from raystudy.study import Study, StudyError
 
 PROBE_S = 5.0  # a TCP connect to a live GCS answers in milliseconds
 JOIN_S = 15.0  # ray.init joining a live cluster takes 1-5 s; with the probe and imports, under 30 s

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from raystudy.spec import Study, StudyError
+from raystudy.study import Study, StudyError
 
 DRIVER_CPU = 0.01
 

@@ -19,7 +19,7 @@ class PacBayes(Settings):
     """The ``pac_bayes`` metric: the allowed expected increase of the bounded loss (``bound``: error rate, or
     relative MSE), the noise floor ``eps`` on every weight's standard deviation, and the Monte Carlo ``draws``
     shared by every sigma of the search."""
-    # Ranges (as raystudy/bounds.py documents for the built-in metrics): an error rate or relative MSE beyond
+    # Ranges (as raystudy/study/bounds.py documents for the built-in metrics): an error rate or relative MSE beyond
     # 100 bounds nothing; eps is a noise std beside weights of order 1; draws as every other Monte Carlo count.
     bound: float = Field(0.1, gt=0, le=100)
     eps: float = Field(1e-3, ge=0, le=1)

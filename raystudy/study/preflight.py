@@ -15,9 +15,11 @@ import importlib.util
 import os
 from pathlib import Path
 
-from raystudy import bounds, models, tasks
+from raystudy import models, tasks
+from raystudy.study import bounds
+from raystudy.study.load import StudyError
+from raystudy.study.schema import Study
 from raystudy.tasks.datasets import DATASETS
-from raystudy.spec import Study, StudyError
 
 
 LOGGER_PACKAGES = {"tensorboard": "tensorboardX", "mlflow": "mlflow", "wandb": "wandb"}

@@ -1,6 +1,6 @@
 """The study file's JSON Schema, for editors (``raystudy schema > study.schema.json``).
 
-Generated from the pydantic models that validate study files (``raystudy.spec``), with the names the
+Generated from the pydantic models that validate study files (``raystudy.study``), with the names the
 registries know added as enums (models, tasks, metrics, regimes), so an editor completes them. The schema
 checks the file's shape and names; the study loader still does the checks a schema cannot express (a
 model that cannot take a task's input, grid size, resources), each as one line naming the field.
@@ -19,7 +19,7 @@ SCHEMA_ID = "https://raystudy.dev/study.schema.json"
 
 def regimes() -> list[str]:
     """Every regime in canonical form: ``base`` and the ``+``-joined subsets of the regularisers in order."""
-    from raystudy.spec import REGULARISERS
+    from raystudy.study import REGULARISERS
 
     parts = [list(c) for n in range(1, len(REGULARISERS) + 1) for c in itertools.combinations(REGULARISERS, n)]
     return ["base", *("+".join(p) for p in parts)]
@@ -37,7 +37,7 @@ def _one_or_many(prop: dict[str, Any], names: list[str]) -> None:
 def json_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of a study file. Cost: imports the spec, models and tasks (~3 s)."""
     from raystudy import models, tasks
-    from raystudy.spec import METRICS, Study
+    from raystudy.study import METRICS, Study
 
     schema = Study.model_json_schema()
     schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID, **schema}

@@ -1,52 +1,28 @@
-"""The study file: schema, validation, grid expansion and stable trial ids.
+"""The study file's schema: pydantic models for the study, its blocks, their settings and the verdicts.
 
 A study YAML has a ``name``, a ``storage`` root and one or more ``blocks``. Each block is a grid:
 any axis field (``task, model, regime, seed, lr, momentum, batch_size, weight_decay, sam_rho,
-factor, label_noise, target_scale``) may be a list, and the block expands to the full cross product.
-Everything else in a block is fixed for all of its trials.
-
-Bad input raises :class:`StudyError` whose message is one line naming the file and the field,
-e.g. ``studies/x.yaml: blocks[1].model: unknown model 'resnet81'; known: cnn_bn, mlp, ...``.
+factor, label_noise, target_scale``) may be a list, and the block expands to the full cross product
+(``raystudy.study.grid``). Everything else in a block is fixed for all of its trials. A problem a model
+finds raises a ``ValueError``/``SettingError`` that ``raystudy.study.load`` turns into one line naming the
+field. Cost: importing it imports the model and metric registries, not torch.
 """
 from __future__ import annotations
 
-import collections
-import dataclasses
-import hashlib
-import itertools
-import json
-import os
-import re
-import stat
-from dataclasses import replace
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import Field, create_model, field_validator, model_validator
 
-from raystudy import bounds, metrics as registry, models, tasks
+from raystudy import metrics as registry, models, tasks
 from raystudy.metrics import CLASSIFICATION, SettingError, Settings, get_metric, list_metrics
-# The metrics' settings live with their registry entries; re-exported under their old names here.
-from raystudy.metrics import Radii  # noqa: F401
-from raystudy.metrics.adaptive_sharpness import Adaptive  # noqa: F401
-from raystudy.metrics.complexity import Complexity  # noqa: F401
-from raystudy.metrics.corruption import Corruption  # noqa: F401
-from raystudy.metrics.hessian import Hessian  # noqa: F401
-from raystudy.metrics.sam_sharpness import Sharpness  # noqa: F401
-# The trial record lives in its own module (training, measuring and Ray import it without this parser);
-# re-exported here for the study-side code that builds trials.
-from raystudy.trial import MEASUREMENT_FIELDS, RESUME_EVERY_DEFAULT, Trial  # noqa: F401
+from raystudy.study import bounds
+from raystudy.trial import RESUME_EVERY_DEFAULT
 
 REGULARISERS = ("aug", "wd", "sam")  # canonical order inside a regime name: "aug+wd+sam"
 AXES = ("task", "model", "regime", "seed", "lr", "momentum", "batch_size", "weight_decay", "sam_rho",
         "factor", "label_noise", "target_scale")
 METRICS = tuple(list_metrics())  # the registry's, in its order
 CLASSIFICATION_METRICS = tuple(m.name for m in registry.metrics() if "functions" not in m.families)
-
-
-class StudyError(Exception):
-    """Bad input. ``str(err)`` is the one line a user sees: ``file: field: problem``."""
 
 
 # strict: `epochs: true` is not 1 and `lr: "0.1"` is not 0.1 (ints still pass as floats);
@@ -371,119 +347,6 @@ def canonical_regime(name: str) -> str:
     return "+".join(r for r in REGULARISERS if r in parts)
 
 
-class _StudyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses what would silently change a study: a key given twice (YAML keeps the
-    last) and aliases (``*name``: a few lines of them expand exponentially, the "billion laughs")."""
-
-    depth = 0  # collections open around the node being composed
-
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.composer.ComposerError(None, None, f"alias *{event.anchor} is not allowed in a study file "
-                                              "(write the value out)", event.start_mark)
-        # The composer recurses once per level: refuse deep nesting before Python's stack runs out.
-        if self.depth >= bounds.MAX_DEPTH:
-            raise yaml.composer.ComposerError(None, None, f"nested deeper than {bounds.MAX_DEPTH} levels",
-                                              self.peek_event().start_mark)
-        self.depth += 1
-        try:
-            return super().compose_node(parent, index)
-        finally:
-            self.depth -= 1
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice",
-                                                        key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
-# YAML 1.1 (PyYAML) reads `1e-3` as a string; studies mean a number, as YAML 1.2 does.
-_StudyLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"))
-
-
-def _parse_yaml(text: str, source: str | Path) -> dict:
-    """The study file's top-level mapping; StudyError naming ``source`` (and the line) when it is not one."""
-    try:
-        raw = yaml.load(text, Loader=_StudyLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark else ""
-        raise StudyError(f"{source}: {where}invalid YAML: {getattr(err, 'problem', err)}") from None
-    except RecursionError:  # the depth limit comes first; this is the backstop
-        raise StudyError(f"{source}: invalid YAML: nested too deeply") from None
-    if not isinstance(raw, dict):
-        raise StudyError(f"{source}: expected a mapping with name, storage and blocks at the top level")
-    return raw
-
-
-def load_study(path: str | Path) -> Study:
-    """Read and validate a study YAML. Raises :class:`StudyError` with one line on any problem."""
-    path = Path(path)
-    raw = _parse_yaml(read_study_text(path), path)
-    try:
-        return Study.model_validate(raw)
-    except ValidationError as err:
-        raise StudyError(f"{path}: {_first_error(err)}") from None
-
-
-def read_study_text(path: Path) -> str:
-    """The study file's text, read with bounds: a regular file only (a FIFO would block for ever, /dev/zero
-    never end, a directory is no file), at most ``bounds.MAX_FILE_BYTES``, UTF-8. StudyError otherwise.
-    Cost: one stat and one read of at most 1 MiB."""
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise StudyError(f"{path}: file not found") from None
-    except OSError as err:
-        raise StudyError(f"{path}: cannot read: {err.strerror or err}") from None
-    if not stat.S_ISREG(info.st_mode):
-        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "a FIFO" if stat.S_ISFIFO(info.st_mode) \
-            else "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) else "not a regular file"
-        raise StudyError(f"{path}: is {kind}, not a regular file")
-    too_big = StudyError(f"{path}: larger than {bounds.MAX_FILE_BYTES:,} bytes; a study file is a few kB")
-    if info.st_size > bounds.MAX_FILE_BYTES:
-        raise too_big
-    try:
-        # O_NONBLOCK: should the path have become a FIFO since the stat, opening it still returns at once.
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-        with os.fdopen(fd, "rb") as f:
-            data = f.read(bounds.MAX_FILE_BYTES + 1)  # a file still growing is cut off here
-        if len(data) > bounds.MAX_FILE_BYTES:
-            raise too_big
-        return data.decode("utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise StudyError(f"{path}: cannot read: {getattr(err, 'strerror', None) or err}") from None
-
-
-def verdict_settings(text: str, source: str) -> Verdicts:
-    """The ``verdicts`` section of a study file's text (the defaults when it has none), validated on its own:
-    the report reads it from the study file as run, whose other fields may predate this version.
-    Raises :class:`StudyError` naming ``source`` and the field."""
-    raw = _parse_yaml(text, source)
-    try:
-        return Verdicts.model_validate(raw.get("verdicts") or {})
-    except ValidationError as err:
-        raise StudyError(f"{source}: verdicts.{_first_error(err)}") from None
-
-
-def expand(study: Study) -> list[Trial]:
-    """The study's trials: every block's cross product, in file order. Ids are unique and stable."""
-    trials = [t for block in study.blocks for t in _expand_block(study.name, block)]
-    counts = collections.Counter(t.trial_id for t in trials)  # linear: studies reach 10^5 trials
-    dupes = sorted(i for i, n in counts.items() if n > 1)
-    if dupes:
-        raise StudyError(f"blocks: duplicate trials {dupes[:3]} (a list repeats a value?)")
-    return trials
-
-
 def grid_size(block: Block) -> int:
     """How many trials ``block`` expands to, counted from its axis lengths without building one: the
     product of the axes, where sam_rho multiplies only the regimes with SAM and weight_decay only those
@@ -498,76 +361,6 @@ def grid_size(block: Block) -> int:
     return rest * per_regime
 
 
-def _expand_block(study: str, block: Block) -> list[Trial]:
-    values = {axis: _as_list(getattr(block, axis)) for axis in AXES}
-    varying = [a for a in AXES if len(values[a]) > 1 and a not in ("task", "model", "regime", "seed")]
-    settings = _metric_settings(block)
-    trials, seen = [], set()
-    for combo in itertools.product(*(values[a] for a in AXES)):
-        point = dict(zip(AXES, combo))
-        regs = set(point["regime"].split("+"))
-        trial = Trial(
-            study=study, block=block.name, family=block.family, task=point["task"], model=point["model"],
-            regime=point["regime"], seed=point["seed"], optimizer=block.optimizer, lr=point["lr"],
-            momentum=point["momentum"], batch_size=point["batch_size"],
-            weight_decay=point["weight_decay"] if "wd" in regs else 0.0,
-            sam_rho=point["sam_rho"] if "sam" in regs else None, augment="aug" in regs,
-            factor=point["factor"], label_noise=point["label_noise"], schedule=block.schedule,
-            epochs=block.epochs, checkpoints=tuple(sorted({*(block.checkpoints or []), block.epochs})),
-            n_train=block.n_train, n_test=block.n_test, data_root=block.data_root,
-            shuffle_seed=block.shuffle_seed if block.shuffle_seed is not None else point["seed"],
-            model_args=dict(block.model_args), metrics=tuple(block.metrics), **settings,
-            measure=block.measure.model_dump(), resources=block.resources.model_dump(),
-            resume_every=block.resume_every.model_dump(),
-            precision=block.precision, compile=block.compile,
-            target_scale=1.0 if point["target_scale"] is None else float(point["target_scale"]),
-        )
-        # An axis the regime does not use (sam_rho without sam, weight_decay without wd) neither names
-        # the trial nor multiplies it: base trains once per seed in a SAM-radius sweep.
-        used = [a for a in varying if not (a == "sam_rho" and "sam" not in regs)
-                and not (a == "weight_decay" and "wd" not in regs)]
-        trial = _with_id(trial, {a: point[a] for a in used})
-        if trial.trial_id not in seen:
-            seen.add(trial.trial_id)
-            trials.append(trial)
-    return trials
-
-
-def _metric_settings(block: Block) -> dict[str, Any]:
-    """Trial keyword arguments with the block's metric settings: the metrics that have a Trial field of their
-    own (those registered before the registry existed) always, every other one under ``metric_settings`` and
-    only when the block lists it, so a newly registered metric changes no existing trial's measure_hash."""
-    own = {f.name for f in dataclasses.fields(Trial)}
-    out: dict[str, Any] = {"metric_settings": {}}
-    for m in registry.metrics():
-        if m.settings_key in own:
-            out[m.settings_key] = getattr(block, m.settings_key).model_dump()
-        elif m.settings_key is not None and m.name in block.metrics:
-            out["metric_settings"][m.settings_key] = getattr(block, m.settings_key).model_dump()
-    return out
-
-
-# Fields added after ids were first issued enter the hash only when set away from their default, so
-# adding a field never changes the id (and orphans the checkpoints) of a trial that does not use it.
-_HASHED_WHEN_SET = {"precision": "fp32", "compile": False, "target_scale": 1.0}
-_ID_TAGS = {"lr": "lr", "momentum": "m", "batch_size": "bs", "weight_decay": "wd", "sam_rho": "rho",
-            "factor": "f", "label_noise": "p", "target_scale": "a"}
-
-
-def _with_id(trial: Trial, varying: dict[str, Any]) -> Trial:
-    """Readable prefix + hash of everything that shapes training (not resources, resume points or
-    metrics), so an edited setting never resumes from a stale checkpoint while an unchanged file gives
-    the same ids."""
-    shaping = {k: v for k, v in trial.to_dict().items()
-               if k not in (*MEASUREMENT_FIELDS, "metric_settings", "resources", "resume_every", "trial_id", "data_root")
-               and not (k in _HASHED_WHEN_SET and v == _HASHED_WHEN_SET[k])}
-    digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:6]
-    extra = "".join(f"-{_ID_TAGS[k]}{v:g}" if isinstance(v, float) else f"-{_ID_TAGS[k]}{v}"
-                    for k, v in varying.items())
-    readable = f"{trial.block}-{trial.task}-{trial.model}-{trial.regime}-s{trial.seed}{extra}"
-    return replace(trial, trial_id=f"{re.sub(r'[^A-Za-z0-9_.+-]', '_', readable)}-{digest}")
-
-
 def _as_list(v: Any) -> list:
     return list(v) if isinstance(v, list) else [v]
 
@@ -578,27 +371,3 @@ _FieldError = SettingError  # also what a metric's settings raise to name one of
 def _field_error(field_name: str | tuple[str | int, ...], msg: str) -> _FieldError:
     # Cross-field checks run on the whole block; this lets the message still name the field.
     return _FieldError(field_name, msg)
-
-
-def _first_error(err: ValidationError) -> str:
-    """``blocks[1].model: unknown model 'resnet81'; known: ...`` from pydantic's first error. A value
-    that fails every member of a union (``lr: [0.1, .inf]`` against ``float | list[float]``) reports
-    the member that got furthest into it (the list's element), not the first member tried."""
-    errors = err.errors(include_url=False)
-    first = errors[0]["loc"][:1]
-    e = max((x for x in errors if x["loc"][:1] == first), key=lambda x: len(x["loc"]))
-    loc = list(e["loc"])
-    ctx_err = (e.get("ctx") or {}).get("error")
-    if isinstance(ctx_err, _FieldError):
-        loc.extend(ctx_err.loc)
-    # Union types add the tried member type to the location ("float", "list[float]"): drop it.
-    loc = [p for p in loc if not (isinstance(p, str) and re.fullmatch(r"[a-z]+\[.*\]|int|float|str|none", p))]
-    # An unknown key is the user's text: repr() it unless it is a plain name, so the message stays one line.
-    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" if re.fullmatch(r"\w+", str(p)) else f".{p!r}"
-                    for p in loc).lstrip(".") or "study"
-    msg = e["msg"].removeprefix("Value error, ")
-    if e["type"] == "extra_forbidden":
-        msg = "unknown key"
-    elif e["type"] == "missing":
-        msg = "required key missing"
-    return f"{where}: {msg}"
