@@ -76,7 +76,7 @@ blocks:
 
 def test_recalibrated_measurement_leaves_the_checkpoint_alone(write_study, tmp_path):
     trial = expand(load_study(write_study(STUDY.replace("{{", "{").replace("}}", "}"))))[0]
-    assert trial.measure["bn"] == "recalibrate"
+    assert trial.measure.bn == "recalibrate"
     store = Store(str(tmp_path / "s"))
     train_trial(trial, store)
     path = list_checkpoints(store, trial.trial_id)[-1].path
@@ -86,7 +86,7 @@ def test_recalibrated_measurement_leaves_the_checkpoint_alone(write_study, tmp_p
     assert row["bn_mode"] == "recalibrate" and 0 <= row["train_acc_train_mode"] <= 1
     # The same weights measured with the stored statistics (training is deterministic): same batch-statistics
     # accuracy, different eval-mode numbers.
-    as_trained = dataclasses.replace(trial, measure={**trial.measure, "bn": "stored"})
+    as_trained = dataclasses.replace(trial, measure=trial.measure.model_copy(update={"bn": "stored"}))
     other = Store(str(tmp_path / "other"))
     train_trial(as_trained, other)
     stored = measure_checkpoint(other, list_checkpoints(other, trial.trial_id)[-1].path)

@@ -57,9 +57,9 @@ def _measured(trial, store):
     task = load_trial_task(trial)
     model = build_model(trial, task)
     model.load_state_dict(load_checkpoint(store, path)["model"])
-    n = trial.measure["max_samples"] or len(task.x_train)
+    n = trial.measure.max_samples or len(task.x_train)
     x, y = task.x_train[:n], task.y_train[:n]
-    data = [(task.normalise(a), b) for a, b in batches(x, y, trial.measure["batch_size"])]
+    data = [(task.normalise(a), b) for a, b in batches(x, y, trial.measure.batch_size)]
     return row, model.eval(), data, y
 
 
@@ -70,7 +70,7 @@ def test_pac_bayes_columns_are_the_estimators_on_the_bounded_loss(tmp_path, writ
     assert row["status"] == "ok"
     loss = zero_one_error if block == "circ" else RelativeMSE(float(y.double().var()))
     cfg = trial.metric_settings["pac_bayes"]
-    want = pac_bayes_flatness(model, loss, data, bound=cfg["bound"], eps=cfg["eps"], n_draws=cfg["draws"],
+    want = pac_bayes_flatness(model, loss, data, bound=cfg.bound, eps=cfg.eps, n_draws=cfg.draws,
                               seed=derive_seed("estimators", trial.seed))
     assert row["pac_bayes_sigma"] == pytest.approx(want.sigma, rel=1e-9) and row["pac_bayes_sigma"] > 0
     assert row["pac_bayes_flatness"] == pytest.approx(1 / want.sigma**2, rel=1e-9)

@@ -110,7 +110,8 @@ def test_spec_validation_follows_the_registry(tmp_path, monkeypatch, over, messa
 def test_a_registered_metric_that_applies_is_accepted(tmp_path):
     study, _ = _load(tmp_path, family="functions", metrics=["pac_bayes"], pac_bayes={"draws": 4})
     (trial,) = expand(study)
-    assert trial.metric_settings == {"pac_bayes": {"bound": 0.1, "eps": 1e-3, "draws": 4}}
+    assert trial.metric_settings == {"pac_bayes": get_metric("pac_bayes").settings(bound=0.1, eps=1e-3, draws=4)}
+    assert trial.to_dict()["metric_settings"] == {"pac_bayes": {"bound": 0.1, "eps": 1e-3, "draws": 4}}
 
 
 STUDY = """

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from raystudy.study import expand, load_study
-from raystudy.trial import Trial
+from raystudy.trial import ResumeEvery, Trial
 from support.study_files import SMOKE, base_study, ids, write
 
 
@@ -181,16 +181,16 @@ def test_resume_every_and_max_failures_are_carried_with_their_defaults(tmp_path)
     loaded = load_study(write(tmp_path, study))
     assert loaded.max_failures == 2  # a trial whose process dies is retried twice by default
     by_block = {t.block: t.resume_every for t in expand(loaded)}
-    assert by_block == {"circ": {"epochs": None, "minutes": 10.0}, "dig": {"epochs": 5, "minutes": 10.0}}
+    assert by_block == {"circ": ResumeEvery(epochs=None, minutes=10.0), "dig": ResumeEvery(epochs=5, minutes=10.0)}
     study.update(max_failures=0)
     study["blocks"][1]["resume_every"] = {"epochs": None, "minutes": None}  # never
     loaded = load_study(write(tmp_path, study))
-    assert loaded.max_failures == 0 and expand(loaded)[-1].resume_every == {"epochs": None, "minutes": None}
+    assert loaded.max_failures == 0 and expand(loaded)[-1].resume_every == ResumeEvery(epochs=None, minutes=None)
     t = expand(loaded)[-1]
     assert Trial.from_dict(t.to_dict()) == t
     old = t.to_dict()
     del old["resume_every"]  # a checkpoint written before the field existed
-    assert Trial.from_dict(old).resume_every == {"epochs": None, "minutes": 10.0}
+    assert Trial.from_dict(old).resume_every == ResumeEvery(epochs=None, minutes=10.0)
 
 
 def test_effective_regulariser_settings():

@@ -284,7 +284,7 @@ def test_fits_on_device(data, free, total, share, fits):
 
 def test_a_trial_uses_its_fractional_gpu_share_or_a_whole_gpu(trials):
     t = trials[0]
-    shares = [memory_share(replace(t, resources={**t.resources, "gpus": g})) for g in (0.0, 0.25, 0.5, 1.0, 2.0)]
+    shares = [memory_share(replace(t, resources=t.resources.model_copy(update={"gpus": g}))) for g in (0.0, 0.25, 0.5, 1.0, 2.0)]
     assert shares == [1.0, 0.25, 0.5, 1.0, 1.0]
 
 

@@ -13,6 +13,7 @@ from raystudy.measure.rows import row_files
 from raystudy.study import expand, load_study
 from raystudy.storage import Store
 from raystudy.train.loop import build_model, load_trial_task, train_trial
+from raystudy.trial import ResumeEvery
 
 STUDY = """
 name: loop
@@ -103,7 +104,7 @@ def test_resume_point_resumes_bit_identically(tmp_path, trials, monkeypatch):
     fn = next(t for t in trials if t.block == "fn")
     trial = replace(fn, epochs=5, checkpoints=(0, 3, 5))
     full = Store(str(tmp_path / "full"))
-    train_trial(replace(trial, resume_every={"epochs": None, "minutes": None}), full)
+    train_trial(replace(trial, resume_every=ResumeEvery(epochs=None, minutes=None)), full)
     want = load_checkpoint(full, list_checkpoints(full, trial.trial_id)[-1].path)
     real_epoch = loop.train_epoch
     # (resume_every, the epoch the kill lands in, where training must pick up again)
@@ -111,7 +112,7 @@ def test_resume_point_resumes_bit_identically(tmp_path, trials, monkeypatch):
              ({"epochs": 2, "minutes": None}, 4, 3),  # stale resume point (2): the checkpoint (3) wins
              ({"epochs": None, "minutes": 1e-9}, 3, 2)]  # by the clock: a resume point after every epoch
     for i, (every, crash_in, resumed_from) in enumerate(cases):
-        store, t = Store(str(tmp_path / f"cut{i}")), replace(trial, resume_every=every)
+        store, t = Store(str(tmp_path / f"cut{i}")), replace(trial, resume_every=ResumeEvery(**every))
         calls = []
 
         def dies_in_epoch(step, batches):

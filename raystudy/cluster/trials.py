@@ -26,7 +26,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from raystudy.cluster import metrics
 from raystudy.cluster.pool import MeasurePool
 from raystudy.layout import ray_dir
-from raystudy.trial import Trial
+from raystudy.trial import Resources, Trial
 from raystudy.storage import Store
 
 DRIVER_CPU = 0.01  # a trial driver with real workers must not hold a CPU they need (nested deadlock)
@@ -51,16 +51,16 @@ def _train_worker(config: dict[str, Any]) -> None:
     trial, store = Trial.from_dict(config["trial"]), Store(config["store"])
     store.fence = config.get("fence")  # raystudy.lock.Fence: no checkpoint is written once the run lost its lock
     res = trial.resources
-    torch.set_num_threads(max(1, int(res["cpus"])))  # oversubscribing cores slows every trial
-    local = res["workers"] == 0
+    torch.set_num_threads(max(1, int(res.cpus)))  # oversubscribing cores slows every trial
+    local = res.workers == 0
     ctx = None if local else train.get_context()  # inside a Tune trial (local mode) Ray forbids the call
     world = ctx.get_world_size() if ctx else 1
     device = torch.device("cpu")
-    if res["gpus"] > 0 and torch.cuda.is_available():
+    if res.gpus > 0 and torch.cuda.is_available():
         # A worker's own GPU: Train lets the workers of a node see all of its GPUs (for NCCL).
         device = torch.device("cuda") if local else ray.train.torch.get_device()
-        if res["gpus"] < 1:  # Ray's GPU shares are logical: cap the real memory ourselves
-            torch.cuda.set_per_process_memory_fraction(res["gpus"], device)
+        if res.gpus < 1:  # Ray's GPU shares are logical: cap the real memory ourselves
+            torch.cuda.set_per_process_memory_fraction(res.gpus, device)
     parallel = None
     if world > 1:  # data-parallel: each worker trains its shard of every batch; rank 0 writes the files
         from ray.train.torch import prepare_model
@@ -80,13 +80,13 @@ def run_trial(config: dict[str, Any], trials: dict[str, dict], store_uri: str, m
     restarts a worker group that lost a worker up to ``max_failures`` times; the loop picks up from the
     trial's resume point either way (Tune retries a trial whose own process died, see ``run_trials``)."""
     trial, store = trials[config["trial_id"]], Store(store_uri)
-    res = trial["resources"]
-    if res["workers"] == 0:
+    res = Resources.model_validate(trial["resources"])  # shipped as a dict (Trial.to_dict)
+    if res.workers == 0:
         scaling = train.ScalingConfig(num_workers=0)
         callbacks, failure = [], None  # local mode has no workers to restart: Tune retries the trial
     else:
-        scaling = train.ScalingConfig(num_workers=res["workers"], use_gpu=res["gpus"] > 0,
-                                      resources_per_worker={"CPU": res["cpus"], "GPU": res["gpus"]})
+        scaling = train.ScalingConfig(num_workers=res.workers, use_gpu=res.gpus > 0,
+                                      resources_per_worker={"CPU": res.cpus, "GPU": res.gpus})
         callbacks, failure = [TuneReportCallback()], train.FailureConfig(max_failures=max_failures)
     trainer = TorchTrainer(
         _train_worker,
@@ -103,9 +103,9 @@ def run_trial(config: dict[str, Any], trials: dict[str, dict], store_uri: str, m
 def trial_resources(trial: dict) -> tune.PlacementGroupFactory:
     """What a Tune trial itself holds: the real CPUs/GPU in local mode; a token CPU for the driver of
     real workers, which Train places itself (holding theirs here too would deadlock nested Train)."""
-    res = trial["resources"]
-    if res["workers"] == 0:
-        return tune.PlacementGroupFactory([{"CPU": res["cpus"], "GPU": res["gpus"]}])
+    res = Resources.model_validate(trial["resources"])
+    if res.workers == 0:
+        return tune.PlacementGroupFactory([{"CPU": res.cpus, "GPU": res.gpus}])
     return tune.PlacementGroupFactory([{"CPU": DRIVER_CPU}])
 
 
@@ -121,9 +121,9 @@ def max_concurrent(trials: list[Trial], pool_cpus: float, pool_gpus: float, cap:
     gpu = max(total.get("GPU", 0) - pool_gpus, 0)
     fits = []
     for t in trials:
-        r, n = t.resources, max(t.resources["workers"], 1)
-        need_cpu = r["cpus"] * n + (DRIVER_CPU if r["workers"] else 0)
-        fits.append(min(cpu / need_cpu, gpu / (r["gpus"] * n) if r["gpus"] else float("inf")))
+        r, n = t.resources, max(t.resources.workers, 1)
+        need_cpu = r.cpus * n + (DRIVER_CPU if r.workers else 0)
+        fits.append(min(cpu / need_cpu, gpu / (r.gpus * n) if r.gpus else float("inf")))
     return max(1, min(math.floor(min(fits) + 1e-9), len(trials)))
 
 
@@ -185,7 +185,7 @@ def run_trials(trials: list[Trial], store: Store, pool: MeasurePool, verbose: in
     writes. Returns ``({trial_id: error}`` for the trials that failed after their retries, ``[trial_id]``
     of those a Ctrl-C stopped before they ended)."""
     by_id = {t.trial_id: t.to_dict() for t in trials}
-    local = sum(t.resources["workers"] == 0 for t in trials)
+    local = sum(t.resources.workers == 0 for t in trials)
     if local and verbose:
         print(f"{local} of {len(trials)} trials train in Ray Train's local mode (workers: 0): inside their Tune "
               "trial's process, no worker start-up", flush=True)

@@ -64,9 +64,9 @@ def measure_checkpoint(store: Store, path: str, device: str | torch.device = "cp
     def on(x: torch.Tensor, y: torch.Tensor, size: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Un-augmented, normalised, fixed-order batches on the measuring device."""
         return [(task.normalise(a.to(device)), b.to(device))
-                for a, b in batches(x, y, size or trial.measure["batch_size"])]
+                for a, b in batches(x, y, size or trial.measure.batch_size)]
 
-    bn_mode = trial.measure.get("bn", "stored")
+    bn_mode = trial.measure.bn
     has_bn = bool(batchnorm_layers(model))
     train_batches = on(task.x_train, task.y_train, trial.batch_size or len(task.x_train)) if has_bn else None
     if has_bn and bn_mode == "recalibrate":

@@ -31,10 +31,10 @@ def metric_columns(trial: Trial, task: Task, model: nn.Module, loss_fn, on: OnDe
 
     One estimator seed per trial seed: every regime of a seed sees the same probes, so the paired
     comparisons with base are not blurred by probe noise."""
-    x, y = (task.x_train, task.y_train) if trial.measure["split"] == "train" else (task.x_test, task.y_test)
-    n = min(len(x), trial.measure["max_samples"] or len(x))
+    x, y = (task.x_train, task.y_train) if trial.measure.split == "train" else (task.x_test, task.y_test)
+    n = min(len(x), trial.measure.max_samples or len(x))
     seed = derive_seed("estimators", trial.seed)
-    out: dict[str, Any] = {"measured_on": trial.measure["split"], "measure_n": n, "estimator_seed": seed}
+    out: dict[str, Any] = {"measured_on": trial.measure.split, "measure_n": n, "estimator_seed": seed}
     ctx = metrics.Context(trial=trial, task=task, model=model, loss_fn=loss_fn, data=on(x[:n], y[:n]), x=x[:n],
                           y=y[:n], on=on, seed=seed, device=device, store=store, epoch=epoch, test=test)
     for metric in selected(trial):

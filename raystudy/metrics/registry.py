@@ -175,11 +175,12 @@ Radii = Annotated[list[float], Field(min_length=1), AfterValidator(_all_positive
 
 
 def trial_settings(trial: Any, metric: Metric) -> Settings | None:
-    """``metric``'s settings for ``trial``, validated: from the Trial field named after its settings key
-    (the metrics that had one before the registry) or from ``trial.metric_settings``; defaults when absent."""
+    """``metric``'s settings for ``trial`` (typed, validated when the trial was built): the Trial field named
+    after its settings key (the metrics that had one before the registry) or ``trial.metric_settings``'s
+    entry; the defaults when the trial has neither."""
     if metric.settings is None:
         return None
-    raw = getattr(trial, metric.settings_key, None)
-    if raw is None:
-        raw = getattr(trial, "metric_settings", {}).get(metric.settings_key, {})
-    return metric.settings.model_validate(raw)
+    own = getattr(trial, metric.settings_key, None)
+    if own is not None:
+        return own
+    return trial.metric_settings.get(metric.settings_key) or metric.settings()

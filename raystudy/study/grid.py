@@ -53,8 +53,7 @@ def _expand_block(study: str, block: Block) -> list[Trial]:
             n_train=block.n_train, n_test=block.n_test, data_root=block.data_root,
             shuffle_seed=block.shuffle_seed if block.shuffle_seed is not None else point["seed"],
             model_args=dict(block.model_args), metrics=tuple(block.metrics), **settings,
-            measure=block.measure.model_dump(), resources=block.resources.model_dump(),
-            resume_every=block.resume_every.model_dump(),
+            measure=block.measure, resources=block.resources, resume_every=block.resume_every,
             precision=block.precision, compile=block.compile,
             target_scale=1.0 if point["target_scale"] is None else float(point["target_scale"]),
         )
@@ -77,9 +76,9 @@ def _metric_settings(block: Block) -> dict[str, Any]:
     out: dict[str, Any] = {"metric_settings": {}}
     for m in registry.metrics():
         if m.settings_key in own:
-            out[m.settings_key] = getattr(block, m.settings_key).model_dump()
+            out[m.settings_key] = getattr(block, m.settings_key)
         elif m.settings_key is not None and m.name in block.metrics:
-            out["metric_settings"][m.settings_key] = getattr(block, m.settings_key).model_dump()
+            out["metric_settings"][m.settings_key] = getattr(block, m.settings_key)
     return out
 
 

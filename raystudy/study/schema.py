@@ -16,7 +16,8 @@ from pydantic import Field, create_model, field_validator, model_validator
 from raystudy import metrics as registry, models, tasks
 from raystudy.metrics import CLASSIFICATION, SettingError, Settings, get_metric, list_metrics
 from raystudy.study import bounds
-from raystudy.trial import RESUME_EVERY_DEFAULT
+# The trial's own settings models are the block's fields of the same names.
+from raystudy.trial import Measure, Resources, ResumeEvery
 
 REGULARISERS = ("aug", "wd", "sam")  # canonical order inside a regime name: "aug+wd+sam"
 AXES = ("task", "model", "regime", "seed", "lr", "momentum", "batch_size", "weight_decay", "sam_rho",
@@ -36,36 +37,11 @@ NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
 MAX_SEED = 2**63 - 1  # seeds feed 63-bit generators
 
 
-class Resources(_Strict):
-    """What one trial holds. ``workers: 0`` trains in the Tune trial's own process (Train local mode)."""
-    cpus: float = Field(1.0, gt=0)
-    gpus: float = Field(0.0, ge=0)
-    workers: int = Field(0, ge=0)
-
-
-class ResumeEvery(_Strict):
-    """How often training saves a resume point (``checkpoints/<trial_id>/resume.pt``, not measured, replaced
-    as it goes): every ``epochs`` epochs and/or every ``minutes`` minutes of training, whichever comes first;
-    both null: never (a killed trial restarts from its last measured checkpoint)."""
-    epochs: int | None = Field(RESUME_EVERY_DEFAULT["epochs"], ge=1)
-    minutes: float | None = Field(RESUME_EVERY_DEFAULT["minutes"], gt=0)
-
-
 class Analysis(_Strict):
     """The measuring actor pool, separate from training trials."""
     actors: int = Field(1, ge=1)
     cpus: float = Field(1.0, gt=0)
     gpus: float = Field(0.0, ge=0)
-
-
-class Measure(_Strict):
-    """Which data the geometry metrics see: the un-augmented split, first ``max_samples`` rows; and the
-    BatchNorm statistics every eval-mode number uses: ``stored`` (as trained, the paper's protocol) or
-    ``recalibrate`` (recomputed on the un-augmented training split before measuring)."""
-    split: Literal["train", "test"] = "train"
-    max_samples: int | None = Field(None, ge=1)
-    batch_size: int = Field(512, ge=1)
-    bn: Literal["stored", "recalibrate"] = "stored"
 
 
 Scalar = float | int | str | None

@@ -24,7 +24,7 @@ from raystudy.tasks.base import Task
 from raystudy.train.ddp import DataParallel
 from raystudy.train.epoch import BatchSchedule, TrainingData, TrainStep, train_epoch
 from raystudy.train.sam import SAM
-from raystudy.trial import Trial
+from raystudy.trial import ResumeEvery, Trial
 
 Report = Callable[[dict[str, Any]], None]
 
@@ -59,7 +59,7 @@ def batch_schedule(trial: Trial, task: Task) -> BatchSchedule:
 
 def memory_share(trial: Trial) -> float:
     """The fraction of a GPU's memory the trial may use: its ``resources.gpus`` if fractional, else 1."""
-    gpus = trial.resources.get("gpus", 0.0)
+    gpus = trial.resources.gpus
     return gpus if 0 < gpus < 1 else 1.0
 
 
@@ -190,12 +190,12 @@ def _finite(model: nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
-def _resume_clock(every: dict[str, Any]) -> Callable[..., bool]:
+def _resume_clock(every: ResumeEvery) -> Callable[..., bool]:
     """``due(epoch, saved=False)``: whether a resume point is due after ``epoch`` (every
-    ``every["epochs"]`` epochs, or ``every["minutes"]`` since the last save), restarting the clock
+    ``every.epochs`` epochs, or ``every.minutes`` since the last save), restarting the clock
     when it says yes or when told a checkpoint was just ``saved``. Reads the host clock only: no
     device sync, so it may run after every one of family A's 100,000 one-step epochs."""
-    epochs, minutes = every.get("epochs"), every.get("minutes")
+    epochs, minutes = every.epochs, every.minutes
     last = [time.perf_counter()]
 
     def due(epoch: int, saved: bool = False) -> bool:
