@@ -1,5 +1,8 @@
 """Plan-time checks that need the model registry and the data root: exit 2 with one line naming the file
 and field, before Ray starts and before anything is written."""
+import re
+import shutil
+
 import pytest
 
 from support.dataset_files import write_cifar10, write_cifar10_c
@@ -50,13 +53,23 @@ def test_corruption_metric_needs_the_c_release(write_study, tmp_path, capsys):
 
 
 def test_a_study_that_fits_passes_preflight(write_study, tmp_path):
+    """Every check passes (the model fits the task and the node, the dataset and its -C release are there, top_k
+    fits), so nothing is missing; and the pass is not vacuous: without the -C release the same study is refused,
+    or, for --dry-run, lists that release to fetch."""
     from raystudy.study.preflight import preflight
-    from raystudy.study import load_study
+    from raystudy.study import StudyError, load_study
     data = write_cifar10(tmp_path / "data", n_train=50, n_test=20)
-    write_cifar10_c(tmp_path / "data", data["x_test"], data["y_test"])
-    extra = f"    data_root: {tmp_path}/data\n    metrics: [corruption, consistency, hessian]\n"
+    c_release = write_cifar10_c(tmp_path / "data", data["x_test"], data["y_test"])
+    extra = (f"    data_root: {tmp_path}/data\n    metrics: [corruption, consistency, hessian]\n"
+             "    hessian: {top_k: 3}\n")
     path = _study(write_study, task="cifar10", model="resnet18_cifar", extra=extra)
-    preflight(load_study(path), path)
+    study, missing = load_study(path), []
+    assert preflight(study, path, missing=missing) is None and missing == []
+    shutil.rmtree(c_release)
+    with pytest.raises(StudyError, match=rf"^{re.escape(str(path))}: blocks\[0\]\.metrics: corruption: .*CIFAR-10-C"):
+        preflight(study, path)
+    preflight(study, path, missing=missing)
+    assert missing == ["cifar10-c"]
 
 
 def test_a_logger_whose_package_is_missing_is_refused(write_study, tmp_path, capsys):
@@ -84,3 +97,20 @@ def test_corruption_metric_on_digits_passes_and_on_circles_is_refused(write_stud
     err = capsys.readouterr().err.strip()
     assert err == f"{path}: blocks[0].metrics: corruption needs an images task with a corruption set, not 'circles'"
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_metric_checks_come_from_the_registry(write_study, tmp_path):
+    """preflight runs each listed metric's own ``check`` (hessian and corruption declare one): called directly,
+    they name the field and, for a release not yet downloaded, the release."""
+    from raystudy.metrics import get_metric
+    from raystudy.study import load_study
+    assert [m for m in ("hessian", "corruption", "sam_sharpness", "ece") if get_metric(m).check] == ["hessian",
+                                                                                                    "corruption"]
+    extra = f"    data_root: {tmp_path}/nodata\n    metrics: [hessian, corruption]\n    hessian: {{top_k: 5}}\n"
+    block = load_study(_study(write_study, task="cifar10", model="mlp", extra=extra)).blocks[0]
+    top_k = get_metric("hessian").check(block, "cifar10", "mlp", 9)
+    assert (top_k.field, top_k.release) == ("hessian.top_k", None) and "parameter count of mlp (9)" in top_k.message
+    assert get_metric("hessian").check(block, "cifar10", "mlp", 10) is None
+    c = get_metric("corruption").check(block, "cifar10", "mlp", 10)
+    assert (c.field, c.release) == ("metrics", "cifar10-c") and c.message.startswith("corruption: ")
+    assert get_metric("corruption").check(block, "digits", "mlp", 10) is None  # digits-c is generated

@@ -6,7 +6,7 @@ from typing import Any
 import polars as pl
 from pydantic import Field
 
-from raystudy.metrics.registry import Column, Context, Metric, Settings, register_metric
+from raystudy.metrics.registry import Column, Context, Metric, Problem, Settings, register_metric
 
 CORRUPTION_ACC = pl.Struct({"corruption": pl.String, "severity": pl.Int64, "acc": pl.Float64, "n": pl.Int64})
 
@@ -23,8 +23,23 @@ def compute(ctx: Context) -> dict[str, Any]:
     return corruption_columns(ctx.task, ctx.model, ctx.loss_fn, ctx.on, ctx.settings.max_samples)
 
 
+def check(block: Any, task: str, model: str, n_params: int) -> Problem | None:
+    """Preflight: the task's -C release is under the block's data root (a generated set such as digits-c needs
+    no files). A release that is only not downloaded yet carries its name, for ``--dry-run`` to list. Cost: a
+    few file stats."""
+    from raystudy import tasks
+    from raystudy.tasks.datasets import DATASETS
+    try:
+        tasks.check_available(task, block.data_root, corruptions=True)
+    except ValueError as err:  # DatasetError, or a task that has no -C release at all
+        release = DATASETS[task].corruptions_release if isinstance(err, tasks.DatasetError) else None
+        return Problem("metrics", f"corruption: {err}", release=release or None)
+    return None
+
+
 register_metric(Metric(
     name="corruption", families=("images",), settings=Corruption, settings_key="corruption", compute=compute,
+    check=check,
     requires="an images task with a corruption set",
     columns=(
         Column("corruption_acc", pl.Float64, "safety",

@@ -7,7 +7,7 @@ from typing import Any
 import polars as pl
 from pydantic import Field
 
-from raystudy.metrics.registry import Column, Context, Metric, Settings, register_metric
+from raystudy.metrics.registry import Column, Context, Metric, Problem, Settings, register_metric
 
 F, I = pl.Float64, pl.Int64
 
@@ -46,8 +46,18 @@ def compute(ctx: Context) -> dict[str, Any]:
             "hessian_n": m}
 
 
+def check(block: Any, task: str, model: str, n_params: int) -> Problem | None:
+    """Preflight: Lanczos finds ``top_k`` eigenvalues at each end of the spectrum, so the model needs at least
+    ``2 * top_k`` parameters. Cost: one comparison."""
+    top_k = block.hessian.top_k
+    if 2 * top_k > n_params:
+        return Problem("hessian.top_k", f"{top_k} eigenvalues at each end need 2 x top_k <= the parameter count "
+                       f"of {model} ({n_params})")
+    return None
+
+
 register_metric(Metric(
-    name="hessian", settings=Hessian, settings_key="hessian", compute=compute,
+    name="hessian", settings=Hessian, settings_key="hessian", compute=compute, check=check,
     columns=(
         Column("hessian_lambda_max", F, "hessian", "largest Hessian eigenvalue (Lanczos)", label="Hessian lambda_max",
                role="hessian", verdict=True),

@@ -4,11 +4,12 @@
 An entry says everything the rest of raystudy needs to know about a metric: its name (what a study lists
 under ``metrics:``), its settings (a pydantic model, validated where the study file is read, under the
 block key ``settings_key``), the families it applies to, its result columns (type, group, label, one-line
-definition) and its compute function ``(ctx) -> {column: value}``. Spec validation, the measuring
-dispatch, the row schema, the report's labels and the sharpness sets of the analysis are read from here,
-so adding a metric is one file in this package plus one import line in its ``__init__``.
+definition), its compute function ``(ctx) -> {column: value}`` and an optional preflight ``check``. Study
+validation, preflight, the measuring dispatch, the row schema, the report's labels and the sharpness sets of
+the analysis are read from here, so adding a metric is one file in this package plus one import line in its
+``__init__``.
 
-This module imports only pydantic and polars: the schema, the spec and the CLI read the registry without
+This module imports only pydantic and polars: the schema, the study and the CLI read the registry without
 loading torch. Compute functions import their numerical code (``raystudy.geometry``, ``raystudy.safety``)
 when they run.
 """
@@ -65,6 +66,16 @@ class Column:
     measured: bool = True
 
 
+@dataclass(frozen=True)
+class Problem:
+    """What a metric's preflight check found wrong with a block: ``field``, the block field to name
+    (``hessian.top_k``, ``metrics``), and ``message``, the rest of the one line the user sees. ``release``: a
+    dataset release whose absence is the whole problem, which ``--dry-run`` lists to fetch instead of refusing."""
+    field: str
+    message: str
+    release: str | None = None
+
+
 @dataclass
 class Context:
     """What a compute function sees for one checkpoint, already on the measuring device, model in eval mode.
@@ -96,7 +107,11 @@ class Metric:
     """A registered metric. ``settings``/``settings_key``: its settings model and the block key they live
     under (both None for a metric without settings); ``families``: where a study may list it; ``always``:
     measured on every checkpoint it applies to, listed or not (cheap by-products of the clean test pass);
-    ``compute``: ``(Context) -> {column: value}``, keys among ``columns``' measured names."""
+    ``compute``: ``(Context) -> {column: value}``, keys among ``columns``' measured names. ``check``: an optional
+    preflight hook ``(block, task, model, n_params) -> Problem | None``, run before anything starts for every
+    (task, model) of a block that lists the metric, once the model was built on the meta device (``n_params``
+    parameters) and the task's dataset found; it must be cheap (no allocation that grows with the model, a few
+    file stats) and import its heavy dependencies inside."""
     name: str
     columns: tuple[Column, ...]
     compute: Callable[[Context], dict[str, Any]]
@@ -105,6 +120,7 @@ class Metric:
     settings_key: str | None = None
     always: bool = False
     requires: str = ""  # what a block needs for it, as the refusal says; default from families
+    check: Callable[[Any, str, str, int], Problem | None] | None = None
 
     def __post_init__(self) -> None:
         if (self.settings is None) != (self.settings_key is None):

@@ -3,8 +3,8 @@
 ``load_study`` validates the study file on its own (fast, no torch). ``preflight`` then checks what only
 the code can tell: that each model takes its task's input and gives its output (built on torch's meta
 device: no memory, no weights, no download), that it fits this node's memory (``bounds.BYTES_PER_PARAM``
-per parameter), that ``hessian.top_k`` fits the parameter count, and that
-each real dataset (and its -C release, when ``corruption`` is measured) is present under the data root.
+per parameter), that each real dataset is present under the data root, and then each listed metric's own
+``check`` from the registry (``hessian.top_k`` against the parameter count, the -C release of ``corruption``).
 Every problem is a ``StudyError`` naming the file and the field, so ``raystudy.run`` exits 2 before Ray
 starts. Cost: one meta-device build per (model, model_args, task shape), ~0.1 s each after importing
 timm; a few file ``stat`` calls per dataset.
@@ -15,7 +15,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from raystudy import models, tasks
+from raystudy import metrics as registry, models, tasks
 from raystudy.study import bounds
 from raystudy.study.load import StudyError
 from raystudy.study.schema import Study
@@ -28,7 +28,8 @@ LOGGER_PACKAGES = {"tensorboard": "tensorboardX", "mlflow": "mlflow", "wandb": "
 def preflight(study: Study, path: str | Path, missing: list[str] | None = None) -> None:
     """Raise ``StudyError`` ("file: blocks[i].field: problem") on the first block that cannot run. With a
     ``missing`` list (``--dry-run``: a plan may come before the download), a dataset release that is not
-    under the data root is appended to it by name instead of being an error."""
+    under the data root (the task's own, or one a metric's check names) is appended to it by name instead
+    of being an error. Per (task, model): the model, its size, the dataset, then the metrics' checks."""
     for name in study.loggers:
         if importlib.util.find_spec(LOGGER_PACKAGES[name]) is None:
             fix = "uv sync --frozen (it comes with ray[tune])" if name == "tensorboard" else \
@@ -40,17 +41,16 @@ def preflight(study: Study, path: str | Path, missing: list[str] | None = None) 
         where = f"{path}: blocks[{i}]"
         block_tasks = block.task if isinstance(block.task, list) else [block.task]
         block_models = block.model if isinstance(block.model, list) else [block.model]
+        hooks = [m for m in map(registry.get_metric, block.metrics) if m.check is not None]
         for task in block_tasks:
             in_shape, out_dim = tasks.task_shape(block.family, task)
+            sizes: dict[str, int] = {}
             for model in block_models:
                 key = (model, repr(sorted(block.model_args.items())), in_shape, out_dim)
                 if key not in checked:
                     checked[key] = _check_model(model, in_shape, out_dim, block.model_args, where, task)
-                n_params = checked[key]
-                _check_size(model, n_params, f"{where}.{'model_args' if block.model_args else 'model'}", task)
-                if "hessian" in block.metrics and 2 * block.hessian.top_k > n_params:
-                    raise StudyError(f"{where}.hessian.top_k: {block.hessian.top_k} eigenvalues at each end need "
-                                     f"2 x top_k <= the parameter count of {model} ({n_params})")
+                sizes[model] = checked[key]
+                _check_size(model, sizes[model], f"{where}.{'model_args' if block.model_args else 'model'}", task)
             if block.family == "images":
                 ds = DATASETS[task]
                 try:
@@ -59,13 +59,14 @@ def preflight(study: Study, path: str | Path, missing: list[str] | None = None) 
                     if missing is None or ds.release is None:
                         raise StudyError(f"{where}.{'data_root' if block.data_root else 'task'}: {err}") from None
                     missing.append(ds.release)
-                if "corruption" in block.metrics:
-                    try:
-                        tasks.check_available(task, block.data_root, corruptions=True)
-                    except ValueError as err:  # DatasetError, or a task that has no -C release at all
-                        if missing is None or not isinstance(err, tasks.DatasetError) or not ds.corruptions_release:
-                            raise StudyError(f"{where}.metrics: corruption: {err}") from None
-                        missing.append(ds.corruptions_release)
+            for model, n_params in sizes.items():
+                for metric in hooks:
+                    problem = metric.check(block, task, model, n_params)
+                    if problem is None:
+                        continue
+                    if missing is None or problem.release is None:
+                        raise StudyError(f"{where}.{problem.field}: {problem.message}")
+                    missing.append(problem.release)
 
 
 def _check_model(model: str, in_shape: tuple, out_dim: int, model_args: dict, where: str, task: str) -> int:
