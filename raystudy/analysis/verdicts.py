@@ -1,5 +1,5 @@
 """The paper's three claims, judged per block from the stored rows under settings the study file declared before
-any result existed (``spec.Verdicts``: alpha, family A's fit tolerance, the metrics of each group and how they
+any result existed (``study.Verdicts``: alpha, family A's fit tolerance, the metrics of each group and how they
 combine). Each test is exact for the design (``analysis.inference``), so a false "supported" and a false
 "contradicted" each have probability at most alpha whatever the number of seeds.
 

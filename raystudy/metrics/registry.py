@@ -41,7 +41,7 @@ class Settings(BaseModel):
 
 class SettingError(ValueError):
     """A settings check that names a field inside the settings (``adaptive.m``), not the settings as a whole;
-    the spec's error formatting appends ``loc`` to the location pydantic reports."""
+    the study loader's error formatting (``raystudy.study.load``) appends ``loc`` to the location pydantic reports."""
 
     def __init__(self, field_name: str | tuple[str | int, ...], msg: str):
         super().__init__(msg)
