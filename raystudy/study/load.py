@@ -3,7 +3,7 @@ one-line errors every problem becomes.
 
 Bad input raises :class:`StudyError` whose message is one line naming the file and the field,
 e.g. ``studies/x.yaml: blocks[1].model: unknown model 'resnet81'; known: cnn_bn, mlp, ...``.
-Cost: one read of at most ``bounds.MAX_FILE_BYTES`` and a pydantic validation (milliseconds); no torch.
+Cost: one read of at most ``bounds.MAX_FILE_BYTES`` and a pydantic validation (milliseconds).
 """
 from __future__ import annotations
 

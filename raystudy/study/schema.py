@@ -5,7 +5,7 @@ any axis field (``task, model, regime, seed, lr, momentum, batch_size, weight_de
 factor, label_noise, target_scale``) may be a list, and the block expands to the full cross product
 (``raystudy.study.grid``). Everything else in a block is fixed for all of its trials. A problem a model
 finds raises a ``ValueError``/``SettingError`` that ``raystudy.study.load`` turns into one line naming the
-field. Cost: importing it imports the model and metric registries, not torch.
+field. Cost: importing it imports the model, task and metric registries (the models import torch).
 """
 from __future__ import annotations
 
