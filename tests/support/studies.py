@@ -48,6 +48,21 @@ def write_study_yaml(directory: Path, name: str = "study", *blocks: dict[str, An
     return path
 
 
+TINY = Path(__file__).parents[1] / "studies" / "tiny.yaml"  # every family, 14 trials: the Ray tests' study
+
+
+def tiny_study(directory: Path, name: str, *, storage: str | None = None, blocks: tuple[str, ...] | None = None,
+               extra: tuple[dict[str, Any], ...] = (), **top: Any) -> Path:
+    """tests/studies/tiny.yaml as the study ``name`` in ``<directory>/<name>.yaml``: stored under ``storage``
+    (default ``<directory>/runs``), only the blocks named in ``blocks`` (default all) and then ``extra``, with the
+    top-level fields ``top`` replaced."""
+    study = yaml.safe_load(TINY.read_text())
+    kept = [b for b in study.pop("blocks") if blocks is None or b["name"] in blocks]
+    for field in ("name", "storage"):
+        study.pop(field)
+    return write_study_yaml(directory, name, *kept, *extra, storage=storage, **{**study, **top})
+
+
 def run_cli(*args: str, module: str = "raystudy.run", timeout: float = 120, env: dict[str, str] | None = None,
             cwd: Path | None = None) -> tuple[int, str, str]:
     """Run ``python -m <module> *args`` to the end in a subprocess; returns (exit code, stdout, stderr).
