@@ -21,36 +21,18 @@ from raystudy.repair import start_point
 from raystudy.schema import SCHEMA
 from raystudy.spec import expand, load_study
 from raystudy.train.loop import train_trial
+from support.studies import tiny_block, write_study_yaml
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-STUDY = """
-name: {name}
-storage: {tmp}/runs
-blocks:
-  - name: c
-    family: circles
-    task: circles
-    factor: 0.5
-    model: mlp
-    model_args: {{hidden: [8]}}
-    seed: 0
-    shuffle_seed: 0
-    lr: 0.05
-    batch_size: 10
-    epochs: 24
-    checkpoints: [2, 4, 6, 8, 12, 24]
-    metrics: {metrics}
-    sharpness: {{rhos: [0.01], draws: 3}}
-"""
 # What a rerun may change: how long things took and where the rebuilt checkpoint's training started.
 TIMING = ("wall_s", "train_wall_s", "resumed_from")
 NUMBERS = [c for c in SCHEMA if c not in TIMING]
 
 
 def _study(tmp_path: Path, name: str, metrics=("fisher_rao",)) -> Path:
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(STUDY.format(name=name, tmp=tmp_path, metrics=list(metrics)))
-    return path
+    block = tiny_block(seed=0, shuffle_seed=0, epochs=24, checkpoints=[2, 4, 6, 8, 12, 24], metrics=list(metrics),
+                       sharpness={"rhos": [0.01], "draws": 3})
+    return write_study_yaml(tmp_path, name, block)
 
 
 def _execute(p: Plan) -> None:
