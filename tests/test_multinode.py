@@ -16,28 +16,9 @@ from raystudy.run import execute, plan
 from raystudy.spec import expand, load_study
 from raystudy.storage import Store
 from support.s3_server import s3_bucket
+from support.studies import tiny_block, write_study_yaml
 
 pytestmark = pytest.mark.slow
-STUDY = """
-name: lostnode
-storage: {bucket}/runs
-analysis: {{actors: 1, cpus: 0.5}}
-blocks:
-  - name: c
-    family: circles
-    task: circles
-    factor: 0.5
-    model: mlp
-    model_args: {{hidden: [8]}}
-    seed: [0, 1, 2, 3]
-    shuffle_seed: 0
-    lr: 0.05
-    batch_size: 10
-    epochs: 300
-    checkpoints: [100, 200, 300]
-    resume_every: {{epochs: 25, minutes: null}}
-    metrics: [fisher_rao]
-"""
 
 
 @pytest.fixture
@@ -58,8 +39,9 @@ def cluster():
 
 def test_lost_worker_node_with_storage_in_a_bucket(tmp_path, cluster):
     bucket, nodes, workers = cluster
-    path = tmp_path / "lostnode.yaml"
-    path.write_text(STUDY.format(bucket=bucket))
+    block = tiny_block(seed=[0, 1, 2, 3], shuffle_seed=0, epochs=300, checkpoints=[100, 200, 300],
+                       resume_every={"epochs": 25, "minutes": None}, metrics=["fisher_rao"])
+    path = write_study_yaml(tmp_path, "lostnode", block, storage=f"{bucket}/runs", analysis={"actors": 1, "cpus": 0.5})
     store = Store(f"{bucket}/runs/lostnode")
     removed: list[float] = []
 
