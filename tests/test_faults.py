@@ -16,10 +16,9 @@ import pytest
 import ray
 
 from support.ray_procs import find_worker, raylet_pid
-from support.studies import finish, start_cli, tiny_block, write_study_yaml
+from support.studies import expected_rows, finish, start_cli, tiny_block, write_study_yaml
 from raystudy.plan import plan
 from raystudy.run import execute
-from raystudy.spec import expand, load_study
 
 pytestmark = pytest.mark.slow
 
@@ -39,10 +38,6 @@ def _study(tmp_path: Path, name: str, epochs: int = 6, checkpoints=(2, 4, 6), me
 
 def _rows(tmp_path: Path, name: str) -> pl.DataFrame:
     return pl.read_parquet(f"{tmp_path}/runs/{name}/results/**/*.parquet")
-
-
-def _expected(path: Path) -> set[tuple[str, int]]:
-    return {(t.trial_id, e) for t in expand(load_study(path)) for e in t.checkpoints}
 
 
 def _mtimes(tmp_path: Path, name: str, pattern: str) -> dict[Path, int]:
@@ -66,7 +61,7 @@ def test_killed_driver_rerun_redoes_nothing(tmp_path, cluster):
     measurer = find_worker(b"ray::Measurer", raylet_pid(), time.time() + 240)
     _wait_for(lambda: any(runs.glob("results/*/*.parquet")), poll=0.02, log=proc.log)
     os.kill(measurer, signal.SIGSTOP)
-    assert len(list(runs.glob("results/*/*.parquet"))) < len(_expected(path))
+    assert len(list(runs.glob("results/*/*.parquet"))) < len(expected_rows(path))
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     os.kill(measurer, signal.SIGKILL)  # Ray would end it with its dead driver's job; now, before the snapshot
@@ -78,7 +73,7 @@ def test_killed_driver_rerun_redoes_nothing(tmp_path, cluster):
     assert all(f.stat().st_mtime_ns == t for f, t in ckpts.items()), "a finished checkpoint was retrained"
     assert all(f.stat().st_mtime_ns == t for f, t in rows.items()), "a measured checkpoint was measured again"
     df = _rows(tmp_path, "driver")
-    assert df.height == len(_expected(path)) and set(zip(df["trial_id"], df["epoch"])) == _expected(path)
+    assert df.height == len(expected_rows(path)) and set(zip(df["trial_id"], df["epoch"])) == expected_rows(path)
     assert not (runs / "lock.json").exists()
 
 
@@ -103,7 +98,7 @@ def test_killed_measuring_actor_is_replaced(tmp_path, cluster):
     assert killed, "the measuring actor was never seen alive"
     assert not out.failed and not out.measure_errors and not out.interrupted
     df = _rows(tmp_path, "actor")
-    assert df.height == len(_expected(path)) and set(zip(df["trial_id"], df["epoch"])) == _expected(path)
+    assert df.height == len(expected_rows(path)) and set(zip(df["trial_id"], df["epoch"])) == expected_rows(path)
 
 
 def test_truncated_files_are_named_and_repaired(tmp_path, cluster):
@@ -135,7 +130,7 @@ def test_truncated_files_are_named_and_repaired(tmp_path, cluster):
     assert not out.failed and not out.measure_errors
     assert _mtimes(tmp_path, "trunc", f"checkpoints/{trial_id}/epoch_000006.pt") == later  # not retrained
     df = _rows(tmp_path, "trunc")
-    assert df.height == len(_expected(path)) and set(zip(df["trial_id"], df["epoch"])) == _expected(path)
+    assert df.height == len(expected_rows(path)) and set(zip(df["trial_id"], df["epoch"])) == expected_rows(path)
 
 
 def test_one_run_per_study(tmp_path, cluster):
@@ -161,16 +156,16 @@ def test_deleted_results_and_changed_metrics_remeasure_without_training(tmp_path
     import shutil
     shutil.rmtree(tmp_path / "runs" / "again" / "results")
     p = plan(str(path))
-    assert not p.to_train and len(p.to_measure) == len(_expected(path))
+    assert not p.to_train and len(p.to_measure) == len(expected_rows(path))
     assert not execute(p, verbose=0).measure_errors
-    assert _rows(tmp_path, "again").height == len(_expected(path))
+    assert _rows(tmp_path, "again").height == len(expected_rows(path))
 
     _study(tmp_path, "again", metrics=("sam_sharpness", "fisher_rao"))
     p = plan(str(path))
-    assert not p.to_train and len(p.to_measure) == len(_expected(path))
+    assert not p.to_train and len(p.to_measure) == len(expected_rows(path))
     assert not execute(p, verbose=0).measure_errors
     df = _rows(tmp_path, "again")
-    assert df.height == len(_expected(path)) and df["fisher_rao"].null_count() == 0
+    assert df.height == len(expected_rows(path)) and df["fisher_rao"].null_count() == 0
     assert df["measure_hash"].n_unique() == 1
     assert all(f.stat().st_mtime_ns == t for f, t in ckpts.items()), "a checkpoint was retrained"
     assert not plan(str(path)).to_measure and len(plan(str(path), remeasure=True).to_measure) == df.height

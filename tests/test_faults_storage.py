@@ -22,10 +22,9 @@ import raystudy.run
 from support.fake_results import write_study
 from raystudy.faults import storage_fault
 from raystudy.plan import plan
-from raystudy.spec import expand, load_study
 from raystudy.storage import Store
 from support.s3_server import s3_bucket
-from support.studies import finish, start_cli, tiny_block, write_study_yaml
+from support.studies import expected_rows, finish, start_cli, tiny_block, write_study_yaml
 
 def _study(tmp_path: Path, name: str, storage: str, epochs: int = 4, checkpoints=(2, 4), retries: int = 2) -> Path:
     block = tiny_block(seed=[0, 1], shuffle_seed=0, epochs=epochs, checkpoints=list(checkpoints),
@@ -173,7 +172,7 @@ def _complete(path: Path, store: Store, address: str) -> None:
     assert rerun.returncode == 0, log
     df = pl.concat([pl.read_parquet(store.read_bytes(f)) for f in
                     store.list(store.path("results"), ".parquet", recursive=True)])
-    want = {(t.trial_id, e) for t in expand(load_study(path)) for e in t.checkpoints}
+    want = expected_rows(path)
     assert df.height == len(want) and set(zip(df["trial_id"], df["epoch"])) == want
 
 

@@ -13,10 +13,9 @@ import ray
 from ray.cluster_utils import Cluster
 
 from raystudy.run import execute, plan
-from raystudy.spec import expand, load_study
 from raystudy.storage import Store
 from support.s3_server import s3_bucket
-from support.studies import tiny_block, write_study_yaml
+from support.studies import expected_rows, tiny_block, write_study_yaml
 
 pytestmark = pytest.mark.slow
 
@@ -63,7 +62,7 @@ def test_lost_worker_node_with_storage_in_a_bucket(tmp_path, cluster):
     assert not out.failed and not out.measure_errors and not out.interrupted  # what the CLI exits 0 on
     rows = [pl.read_parquet(store.read_bytes(f)) for f in store.list(store.path("results"), ".parquet", recursive=True)]
     df = pl.concat(rows)
-    want = {(t.trial_id, e) for t in expand(load_study(path)) for e in t.checkpoints}
+    want = expected_rows(path)
     assert df.height == len(want) and set(zip(df["trial_id"], df["epoch"])) == want  # every row, once
     assert (df["status"] == "ok").all() and df["fisher_rao"].null_count() == 0
     assert sorted(f.name for f in tmp_path.iterdir()) == ["lostnode.yaml"]  # nothing on the local disk

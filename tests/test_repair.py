@@ -19,9 +19,8 @@ from raystudy.measure import measure_checkpoint, write_row
 from raystudy.plan import Plan, plan, still_unmeasured
 from raystudy.repair import start_point
 from raystudy.schema import SCHEMA
-from raystudy.spec import expand, load_study
 from raystudy.train.loop import train_trial
-from support.studies import tiny_block, write_study_yaml
+from support.studies import expected_rows, tiny_block, write_study_yaml
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 # What a rerun may change: how long things took and where the rebuilt checkpoint's training started.
@@ -51,10 +50,6 @@ def _execute(p: Plan) -> None:
 
 def _rows(tmp_path: Path, name: str) -> pl.DataFrame:
     return pl.read_parquet(f"{tmp_path}/runs/{name}/results/**/*.parquet").sort("trial_id", "epoch")
-
-
-def _expected(path: Path) -> set[tuple[str, int]]:
-    return {(t.trial_id, e) for t in expand(load_study(path)) for e in t.checkpoints}
 
 
 def _mtimes(p: Plan) -> dict[str, int]:
@@ -95,7 +90,7 @@ def test_truncated_middle_checkpoint_is_rebuilt_from_the_one_before(tmp_path, do
     assert load_checkpoint(p.store, six)["resumed_from"] == 4
     assert {f: t for f, t in _mtimes(p).items() if f != six} == {f: t for f, t in before.items() if f != six}
     df = _rows(tmp_path, "ref")
-    assert set(zip(df["trial_id"], df["epoch"])) == _expected(path) and df.height == len(_expected(path))
+    assert set(zip(df["trial_id"], df["epoch"])) == expected_rows(path) and df.height == len(expected_rows(path))
     assert df.select(NUMBERS).equals(done[1].select(NUMBERS))
     p = plan(str(path))
     assert not p.to_train and not p.to_measure and not p.damaged  # a third run has nothing to do
@@ -113,10 +108,10 @@ def test_corrupt_measured_checkpoint_then_changed_metrics_gives_full_rows(tmp_pa
         f.write(b"\0" * 64)
     p = plan(str(path))
     assert [t.trial_id for t in p.to_train] == [trial.trial_id] and eight not in p.to_measure
-    assert len(p.to_measure) == len(_expected(path)) - 1 and len(p.damaged) == 1
+    assert len(p.to_measure) == len(expected_rows(path)) - 1 and len(p.damaged) == 1
     _execute(p)
     df = _rows(tmp_path, "ref")
-    assert set(zip(df["trial_id"], df["epoch"])) == _expected(path) and df.height == len(_expected(path))
+    assert set(zip(df["trial_id"], df["epoch"])) == expected_rows(path) and df.height == len(expected_rows(path))
     assert df["relative_flatness"].null_count() == 0 and df["measure_hash"].n_unique() == 1
     same = [c for c in NUMBERS if not c.startswith("relative_flatness") and c not in ("measure_hash", "metrics")]
     assert df.select(same).equals(done[1].select(same)), _diff(df.select(same), done[1].select(same))

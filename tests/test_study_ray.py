@@ -10,8 +10,7 @@ import pytest
 import ray
 
 from raystudy.run import execute, plan
-from raystudy.spec import expand, load_study
-from support.studies import tiny_study, write_study_yaml
+from support.studies import expected_rows, tiny_study, write_study_yaml
 
 pytestmark = pytest.mark.slow
 
@@ -23,10 +22,6 @@ def cluster():
     ray.shutdown()
 
 
-def _expected(path: Path) -> set[tuple[str, int]]:
-    return {(t.trial_id, e) for t in expand(load_study(path)) for e in t.checkpoints}
-
-
 def test_study_end_to_end(tmp_path, cluster):
     path = tiny_study(tmp_path, "e2e")
     p = plan(str(path))
@@ -34,7 +29,7 @@ def test_study_end_to_end(tmp_path, cluster):
     out = execute(p, verbose=0)
     assert not out.failed and not out.measure_errors and not out.interrupted
     df = pl.scan_parquet(f"{p.store.root}/results/**/*.parquet").collect()
-    assert set(zip(df["trial_id"], df["epoch"])) == _expected(path) and df.height == len(_expected(path))
+    assert set(zip(df["trial_id"], df["epoch"])) == expected_rows(path) and df.height == len(expected_rows(path))
     assert (df["status"] == "ok").all() and (df["bn_mode"] == "stored").all()
     fn, img = df.filter(family="functions"), df.filter(family="images")
     assert fn["ece"].null_count() == fn.height and fn["sam_sharpness"].null_count() == 0

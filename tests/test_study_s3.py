@@ -7,7 +7,6 @@ import re
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
 import ray
@@ -15,10 +14,9 @@ import ray
 from raystudy.analysis.results import load_results
 from raystudy.report import build_report
 from raystudy.run import execute, plan
-from raystudy.spec import expand, load_study
 from raystudy.storage import Store
 from support.s3_server import s3_bucket
-from support.studies import finish, start_cli, tiny_block, tiny_study
+from support.studies import expected_rows, finish, start_cli, tiny_block, tiny_study
 
 pytestmark = pytest.mark.slow
 
@@ -42,10 +40,6 @@ WORKERS = tiny_block(name="workers", lr=0.01, epochs=2, checkpoints=[0, 2], shar
                      resources={"cpus": 1, "workers": 1})
 
 
-def _expected(path: Path) -> set[tuple[str, int]]:
-    return {(t.trial_id, e) for t in expand(load_study(path)) for e in t.checkpoints}
-
-
 def test_study_in_a_bucket(tmp_path, cluster, monkeypatch):
     bucket, _ = cluster
     monkeypatch.chdir(tmp_path)  # anything written locally by mistake would land here
@@ -57,7 +51,7 @@ def test_study_in_a_bucket(tmp_path, cluster, monkeypatch):
     assert not out.failed and not out.measure_errors and not out.interrupted
 
     df = load_results(p.store.uri)
-    assert set(zip(df["trial_id"], df["epoch"])) == _expected(path) and df.height == len(_expected(path))
+    assert set(zip(df["trial_id"], df["epoch"])) == expected_rows(path) and df.height == len(expected_rows(path))
     assert (df["status"] == "ok").all()
     store = p.store
     assert store.read_bytes(store.path("study.yaml")) == path.read_bytes()
@@ -92,7 +86,7 @@ def test_interrupt_then_rerun_resumes_from_the_bucket(tmp_path, cluster):
     log = finish(proc, 240)
     assert proc.returncode == 130, log
     before = stored()
-    assert 0 < len(before) < len(_expected(path)), "the interrupt should land mid-study"
+    assert 0 < len(before) < len(expected_rows(path)), "the interrupt should land mid-study"
 
     rerun = start_cli(path, address)
     log = finish(rerun, 300)
@@ -100,7 +94,7 @@ def test_interrupt_then_rerun_resumes_from_the_bucket(tmp_path, cluster):
     after = stored()
     assert all(after[f] == t for f, t in before.items()), "a finished checkpoint was retrained"
     df = load_results(store)
-    assert df.height == len(_expected(path)) and set(zip(df["trial_id"], df["epoch"])) == _expected(path)
+    assert df.height == len(expected_rows(path)) and set(zip(df["trial_id"], df["epoch"])) == expected_rows(path)
 
     again = start_cli(path, address)  # a third run finds nothing to do
     log = finish(again, 120)

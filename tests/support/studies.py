@@ -72,6 +72,12 @@ def tiny_study(directory: Path, name: str, *, storage: str | None = None, blocks
     return write_study_yaml(directory, name, *kept, *extra, storage=storage, **{**study, **top})
 
 
+def expected_rows(path: Path) -> set[tuple[str, int]]:
+    """Every (trial_id, epoch) row the study at ``path`` ends with: one per trial and checkpoint."""
+    from raystudy.spec import expand, load_study  # here, not at the top: support.studies is for Ray-free tests too
+    return {(t.trial_id, e) for t in expand(load_study(path)) for e in t.checkpoints}
+
+
 def run_cli(*args: str, module: str = "raystudy.run", timeout: float = 120, env: dict[str, str] | None = None,
             cwd: Path | None = None) -> tuple[int, str, str]:
     """Run ``python -m <module> *args`` to the end in a subprocess; returns (exit code, stdout, stderr).
