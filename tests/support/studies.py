@@ -47,13 +47,20 @@ def study_dict(name: str, *blocks: dict[str, Any], storage: str, **top: Any) -> 
     return {"name": name, "storage": storage, **top, "blocks": list(blocks) or [tiny_block()]}
 
 
+class _Plain(yaml.SafeDumper):
+    """Writes a value shared by two blocks out twice: study files refuse YAML aliases (``&id001``/``*id001``)."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def write_study_yaml(directory: Path, name: str = "study", *blocks: dict[str, Any], storage: str | None = None,
                      **top: Any) -> Path:
     """Write ``<directory>/<name>.yaml`` for the study ``name`` and return its path. Storage defaults to
     ``<directory>/runs``; ``blocks`` and ``top`` as in ``study_dict``."""
     path = Path(directory) / f"{name}.yaml"
     body = study_dict(name, *blocks, storage=storage or f"{directory}/runs", **top)
-    path.write_text(yaml.safe_dump(body, sort_keys=False, default_flow_style=None))
+    path.write_text(yaml.dump(body, Dumper=_Plain, sort_keys=False, default_flow_style=None))
     return path
 
 
