@@ -13,9 +13,8 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-import ray
 
-from support.ray_procs import find_worker, raylet_pid
+from support.ray_procs import find_worker, local_ray, raylet_pid
 from support.studies import expected_rows, finish, start_cli, tiny_block, write_study_yaml
 from raystudy.plan import plan
 from raystudy.run import execute
@@ -25,9 +24,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
+    with local_ray() as address:
+        yield address
 
 
 def _study(tmp_path: Path, name: str, epochs: int = 6, checkpoints=(2, 4, 6), metrics=("sam_sharpness",)) -> Path:

@@ -132,14 +132,10 @@ def test_s3_server_gone_and_bucket_deleted_are_named(tmp_path):
 def cluster():
     """moto's S3 server and one Ray instance for the slow tests: (bucket URI, [servers], Ray address). AWS_*
     is set before ray.init, so Ray's workers and the CLI's processes reach the same server."""
-    import ray
+    from support.ray_procs import local_ray  # imports Ray: only for the slow tests
     servers: list = []
-    with s3_bucket(servers=servers) as bucket:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        try:
-            yield bucket, servers, ray.get_runtime_context().gcs_address
-        finally:
-            ray.shutdown()
+    with s3_bucket(servers=servers) as bucket, local_ray() as address:
+        yield bucket, servers, address
 
 
 def _stopped(proc: subprocess.Popen, store: Store, timeout: float = 240) -> str:

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-import ray
 import torch
 
-from support.ray_procs import find_worker, raylet_pid
+from support.ray_procs import find_worker, local_ray, raylet_pid
 from support.studies import function_block, tiny_block, write_study_yaml
 from raystudy.checkpoints import CheckpointError, list_checkpoints, load_checkpoint, resume_path
 from raystudy.run import execute, plan
@@ -27,9 +26,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[int]:
     """A private Ray instance; yields its raylet's pid (trial processes are the raylet's children)."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield raylet_pid()
-    ray.shutdown()
+    with local_ray():
+        yield raylet_pid()
 
 
 def _study(tmp_path: Path, name: str, block: dict) -> Path:

@@ -10,6 +10,7 @@ import pytest
 import ray
 
 from raystudy.run import execute, plan
+from support.ray_procs import local_ray
 from support.studies import expected_rows, tiny_study, write_study_yaml
 
 pytestmark = pytest.mark.slow
@@ -17,9 +18,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
+    with local_ray(dashboard=True) as address:
+        yield address
 
 
 def test_study_end_to_end(tmp_path, cluster):

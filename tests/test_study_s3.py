@@ -9,12 +9,12 @@ import signal
 import time
 
 import pytest
-import ray
 
 from raystudy.analysis.results import load_results
 from raystudy.report import build_report
 from raystudy.run import execute, plan
 from raystudy.storage import Store
+from support.ray_procs import local_ray
 from support.s3_server import s3_bucket
 from support.studies import expected_rows, finish, start_cli, tiny_block, tiny_study
 
@@ -25,12 +25,8 @@ pytestmark = pytest.mark.slow
 def cluster():
     """One bucket and one Ray session for the module. AWS_* is set before ray.init, so the actor pool and
     the Tune trial processes inherit the endpoint and keys."""
-    with s3_bucket() as bucket:
-        ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
-        try:
-            yield bucket, ray.get_runtime_context().gcs_address
-        finally:
-            ray.shutdown()
+    with s3_bucket() as bucket, local_ray(dashboard=True) as address:
+        yield bucket, address
 
 
 # A trial trained by a real Train worker: only then does Ray Train keep a run (state, a validation marker)
