@@ -13,12 +13,15 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
-from raystudy.checkpoints import checkpoint_path, list_checkpoints, load_checkpoint, save_resume_point
+from raystudy.checkpoints import (checkpoint_path, list_checkpoints, load_checkpoint, save_checkpoint,
+                                  save_resume_point)
 from raystudy.measure import measure_checkpoint, write_row
 from raystudy.plan import Plan, plan, still_unmeasured
-from raystudy.repair import start_point
+from raystudy.repair import StartPoint, start_point
 from raystudy.schema import SCHEMA
+from raystudy.storage import Store
 from raystudy.train.loop import train_trial
 from support.studies import expected_rows, tiny_block, write_study_yaml
 
@@ -159,3 +162,32 @@ def test_start_point_never_resumes_past_a_gap(tmp_path, done):
 
 def _diff(a, b):
     return [c for c in a.columns if not a[c].equals(b[c])]
+
+
+def _hand_state(epoch: int) -> dict:
+    return {"model": {"w": torch.full((2,), float(epoch))}, "trial": {}, "step": epoch}
+
+
+def test_start_point_by_hand(tmp_path):
+    """Hand-made states, no training: where a trial with checkpoints [2, 4, 6, 8] restarts."""
+    store, wanted = Store(tmp_path / "s"), [2, 4, 6, 8]
+    assert start_point(store, "t", wanted) == StartPoint(None, [2, 4, 6, 8], [])  # nothing yet: from scratch
+    for epoch in (2, 4, 8):
+        save_checkpoint(store, "t", epoch, _hand_state(epoch))
+    start = start_point(store, "t", wanted)
+    assert start.state["epoch"] == 4 and start.missing == [6] and start.set_aside == []  # not 8: past the gap
+    save_resume_point(store, "t", 5, _hand_state(5))
+    assert start_point(store, "t", wanted).state["epoch"] == 5  # a resume point between the two wins
+    save_resume_point(store, "t", 7, _hand_state(7))
+    assert start_point(store, "t", wanted).state["epoch"] == 4  # ... but never one beyond the gap
+    ckpt4 = checkpoint_path(store, "t", 4)
+    store.write_bytes(ckpt4, b"garbage")
+    skipped = start_point(store, "t", wanted, writes=False)  # a data-parallel worker: reads, moves nothing
+    assert skipped.state["epoch"] == 2 and skipped.missing == [4, 6] and skipped.set_aside[0].endswith("skipped")
+    assert store.exists(ckpt4)
+    start = start_point(store, "t", wanted)
+    assert start.state["epoch"] == 2 and start.set_aside[0].endswith("set aside as epoch_000004.pt.corrupt")
+    assert not store.exists(ckpt4) and store.exists(f"{ckpt4}.corrupt")
+    save_checkpoint(store, "t", 4, _hand_state(4))
+    save_checkpoint(store, "t", 6, _hand_state(6))
+    assert start_point(store, "t", wanted) == StartPoint(None, [], [])  # complete: nothing to train
