@@ -12,6 +12,7 @@ from raystudy.study import expand, load_study
 from raystudy.storage import Store
 from raystudy.train.batchnorm import batchnorm_layers, recalibrate_batchnorm, train_mode_accuracy
 from raystudy.train.loop import train_trial
+from support.studies import digits_block, write_study_yaml
 
 
 def _net() -> nn.Module:
@@ -57,25 +58,10 @@ def test_train_mode_accuracy_uses_batch_statistics_and_changes_nothing():
     assert acc == (pred == y).double().mean().item()
 
 
-STUDY = """
-name: bn
-storage: {tmp}/runs
-blocks:
-  - name: cnn
-    family: images
-    task: digits
-    model: cnn_bn
-    model_args: {{width: 4}}
-    lr: 0.5
-    batch_size: 64
-    epochs: 2
-    metrics: [fisher_rao]
-    measure: {{max_samples: 128, bn: recalibrate}}
-"""
-
-
-def test_recalibrated_measurement_leaves_the_checkpoint_alone(write_study, tmp_path):
-    trial = expand(load_study(write_study(STUDY.replace("{{", "{").replace("}}", "}"))))[0]
+def test_recalibrated_measurement_leaves_the_checkpoint_alone(tmp_path):
+    block = digits_block(name="cnn", lr=0.5, batch_size=64, metrics=["fisher_rao"],
+                         measure={"max_samples": 128, "bn": "recalibrate"})
+    trial = expand(load_study(write_study_yaml(tmp_path, "bn", block)))[0]
     assert trial.measure.bn == "recalibrate"
     store = Store(str(tmp_path / "s"))
     train_trial(trial, store)

@@ -15,20 +15,7 @@ import pytest
 from raystudy.cluster.connect import _probe
 from raystudy.run import main
 from raystudy.study import StudyError
-
-STUDY = """
-name: c
-storage: {tmp}/runs
-blocks:
-  - name: b
-    family: circles
-    task: circles
-    factor: 0.5
-    model: mlp
-    lr: 0.1
-    epochs: 1
-"""
-
+from support.studies import tiny_block, write_study_yaml
 
 def closed_port() -> int:
     """A loopback port nothing listens on (bound, then released)."""
@@ -37,9 +24,12 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
+def _study(tmp_path: Path) -> Path:
+    return write_study_yaml(tmp_path, "c", tiny_block(name="b", lr=0.1, epochs=1))
+
+
 def run(tmp_path: Path, *args: str) -> subprocess.Popen:
-    path = tmp_path / "c.yaml"
-    path.write_text(STUDY.replace("{tmp}", str(tmp_path)))
+    path = _study(tmp_path)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     return subprocess.Popen([sys.executable, "-m", "raystudy.run", str(path), *args], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -56,8 +46,7 @@ def test_probe_refuses_a_closed_port_and_a_malformed_address_at_once():
 
 
 def test_an_unreachable_address_exits_2_at_once_and_writes_nothing(tmp_path, capsys):
-    path = tmp_path / "c.yaml"
-    path.write_text(STUDY.replace("{tmp}", str(tmp_path)))
+    path = _study(tmp_path)
     port = closed_port()
     t0 = time.monotonic()
     assert main([str(path), "--address", f"127.0.0.1:{port}"]) == 2

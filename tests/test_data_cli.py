@@ -6,8 +6,6 @@ import functools
 import hashlib
 import io
 import json
-import subprocess
-import sys
 import tarfile
 import threading
 import zipfile
@@ -16,6 +14,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from support.dataset_files import write_cifar10
+from support.studies import run_cli
 from raystudy.data import FetchError, Release, fetch, safe_extract, verify
 from raystudy.data.__main__ import main
 from raystudy.data.releases import RELEASES
@@ -121,8 +120,8 @@ def test_bad_input_exit_2(tmp_path):
     assert code == 2 and error_line(err)
     code, _, err = run(["fetch", "cifar10", "cifar100", "--url", "http://127.0.0.1:1/x"])
     assert code == 2 and "--url needs exactly one NAME" in error_line(err)
-    proc = subprocess.run([sys.executable, "-m", "raystudy.data", "check", "svhn"], capture_output=True, text=True)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    code, _, err = run_cli("check", "svhn", module="raystudy.data")
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
 
 
 def test_check_statuses_without_fetch_record(tmp_path):

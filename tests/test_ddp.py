@@ -27,50 +27,23 @@ from raystudy.storage import Store
 from raystudy.train.batchnorm import HostSyncBatchNorm, sync_batchnorm
 from raystudy.train.ddp import DataParallel, Shard
 from raystudy.train.loop import build_model, load_trial_task, train_trial
+from support.studies import digits_block, tiny_block, write_study_yaml
 
 TOL = 1e-5
-STUDY = """
-name: ddp
-storage: {tmp}/runs
-blocks:
-  - name: c            # 50 points in batches of 7: the last batch has one row, one worker none
-    family: circles
-    task: circles
-    factor: 0.5
-    model: mlp
-    model_args: {{hidden: [16]}}
-    regime: [base, sam]
-    lr: 0.05
-    batch_size: 7
-    epochs: 2
-    checkpoints: [0, 1]
-    resources: {{cpus: 1, workers: 2}}
-  - name: d            # 1347 digits in batches of 128: the last batch (67 rows) splits 33/34
-    family: images
-    task: digits
-    model: cnn_bn
-    model_args: {{width: 4}}
-    regime: [base, sam]
-    lr: 0.05
-    batch_size: 128
-    epochs: 1
-    resources: {{cpus: 1, workers: 2}}
-  - name: a            # augmentation drawn for the whole batch, then sharded
-    family: images
-    task: digits
-    model: mlp
-    model_args: {{hidden: [16]}}
-    regime: aug+sam
-    lr: 0.05
-    batch_size: 128
-    epochs: 1
-    resources: {{cpus: 1, workers: 2}}
-"""
 
 
 def _trials(tmp_path: Path):
-    path = tmp_path / "ddp.yaml"
-    path.write_text(STUDY.format(tmp=tmp_path))
+    two = {"cpus": 1, "workers": 2}
+    blocks = (
+        # 50 points in batches of 7: the last batch has one row, one worker none
+        tiny_block(model_args={"hidden": [16]}, regime=["base", "sam"], batch_size=7, checkpoints=[0, 1],
+                   resources=two),
+        # 1347 digits in batches of 128: the last batch (67 rows) splits 33/34
+        digits_block(name="d", regime=["base", "sam"], epochs=1, resources=two),
+        # augmentation drawn for the whole batch, then sharded
+        digits_block(name="a", model="mlp", model_args={"hidden": [16]}, regime="aug+sam", epochs=1, resources=two),
+    )
+    path = write_study_yaml(tmp_path, "ddp", *blocks)
     return {t.trial_id.rsplit("-", 1)[0]: t for t in expand(load_study(path))}
 
 

@@ -13,78 +13,33 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-import ray
 
-from support.ray_procs import find_worker, raylet_pid
+from support.ray_procs import find_worker, local_ray, raylet_pid
+from support.studies import expected_rows, finish, start_cli, tiny_block, write_study_yaml
 from raystudy.plan import plan
 from raystudy.run import execute
-from raystudy.study import expand, load_study
 
 pytestmark = pytest.mark.slow
-STUDY = """
-name: {name}
-storage: {tmp}/runs
-analysis: {{actors: 1, cpus: 0.5}}
-blocks:
-  - name: c
-    family: circles
-    task: circles
-    factor: 0.4
-    model: mlp
-    model_args: {{hidden: [8]}}
-    seed: [0, 1]
-    shuffle_seed: 0
-    lr: 0.05
-    batch_size: 10
-    epochs: {epochs}
-    checkpoints: {checkpoints}
-    metrics: {metrics}
-    sharpness: {{rhos: [0.01], draws: 5}}
-"""
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
+    with local_ray() as address:
+        yield address
 
 
 def _study(tmp_path: Path, name: str, epochs: int = 6, checkpoints=(2, 4, 6), metrics=("sam_sharpness",)) -> Path:
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(STUDY.format(name=name, tmp=tmp_path, epochs=epochs, checkpoints=list(checkpoints),
-                                 metrics=list(metrics)))
-    return path
+    block = tiny_block(factor=0.4, seed=[0, 1], shuffle_seed=0, epochs=epochs, checkpoints=list(checkpoints),
+                       metrics=list(metrics), sharpness={"rhos": [0.01], "draws": 5})
+    return write_study_yaml(tmp_path, name, block, analysis={"actors": 1, "cpus": 0.5})
 
 
 def _rows(tmp_path: Path, name: str) -> pl.DataFrame:
     return pl.read_parquet(f"{tmp_path}/runs/{name}/results/**/*.parquet")
 
 
-def _expected(path: Path) -> set[tuple[str, int]]:
-    return {(t.trial_id, e) for t in expand(load_study(path)) for e in t.checkpoints}
-
-
 def _mtimes(tmp_path: Path, name: str, pattern: str) -> dict[Path, int]:
     return {f: f.stat().st_mtime_ns for f in (tmp_path / "runs" / name).glob(pattern)}
-
-
-def _cli(path: Path, address: str) -> subprocess.Popen:
-    """Start ``raystudy.run`` on the Ray at ``address`` as its own process; its output goes to a file
-    (``proc.log``), not a pipe that nobody reads until the end and that a chatty driver could fill and block on."""
-    log = path.with_name(f"{path.stem}.{time.monotonic_ns()}.log")
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "raystudy.run", str(path), "--no-report"],
-                                env={**os.environ, "RAY_ADDRESS": address, "PYTHONUNBUFFERED": "1"},
-                                stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    proc.log = log
-    return proc
-
-
-def _finish(proc: subprocess.Popen, timeout: float) -> str:
-    """Wait for ``proc`` and return everything it printed."""
-    proc.wait(timeout=timeout)
-    return proc.log.read_text()
 
 
 def _wait_for(predicate, timeout: float = 240, poll: float = 0.2, log: Path | None = None) -> None:
@@ -97,26 +52,26 @@ def _wait_for(predicate, timeout: float = 240, poll: float = 0.2, log: Path | No
 def test_killed_driver_rerun_redoes_nothing(tmp_path, cluster):
     """(b) kill -9 the driver mid-study: the rerun takes over its lock and retrains or re-measures nothing done."""
     path = _study(tmp_path, "driver", epochs=24, checkpoints=(2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24))
-    proc = _cli(path, cluster)
+    proc = start_cli(path, cluster)
     runs = tmp_path / "runs" / "driver"
     # Hold the study mid-way, so that a loaded machine cannot let it finish before the kill: the first
     # measurement written, the measuring actor is stopped, and the driver waits on it until killed.
     measurer = find_worker(b"ray::Measurer", raylet_pid(), time.time() + 240)
     _wait_for(lambda: any(runs.glob("results/*/*.parquet")), poll=0.02, log=proc.log)
     os.kill(measurer, signal.SIGSTOP)
-    assert len(list(runs.glob("results/*/*.parquet"))) < len(_expected(path))
+    assert len(list(runs.glob("results/*/*.parquet"))) < len(expected_rows(path))
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     os.kill(measurer, signal.SIGKILL)  # Ray would end it with its dead driver's job; now, before the snapshot
     assert (runs / "lock.json").exists()  # left behind by the dead driver
     ckpts, rows = _mtimes(tmp_path, "driver", "checkpoints/*/epoch_*.pt"), _mtimes(tmp_path, "driver", "results/*/*.parquet")
-    rerun = _cli(path, cluster)
-    log = _finish(rerun, 400)
+    rerun = start_cli(path, cluster)
+    log = finish(rerun, 400)
     assert rerun.returncode == 0, log
     assert all(f.stat().st_mtime_ns == t for f, t in ckpts.items()), "a finished checkpoint was retrained"
     assert all(f.stat().st_mtime_ns == t for f, t in rows.items()), "a measured checkpoint was measured again"
     df = _rows(tmp_path, "driver")
-    assert df.height == len(_expected(path)) and set(zip(df["trial_id"], df["epoch"])) == _expected(path)
+    assert df.height == len(expected_rows(path)) and set(zip(df["trial_id"], df["epoch"])) == expected_rows(path)
     assert not (runs / "lock.json").exists()
 
 
@@ -141,7 +96,7 @@ def test_killed_measuring_actor_is_replaced(tmp_path, cluster):
     assert killed, "the measuring actor was never seen alive"
     assert not out.failed and not out.measure_errors and not out.interrupted
     df = _rows(tmp_path, "actor")
-    assert df.height == len(_expected(path)) and set(zip(df["trial_id"], df["epoch"])) == _expected(path)
+    assert df.height == len(expected_rows(path)) and set(zip(df["trial_id"], df["epoch"])) == expected_rows(path)
 
 
 def test_truncated_files_are_named_and_repaired(tmp_path, cluster):
@@ -173,17 +128,17 @@ def test_truncated_files_are_named_and_repaired(tmp_path, cluster):
     assert not out.failed and not out.measure_errors
     assert _mtimes(tmp_path, "trunc", f"checkpoints/{trial_id}/epoch_000006.pt") == later  # not retrained
     df = _rows(tmp_path, "trunc")
-    assert df.height == len(_expected(path)) and set(zip(df["trial_id"], df["epoch"])) == _expected(path)
+    assert df.height == len(expected_rows(path)) and set(zip(df["trial_id"], df["epoch"])) == expected_rows(path)
 
 
 def test_one_run_per_study(tmp_path, cluster):
     """(f) the same study started twice: the second refuses in one line (the lock in the store)."""
     path = _study(tmp_path, "twice", epochs=40, checkpoints=(20, 40))
-    first = _cli(path, cluster)
+    first = start_cli(path, cluster)
     _wait_for(lambda: (tmp_path / "runs" / "twice" / "lock.json").exists())
     first.send_signal(signal.SIGSTOP)  # alive and holding its lock, but it cannot finish before the second starts
-    second = _cli(path, cluster)
-    out = _finish(second, 120)
+    second = start_cli(path, cluster)
+    out = finish(second, 120)
     first.send_signal(signal.SIGCONT)
     assert second.returncode == 2 and "storage: the study is being run by pid" in out, out
     first.send_signal(signal.SIGINT)
@@ -199,16 +154,16 @@ def test_deleted_results_and_changed_metrics_remeasure_without_training(tmp_path
     import shutil
     shutil.rmtree(tmp_path / "runs" / "again" / "results")
     p = plan(str(path))
-    assert not p.to_train and len(p.to_measure) == len(_expected(path))
+    assert not p.to_train and len(p.to_measure) == len(expected_rows(path))
     assert not execute(p, verbose=0).measure_errors
-    assert _rows(tmp_path, "again").height == len(_expected(path))
+    assert _rows(tmp_path, "again").height == len(expected_rows(path))
 
-    path.write_text(path.read_text().replace("metrics: ['sam_sharpness']", "metrics: [sam_sharpness, fisher_rao]"))
+    _study(tmp_path, "again", metrics=("sam_sharpness", "fisher_rao"))
     p = plan(str(path))
-    assert not p.to_train and len(p.to_measure) == len(_expected(path))
+    assert not p.to_train and len(p.to_measure) == len(expected_rows(path))
     assert not execute(p, verbose=0).measure_errors
     df = _rows(tmp_path, "again")
-    assert df.height == len(_expected(path)) and df["fisher_rao"].null_count() == 0
+    assert df.height == len(expected_rows(path)) and df["fisher_rao"].null_count() == 0
     assert df["measure_hash"].n_unique() == 1
     assert all(f.stat().st_mtime_ns == t for f, t in ckpts.items()), "a checkpoint was retrained"
     assert not plan(str(path)).to_measure and len(plan(str(path), remeasure=True).to_measure) == df.height

@@ -9,14 +9,12 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
 import pytest
-from moto.server import ThreadedMotoServer
 from pyarrow import fs as pafs
 
 import raystudy.report
@@ -24,36 +22,15 @@ import raystudy.run
 from support.fake_results import write_study
 from raystudy.faults import storage_fault
 from raystudy.plan import plan
-from raystudy.study import expand, load_study
 from raystudy.storage import Store
 from support.s3_server import s3_bucket
-
-STUDY = """
-name: {name}
-storage: {storage}
-analysis: {{actors: 1, cpus: 0.5}}
-blocks:
-  - name: c
-    family: circles
-    task: circles
-    factor: 0.5
-    model: mlp
-    model_args: {{hidden: [8]}}
-    seed: [0, 1]
-    shuffle_seed: 0
-    lr: 0.05
-    batch_size: 10
-    epochs: {epochs}
-    checkpoints: {checkpoints}
-    metrics: [fisher_rao]
-"""
-
+from support.studies import expected_rows, finish, start_cli, tiny_block, write_study_yaml
 
 def _study(tmp_path: Path, name: str, storage: str, epochs: int = 4, checkpoints=(2, 4), retries: int = 2) -> Path:
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(STUDY.format(name=name, storage=storage, epochs=epochs, checkpoints=list(checkpoints))
-                    + f"max_failures: {retries}\n")
-    return path
+    block = tiny_block(seed=[0, 1], shuffle_seed=0, epochs=epochs, checkpoints=list(checkpoints),
+                       metrics=["fisher_rao"])
+    return write_study_yaml(tmp_path, name, block, storage=storage, analysis={"actors": 1, "cpus": 0.5},
+                            max_failures=retries)
 
 
 @contextlib.contextmanager
@@ -155,34 +132,15 @@ def test_s3_server_gone_and_bucket_deleted_are_named(tmp_path):
 def cluster():
     """moto's S3 server and one Ray instance for the slow tests: (bucket URI, [servers], Ray address). AWS_*
     is set before ray.init, so Ray's workers and the CLI's processes reach the same server."""
-    import ray
+    from support.ray_procs import local_ray  # imports Ray: only for the slow tests
     servers: list = []
-    with s3_bucket(servers=servers) as bucket:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        try:
-            yield bucket, servers, ray.get_runtime_context().gcs_address
-        finally:
-            ray.shutdown()
-
-
-def _cli(path: Path, address: str) -> subprocess.Popen:
-    log = path.with_name(f"{path.stem}.{time.monotonic_ns()}.log")
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "raystudy.run", str(path), "--no-report"],
-                                env={**os.environ, "RAY_ADDRESS": address, "PYTHONUNBUFFERED": "1"},
-                                stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    proc.log = log
-    return proc
-
-
-def _finish(proc: subprocess.Popen, timeout: float) -> str:
-    proc.wait(timeout=timeout)
-    return proc.log.read_text()
+    with s3_bucket(servers=servers) as bucket, local_ray() as address:
+        yield bucket, servers, address
 
 
 def _stopped(proc: subprocess.Popen, store: Store, timeout: float = 240) -> str:
     """The output of ``proc`` once it has exited on its storage fault: its last line must be the one line."""
-    log = _finish(proc, timeout)
+    log = finish(proc, timeout)
     assert proc.returncode == 1, log
     said = [line for line in log.splitlines() if line.startswith("storage: ")]
     assert len(said) == 1 and said[0].startswith(f"storage: {store.uri}: ") and said[0].endswith("is redone)"), log
@@ -205,12 +163,12 @@ def _mid_run(store: Store, proc: subprocess.Popen, timeout: float = 240):
 
 def _complete(path: Path, store: Store, address: str) -> None:
     """The rerun, storage back: exit 0, every (trial, checkpoint) row exactly once."""
-    rerun = _cli(path, address)
-    log = _finish(rerun, 300)
+    rerun = start_cli(path, address)
+    log = finish(rerun, 300)
     assert rerun.returncode == 0, log
     df = pl.concat([pl.read_parquet(store.read_bytes(f)) for f in
                     store.list(store.path("results"), ".parquet", recursive=True)])
-    want = {(t.trial_id, e) for t in expand(load_study(path)) for e in t.checkpoints}
+    want = expected_rows(path)
     assert df.height == len(want) and set(zip(df["trial_id"], df["epoch"])) == want
 
 
@@ -223,7 +181,7 @@ def test_s3_server_stopped_mid_run(tmp_path, cluster):
     # No retries: each would wait out the S3 client's own retries against a server that is not there.
     path = _study(tmp_path, "s3stop", f"{bucket}/runs", epochs=400, checkpoints=(100, 200, 300, 400), retries=0)
     store = Store(f"{bucket}/runs/s3stop")
-    proc = _cli(path, address)
+    proc = start_cli(path, address)
     go_on = _mid_run(store, proc)
     servers[-1].stop()
     go_on()
@@ -240,7 +198,7 @@ def test_bucket_deleted_mid_run(tmp_path, cluster):
     bucket, servers, address = cluster
     path = _study(tmp_path, "gone", f"{bucket}/runs", epochs=400, checkpoints=(100, 200, 300, 400))
     store = Store(f"{bucket}/runs/gone")
-    proc = _cli(path, address)
+    proc = start_cli(path, address)
     go_on = _mid_run(store, proc)
     fs = pafs.S3FileSystem(endpoint_override=os.environ["AWS_ENDPOINT_URL"], allow_bucket_deletion=True,
                            allow_bucket_creation=True)
@@ -260,7 +218,7 @@ def test_disk_full_mid_run(tmp_path, cluster):
     with tmpfs(tmp_path / "disk", size="16m") as disk:
         path = _study(tmp_path, "diskfull", str(disk / "runs"), epochs=400, checkpoints=(100, 200, 300, 400))
         store = Store(disk / "runs" / "diskfull")
-        proc = _cli(path, address)
+        proc = start_cli(path, address)
         go_on = _mid_run(store, proc)
         filler = fill(disk)
         go_on()

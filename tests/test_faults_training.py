@@ -12,10 +12,10 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-import ray
 import torch
 
-from support.ray_procs import find_worker, raylet_pid
+from support.ray_procs import find_worker, local_ray, raylet_pid
+from support.studies import function_block, tiny_block, write_study_yaml
 from raystudy.checkpoints import CheckpointError, list_checkpoints, load_checkpoint, resume_path
 from raystudy.run import execute, plan
 from raystudy.study import expand, load_study
@@ -26,15 +26,12 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[int]:
     """A private Ray instance; yields its raylet's pid (trial processes are the raylet's children)."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield raylet_pid()
-    ray.shutdown()
+    with local_ray():
+        yield raylet_pid()
 
 
-def _study(tmp_path: Path, name: str, blocks: str) -> Path:
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(f"name: {name}\nstorage: {tmp_path}/runs\nanalysis: {{actors: 1, cpus: 0.5}}\nblocks:\n{blocks}")
-    return path
+def _study(tmp_path: Path, name: str, block: dict) -> Path:
+    return write_study_yaml(tmp_path, name, block, analysis={"actors": 1, "cpus": 0.5})
 
 
 def _rows(p) -> pl.DataFrame:
@@ -42,20 +39,9 @@ def _rows(p) -> pl.DataFrame:
 
 
 def test_killed_trial_resumes_from_its_resume_point(tmp_path, cluster):
-    path = _study(tmp_path, "kill", """
-  - name: c
-    family: circles
-    task: circles
-    factor: 0.5
-    model: mlp
-    model_args: {hidden: [8]}
-    lr: 0.01
-    batch_size: 10
-    epochs: 3000
-    checkpoints: [0]
-    resume_every: {epochs: 50, minutes: null}
-    sharpness: {rhos: [0.005], draws: 5}
-""")
+    path = _study(tmp_path, "kill", tiny_block(lr=0.01, epochs=3000, checkpoints=[0],
+                                               resume_every={"epochs": 50, "minutes": None},
+                                               sharpness={"rhos": [0.005], "draws": 5}))
     p = plan(str(path))
     (trial,) = p.trials
     resume = Path(resume_path(p.store, trial.trial_id))
@@ -90,22 +76,11 @@ def test_killed_trial_resumes_from_its_resume_point(tmp_path, cluster):
 
 
 def test_diverging_trial_is_a_result_not_a_failure(tmp_path, cluster):
-    path = _study(tmp_path, "diverge", """
-  - name: f
-    family: functions
-    task: sphere
-    model: mlp
-    model_args: {hidden: [8]}
-    optimizer: sgd
-    lr: [100.0, 0.01]  # the top of the documented range (raystudy/study/bounds.py) diverges here
-    epochs: 20
-    checkpoints: [5]
-    n_train: 64
-    n_test: 64
-    metrics: [sam_sharpness, hessian]
-    sharpness: {rhos: [0.005], draws: 5}
-    hessian: {top_k: 1, trace_hvp: 3, density_runs: 1, density_steps: 4}
-""")
+    path = _study(tmp_path, "diverge", function_block(
+        name="f", optimizer="sgd",
+        lr=[100.0, 0.01],  # the top of the documented range (raystudy/study/bounds.py) diverges here
+        epochs=20, checkpoints=[5], metrics=["sam_sharpness", "hessian"], sharpness={"rhos": [0.005], "draws": 5},
+        hessian={"top_k": 1, "trace_hvp": 3, "density_runs": 1, "density_steps": 4}))
     p = plan(str(path))
     out = execute(p, verbose=0)
     assert not out.failed and not out.measure_errors and not out.interrupted  # exit 0

@@ -80,37 +80,7 @@ def test_load_refuses_a_scale_that_is_not_finite_and_positive(scale):
         load_task("functions", "sphere", seed=0, n_train=10, n_test=10, target_scale=scale)
 
 
-SCALED_STUDY = """
-    name: scale
-    storage: {tmp}/runs
-    blocks:
-      - name: fn
-        family: functions
-        task: rastrigin
-        model: mlp
-        model_args: {hidden: [8]}
-        optimizer: adam
-        lr: 0.01
-        epochs: 2
-        checkpoints: [0]
-        n_train: 64
-        n_test: 64
-        target_scale: [1, 10]
-        sharpness: {rhos: [0.01], draws: 3}
-      - name: c
-        family: circles
-        task: circles
-        factor: 0.5
-        model: mlp
-        model_args: {hidden: [8]}
-        lr: 0.1
-        batch_size: 25
-        epochs: 1
-        sharpness: {rhos: [0.01], draws: 3}
-    """
-
-
-def test_rows_carry_the_scale_the_raw_and_the_scale_free_complexity(tmp_path, write_study):
+def test_rows_carry_the_scale_the_raw_and_the_scale_free_complexity(tmp_path):
     from raystudy.checkpoints import list_checkpoints
     from raystudy.measure import measure_checkpoint, write_row
     from raystudy.analysis.aggregate import varying_hyperparameters
@@ -118,8 +88,12 @@ def test_rows_carry_the_scale_the_raw_and_the_scale_free_complexity(tmp_path, wr
     from raystudy.study import expand, load_study
     from raystudy.storage import Store
     from raystudy.train.loop import build_model, load_trial_task, train_trial
+    from support.studies import function_block, tiny_block, write_study_yaml
 
-    one, ten, circles = expand(load_study(write_study(SCALED_STUDY)))
+    fn = function_block(task="rastrigin", epochs=2, checkpoints=[0], target_scale=[1, 10],
+                        sharpness={"rhos": [0.01], "draws": 3})
+    circ = tiny_block(lr=0.1, batch_size=25, epochs=1, sharpness={"rhos": [0.01], "draws": 3})
+    one, ten, circles = expand(load_study(write_study_yaml(tmp_path, "scale", fn, circ)))
     assert (one.target_scale, ten.target_scale) == (1.0, 10.0)
     assert load_trial_task(ten).info["target_scale"] == 10.0  # training sees the scaled target
     store = Store(str(tmp_path / "s"))

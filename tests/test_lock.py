@@ -18,6 +18,7 @@ import pytest
 from raystudy.lock import LockLost, StudyLock, StudyLocked
 from raystudy.storage import Store
 from support.s3_server import BUCKET, s3_bucket
+from support.studies import tiny_block, write_study_yaml
 
 ROUNDS = 20
 
@@ -261,26 +262,11 @@ def test_a_new_store_of_the_study_is_fenced_too(tmp_path):
     assert (tmp_path / "study" / "a.txt").exists() and not (tmp_path / "study" / "b.txt").exists()
 
 
-CLI_STUDY = """
-name: fenced
-storage: {tmp}/runs
-analysis: {{actors: 1, cpus: 0.5}}
-blocks:
-  - name: c
-    family: circles
-    task: circles
-    factor: 0.4
-    model: mlp
-    model_args: {{hidden: [8]}}
-    seed: [0, 1]
-    shuffle_seed: 0
-    lr: 0.05
-    batch_size: 10
-    epochs: 400
-    checkpoints: {checkpoints}
-    metrics: [sam_sharpness]
-    sharpness: {{rhos: [0.01], draws: 5}}
-"""
+def _cli_study(tmp_path: Path, name: str, checkpoints: list[int]) -> Path:
+    """Two circles trials of 400 epochs, measured with SAM-sharpness: long enough to be stopped mid-run."""
+    block = tiny_block(factor=0.4, seed=[0, 1], shuffle_seed=0, epochs=400, checkpoints=checkpoints,
+                       metrics=["sam_sharpness"], sharpness={"rhos": [0.01], "draws": 5})
+    return write_study_yaml(tmp_path, name, block, analysis={"actors": 1, "cpus": 0.5})
 
 
 def _written(study: Path) -> set[Path]:
@@ -295,8 +281,7 @@ def test_cli_stops_in_one_line_when_its_lock_is_taken_mid_run(tmp_path):
     import ray
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        path = tmp_path / "fenced.yaml"
-        path.write_text(CLI_STUDY.format(tmp=tmp_path, checkpoints=list(range(10, 400, 10))))
+        path = _cli_study(tmp_path, "fenced", list(range(10, 400, 10)))
         study, log = tmp_path / "runs" / "fenced", tmp_path / "driver.log"
         fast = ("import sys, raystudy.lock as lock; lock.HEARTBEAT_S = 0.5; from raystudy.run import main; "
                 "sys.exit(main(sys.argv[1:]))")
@@ -337,8 +322,7 @@ def test_disk_full_at_the_lock_is_one_line_exit_2(tmp_path, capsys, monkeypatch)
     def full(*args):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    path = tmp_path / "full.yaml"
-    path.write_text(CLI_STUDY.replace("name: fenced", "name: full").format(tmp=tmp_path, checkpoints=[10]))
+    path = _cli_study(tmp_path, "full", [10])
     monkeypatch.setattr(os, "link", full)
     assert main([str(path)]) == 2
     err = capsys.readouterr().err

@@ -15,38 +15,20 @@ from raystudy.study import expand, load_study
 from raystudy.storage import Store
 from raystudy.tasks.base import batches
 from raystudy.train.loop import build_model, load_trial_task, train_trial
+from support.studies import function_block, tiny_block, write_study_yaml
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-STUDY = """
-name: pb
-storage: {tmp}/runs
-blocks:
-  - name: circ
-    family: circles
-    task: circles
-    model: mlp
-    model_args: {hidden: [16]}
-    factor: 0.5
-    lr: 0.1
-    epochs: 3
-    metrics: [pac_bayes]
-    pac_bayes: {draws: 8, bound: 0.05}
-    measure: {max_samples: 128}
-  - name: fn
-    family: functions
-    task: sphere
-    model: mlp
-    model_args: {hidden: [8]}
-    optimizer: adam
-    lr: 0.01
-    epochs: 3
-    n_train: 64
-    n_test: 32
-    metrics: [sam_sharpness, pac_bayes]
-    sharpness: {rhos: [0.01], draws: 2}
-    pac_bayes: {draws: 8}
-"""
+
+def _study(tmp_path, **circ) -> dict:
+    """The study's trials: a circles classifier and a sphere regression, each listing pac_bayes; ``circ``
+    replaces fields of the circles block (None removes one)."""
+    block = tiny_block(name="circ", model_args={"hidden": [16]}, lr=0.1, epochs=3, batch_size=None,
+                       metrics=["pac_bayes"], pac_bayes={"draws": 8, "bound": 0.05}, measure={"max_samples": 128})
+    block = {k: v for k, v in {**block, **circ}.items() if v is not None}
+    fn = function_block(n_test=32, metrics=["sam_sharpness", "pac_bayes"], sharpness={"rhos": [0.01], "draws": 2},
+                        pac_bayes={"draws": 8})
+    return {t.block: t for t in expand(load_study(write_study_yaml(tmp_path, "pb", block, fn)))}
 
 
 def _measured(trial, store):
@@ -64,8 +46,8 @@ def _measured(trial, store):
 
 
 @pytest.mark.parametrize("block", ["circ", "fn"])
-def test_pac_bayes_columns_are_the_estimators_on_the_bounded_loss(tmp_path, write_study, block):
-    trial = next(t for t in expand(load_study(write_study(STUDY))) if t.block == block)
+def test_pac_bayes_columns_are_the_estimators_on_the_bounded_loss(tmp_path, block):
+    trial = _study(tmp_path)[block]
     row, model, data, y = _measured(trial, Store(str(tmp_path / "runs" / "pb")))
     assert row["status"] == "ok"
     loss = zero_one_error if block == "circ" else RelativeMSE(float(y.double().var()))
@@ -88,15 +70,11 @@ def test_relative_mse_is_scale_free():
     assert float(zero_one_error(torch.tensor([[2.0, 1.0], [0.0, 1.0]]), torch.tensor([0, 0]))) == 0.5
 
 
-def test_pac_bayes_settings_enter_the_hash_only_when_listed(write_study):
-    listed = {t.block: t for t in expand(load_study(write_study(STUDY)))}
-    other = {t.block: t for t in expand(load_study(write_study(STUDY.replace("draws: 8, bound: 0.05", "draws: 9"),
-                                                               "b.yaml")))}
+def test_pac_bayes_settings_enter_the_hash_only_when_listed(tmp_path):
+    listed = _study(tmp_path)
+    other = _study(tmp_path, pac_bayes={"draws": 9})
     assert listed["circ"].measure_hash != other["circ"].measure_hash  # a changed setting re-measures
-    unlisted = {t.block: t for t in expand(load_study(write_study(
-        STUDY.replace("metrics: [pac_bayes]", "metrics: [fisher_rao]").replace(", bound: 0.05", ""), "c.yaml")))}
-    bare = {t.block: t for t in expand(load_study(write_study(
-        STUDY.replace("metrics: [pac_bayes]", "metrics: [fisher_rao]").replace("    pac_bayes: {draws: 8, bound: 0.05}\n", ""),
-        "d.yaml")))}
+    unlisted = _study(tmp_path, metrics=["fisher_rao"], pac_bayes={"draws": 8})
+    bare = _study(tmp_path, metrics=["fisher_rao"], pac_bayes=None)
     assert unlisted["circ"].metric_settings == {} and unlisted["circ"].measure_hash == bare["circ"].measure_hash
     assert listed["circ"].trial_id == unlisted["circ"].trial_id  # never a training setting

@@ -18,6 +18,7 @@ from raystudy.schema import COLUMNS, HESSIAN, SCHEMA, SHARPNESS
 from raystudy.study import StudyError, expand, load_study
 from raystudy.storage import Store
 from raystudy.train.loop import train_trial
+from support.studies import write_study_yaml
 
 ROOT = Path(__file__).parent.parent
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -80,9 +81,7 @@ def _block(**over):
 
 
 def _load(tmp_path, **over):
-    import yaml
-    path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump({"name": "s", "blocks": [_block(**over)]}))
+    path = write_study_yaml(tmp_path, "s", _block(**over), storage="./runs")
     return load_study(path), path
 
 

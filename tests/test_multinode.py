@@ -13,31 +13,11 @@ import ray
 from ray.cluster_utils import Cluster
 
 from raystudy.run import execute, plan
-from raystudy.study import expand, load_study
 from raystudy.storage import Store
 from support.s3_server import s3_bucket
+from support.studies import expected_rows, tiny_block, write_study_yaml
 
 pytestmark = pytest.mark.slow
-STUDY = """
-name: lostnode
-storage: {bucket}/runs
-analysis: {{actors: 1, cpus: 0.5}}
-blocks:
-  - name: c
-    family: circles
-    task: circles
-    factor: 0.5
-    model: mlp
-    model_args: {{hidden: [8]}}
-    seed: [0, 1, 2, 3]
-    shuffle_seed: 0
-    lr: 0.05
-    batch_size: 10
-    epochs: 300
-    checkpoints: [100, 200, 300]
-    resume_every: {{epochs: 25, minutes: null}}
-    metrics: [fisher_rao]
-"""
 
 
 @pytest.fixture
@@ -58,8 +38,9 @@ def cluster():
 
 def test_lost_worker_node_with_storage_in_a_bucket(tmp_path, cluster):
     bucket, nodes, workers = cluster
-    path = tmp_path / "lostnode.yaml"
-    path.write_text(STUDY.format(bucket=bucket))
+    block = tiny_block(seed=[0, 1, 2, 3], shuffle_seed=0, epochs=300, checkpoints=[100, 200, 300],
+                       resume_every={"epochs": 25, "minutes": None}, metrics=["fisher_rao"])
+    path = write_study_yaml(tmp_path, "lostnode", block, storage=f"{bucket}/runs", analysis={"actors": 1, "cpus": 0.5})
     store = Store(f"{bucket}/runs/lostnode")
     removed: list[float] = []
 
@@ -81,7 +62,7 @@ def test_lost_worker_node_with_storage_in_a_bucket(tmp_path, cluster):
     assert not out.failed and not out.measure_errors and not out.interrupted  # what the CLI exits 0 on
     rows = [pl.read_parquet(store.read_bytes(f)) for f in store.list(store.path("results"), ".parquet", recursive=True)]
     df = pl.concat(rows)
-    want = {(t.trial_id, e) for t in expand(load_study(path)) for e in t.checkpoints}
+    want = expected_rows(path)
     assert df.height == len(want) and set(zip(df["trial_id"], df["epoch"])) == want  # every row, once
     assert (df["status"] == "ok").all() and df["fisher_rao"].null_count() == 0
     assert sorted(f.name for f in tmp_path.iterdir()) == ["lostnode.yaml"]  # nothing on the local disk

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from raystudy.cluster.progress import Progress
+from support.studies import function_block, write_study_yaml
 
 
 class Clock:
@@ -64,27 +65,6 @@ def test_terminal_line_is_redrawn_in_place_and_messages_keep_it():
     assert "\r\033[K[measured] t epoch 1\n" in text and text.endswith("checkpoints 2/2  0 failed  0s  done\n")
 
 
-STUDY = """\
-name: mini
-storage: {storage}
-analysis: {{actors: 1, cpus: 1}}
-blocks:
-  - name: fn
-    family: functions
-    task: [sphere, rastrigin]
-    model: mlp
-    model_args: {{hidden: [8]}}
-    seed: [0, 1]
-    optimizer: adam
-    lr: 0.01
-    epochs: 4
-    checkpoints: [0, 2, 4]
-    n_train: 64
-    n_test: 64
-    sharpness: {{rhos: [0.005], draws: 4}}
-"""
-
-
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     code = textwrap.dedent(f"""
         import sys
@@ -99,8 +79,9 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_console_reads_like_a_summary_and_a_noop_rerun_starts_nothing(tmp_path):
-    study = tmp_path / "mini.yaml"
-    study.write_text(STUDY.format(storage=tmp_path / "runs"))
+    block = function_block(task=["sphere", "rastrigin"], seed=[0, 1], epochs=4, checkpoints=[0, 2, 4],
+                           sharpness={"rhos": [0.005], "draws": 4})
+    study = write_study_yaml(tmp_path, "mini", block, analysis={"actors": 1, "cpus": 1})
     first = _cli(str(study), "--num-cpus", "2", "-v", cwd=tmp_path)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     out = first.stdout.splitlines()

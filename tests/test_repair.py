@@ -13,44 +13,28 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
-from raystudy.checkpoints import checkpoint_path, list_checkpoints, load_checkpoint, save_resume_point
+from raystudy.checkpoints import (checkpoint_path, list_checkpoints, load_checkpoint, save_checkpoint,
+                                  save_resume_point)
 from raystudy.measure import measure_checkpoint, write_row
 from raystudy.plan import Plan, plan, still_unmeasured
-from raystudy.repair import start_point
+from raystudy.repair import StartPoint, start_point
 from raystudy.schema import SCHEMA
-from raystudy.study import expand, load_study
+from raystudy.storage import Store
 from raystudy.train.loop import train_trial
+from support.studies import expected_rows, tiny_block, write_study_yaml
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-STUDY = """
-name: {name}
-storage: {tmp}/runs
-blocks:
-  - name: c
-    family: circles
-    task: circles
-    factor: 0.5
-    model: mlp
-    model_args: {{hidden: [8]}}
-    seed: 0
-    shuffle_seed: 0
-    lr: 0.05
-    batch_size: 10
-    epochs: 24
-    checkpoints: [2, 4, 6, 8, 12, 24]
-    metrics: {metrics}
-    sharpness: {{rhos: [0.01], draws: 3}}
-"""
 # What a rerun may change: how long things took and where the rebuilt checkpoint's training started.
 TIMING = ("wall_s", "train_wall_s", "resumed_from")
 NUMBERS = [c for c in SCHEMA if c not in TIMING]
 
 
 def _study(tmp_path: Path, name: str, metrics=("fisher_rao",)) -> Path:
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(STUDY.format(name=name, tmp=tmp_path, metrics=list(metrics)))
-    return path
+    block = tiny_block(seed=0, shuffle_seed=0, epochs=24, checkpoints=[2, 4, 6, 8, 12, 24], metrics=list(metrics),
+                       sharpness={"rhos": [0.01], "draws": 3})
+    return write_study_yaml(tmp_path, name, block)
 
 
 def _execute(p: Plan) -> None:
@@ -69,10 +53,6 @@ def _execute(p: Plan) -> None:
 
 def _rows(tmp_path: Path, name: str) -> pl.DataFrame:
     return pl.read_parquet(f"{tmp_path}/runs/{name}/results/**/*.parquet").sort("trial_id", "epoch")
-
-
-def _expected(path: Path) -> set[tuple[str, int]]:
-    return {(t.trial_id, e) for t in expand(load_study(path)) for e in t.checkpoints}
 
 
 def _mtimes(p: Plan) -> dict[str, int]:
@@ -113,7 +93,7 @@ def test_truncated_middle_checkpoint_is_rebuilt_from_the_one_before(tmp_path, do
     assert load_checkpoint(p.store, six)["resumed_from"] == 4
     assert {f: t for f, t in _mtimes(p).items() if f != six} == {f: t for f, t in before.items() if f != six}
     df = _rows(tmp_path, "ref")
-    assert set(zip(df["trial_id"], df["epoch"])) == _expected(path) and df.height == len(_expected(path))
+    assert set(zip(df["trial_id"], df["epoch"])) == expected_rows(path) and df.height == len(expected_rows(path))
     assert df.select(NUMBERS).equals(done[1].select(NUMBERS))
     p = plan(str(path))
     assert not p.to_train and not p.to_measure and not p.damaged  # a third run has nothing to do
@@ -131,10 +111,10 @@ def test_corrupt_measured_checkpoint_then_changed_metrics_gives_full_rows(tmp_pa
         f.write(b"\0" * 64)
     p = plan(str(path))
     assert [t.trial_id for t in p.to_train] == [trial.trial_id] and eight not in p.to_measure
-    assert len(p.to_measure) == len(_expected(path)) - 1 and len(p.damaged) == 1
+    assert len(p.to_measure) == len(expected_rows(path)) - 1 and len(p.damaged) == 1
     _execute(p)
     df = _rows(tmp_path, "ref")
-    assert set(zip(df["trial_id"], df["epoch"])) == _expected(path) and df.height == len(_expected(path))
+    assert set(zip(df["trial_id"], df["epoch"])) == expected_rows(path) and df.height == len(expected_rows(path))
     assert df["relative_flatness"].null_count() == 0 and df["measure_hash"].n_unique() == 1
     same = [c for c in NUMBERS if not c.startswith("relative_flatness") and c not in ("measure_hash", "metrics")]
     assert df.select(same).equals(done[1].select(same)), _diff(df.select(same), done[1].select(same))
@@ -182,3 +162,32 @@ def test_start_point_never_resumes_past_a_gap(tmp_path, done):
 
 def _diff(a, b):
     return [c for c in a.columns if not a[c].equals(b[c])]
+
+
+def _hand_state(epoch: int) -> dict:
+    return {"model": {"w": torch.full((2,), float(epoch))}, "trial": {}, "step": epoch}
+
+
+def test_start_point_by_hand(tmp_path):
+    """Hand-made states, no training: where a trial with checkpoints [2, 4, 6, 8] restarts."""
+    store, wanted = Store(tmp_path / "s"), [2, 4, 6, 8]
+    assert start_point(store, "t", wanted) == StartPoint(None, [2, 4, 6, 8], [])  # nothing yet: from scratch
+    for epoch in (2, 4, 8):
+        save_checkpoint(store, "t", epoch, _hand_state(epoch))
+    start = start_point(store, "t", wanted)
+    assert start.state["epoch"] == 4 and start.missing == [6] and start.set_aside == []  # not 8: past the gap
+    save_resume_point(store, "t", 5, _hand_state(5))
+    assert start_point(store, "t", wanted).state["epoch"] == 5  # a resume point between the two wins
+    save_resume_point(store, "t", 7, _hand_state(7))
+    assert start_point(store, "t", wanted).state["epoch"] == 4  # ... but never one beyond the gap
+    ckpt4 = checkpoint_path(store, "t", 4)
+    store.write_bytes(ckpt4, b"garbage")
+    skipped = start_point(store, "t", wanted, writes=False)  # a data-parallel worker: reads, moves nothing
+    assert skipped.state["epoch"] == 2 and skipped.missing == [4, 6] and skipped.set_aside[0].endswith("skipped")
+    assert store.exists(ckpt4)
+    start = start_point(store, "t", wanted)
+    assert start.state["epoch"] == 2 and start.set_aside[0].endswith("set aside as epoch_000004.pt.corrupt")
+    assert not store.exists(ckpt4) and store.exists(f"{ckpt4}.corrupt")
+    save_checkpoint(store, "t", 4, _hand_state(4))
+    save_checkpoint(store, "t", 6, _hand_state(6))
+    assert start_point(store, "t", wanted) == StartPoint(None, [], [])  # complete: nothing to train

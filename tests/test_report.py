@@ -4,13 +4,12 @@ from __future__ import annotations
 import json
 import re
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from support.fake_results import write_study
+from support.studies import run_cli
 from raystudy.report import build_report
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,9 +25,8 @@ def report(tmp_path_factory) -> Path:
     return build_report(write_study(tmp_path_factory.mktemp("study")))
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "raystudy.report", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+def _cli(*args: str) -> tuple[int, str, str]:
+    return run_cli(*args, module="raystudy.report", cwd=REPO)
 
 
 def test_page_is_offline_and_complete(report):
@@ -87,9 +85,9 @@ def test_verdicts_json_beside_the_page_and_verdicts_only(report, tmp_path):
     # --verdicts-only: the same verdicts, no page, no charts, settings from the study file as run.
     study = write_study(tmp_path)
     (study / "study.yaml").write_text("name: toy\nverdicts: {alpha: 0.01, sharpness: {metrics: [fisher_rao]}}\n")
-    result = _cli(str(study), "--verdicts-only")
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
+    rc, out, err = _cli(str(study), "--verdicts-only")
+    assert rc == 0, err
+    lines = out.splitlines()
     assert lines[:3] == ["verdict A (functions): inconclusive - " + written[0]["claim"],
                          "verdict B (circles): supported - " + written[1]["claim"],
                          "verdict C (digits): inconclusive - " + written[2]["claim"]]
@@ -102,9 +100,9 @@ def test_verdicts_json_beside_the_page_and_verdicts_only(report, tmp_path):
 
 def test_empty_study_gives_a_page_that_says_so(tmp_path):
     (tmp_path / "results").mkdir()
-    result = _cli(str(tmp_path))
-    assert result.returncode == 0, result.stderr
-    page = Path(result.stdout.strip())
+    rc, out, err = _cli(str(tmp_path))
+    assert rc == 0, err
+    page = Path(out.strip())
     assert page == tmp_path / "report" / "index.html"
     assert "No results yet" in page.read_text() and not list(page.parent.glob("*.png"))
 
@@ -114,10 +112,10 @@ def test_cli_not_a_study_directory(tmp_path, make_dir):
     target = tmp_path / "somewhere"
     if make_dir:
         target.mkdir()
-    result = _cli(str(target))
-    assert result.returncode == 2
-    assert result.stderr == f"{target}: no results/ directory (not a study directory?)\n"
-    assert result.stdout == "" and not (target / "report").exists()
+    rc, out, err = _cli(str(target))
+    assert rc == 2
+    assert err == f"{target}: no results/ directory (not a study directory?)\n"
+    assert out == "" and not (target / "report").exists()
 
 
 def test_crafted_rows_cannot_inject_the_page_or_read_outside_the_study(tmp_path):

@@ -15,33 +15,19 @@ from raystudy.measure import measure_checkpoint, write_row
 from raystudy.study import expand, load_study
 from raystudy.storage import Store
 from raystudy.train.loop import train_trial
+from support.studies import function_block, write_study_yaml
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-STUDY = """
-name: amplitude
-storage: {tmp}/runs
-blocks:
-  - name: sphere
-    family: functions
-    task: sphere
-    target_scale: [1, 10, 100]
-    model: mlp
-    model_args: {hidden: [16, 16]}
-    seed: [0, 1, 2]
-    optimizer: adam
-    lr: 1.0e-2
-    epochs: 150
-    n_train: 128
-    n_test: 64
-    metrics: [sam_sharpness, hessian]
-    sharpness: {rhos: [5.0e-3], draws: 10}
-    hessian: {top_k: 1, trace_hvp: 6, density_runs: 1, density_steps: 4}
-"""
+# One target at three amplitudes, three seeds each: 9 trials trained long enough (150 epochs) to fit.
+AMPLITUDES = function_block(name="sphere", target_scale=[1, 10, 100], model_args={"hidden": [16, 16]}, seed=[0, 1, 2],
+                            epochs=150, n_train=128, metrics=["sam_sharpness", "hessian"],
+                            sharpness={"rhos": [5.0e-3], "draws": 10},
+                            hessian={"top_k": 1, "trace_hvp": 6, "density_runs": 1, "density_steps": 4})
 
 
-def test_amplitude_moves_raw_sharpness_not_the_verdict(tmp_path, write_study):
-    path = write_study(STUDY)
+def test_amplitude_moves_raw_sharpness_not_the_verdict(tmp_path):
+    path = write_study_yaml(tmp_path, "amplitude", AMPLITUDES)
     trials = expand(load_study(path))
     assert len(trials) == 9
     store = Store(str(tmp_path / "runs" / "amplitude"))

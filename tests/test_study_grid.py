@@ -14,7 +14,7 @@ import yaml
 
 from raystudy.study import expand, load_study
 from raystudy.trial import ResumeEvery, Trial
-from support.study_files import SMOKE, base_study, ids, write
+from support.studies import SMOKE, base_study, ids, write
 
 
 def test_smoke_study_expands_to_the_cross_product():

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from raystudy.study import StudyError, Verdicts, expand, load_study, verdict_settings
-from support.study_files import base_study, write
+from support.studies import base_study, write
 
 
 def block(i: int, **changes):

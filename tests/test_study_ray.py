@@ -10,37 +10,26 @@ import pytest
 import ray
 
 from raystudy.run import execute, plan
-from raystudy.study import expand, load_study
+from support.ray_procs import local_ray
+from support.studies import expected_rows, tiny_study, write_study_yaml
 
 pytestmark = pytest.mark.slow
-TINY = Path(__file__).parent / "studies" / "tiny.yaml"
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
-
-
-def _study(tmp_path: Path, name: str) -> Path:
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(TINY.read_text().replace("name: tiny", f"name: {name}").replace("./runs", str(tmp_path / "runs")))
-    return path
-
-
-def _expected(path: Path) -> set[tuple[str, int]]:
-    return {(t.trial_id, e) for t in expand(load_study(path)) for e in t.checkpoints}
+    with local_ray(dashboard=True) as address:
+        yield address
 
 
 def test_study_end_to_end(tmp_path, cluster):
-    path = _study(tmp_path, "e2e")
+    path = tiny_study(tmp_path, "e2e")
     p = plan(str(path))
     assert len(p.to_train) == 14 and not p.to_measure
     out = execute(p, verbose=0)
     assert not out.failed and not out.measure_errors and not out.interrupted
     df = pl.scan_parquet(f"{p.store.root}/results/**/*.parquet").collect()
-    assert set(zip(df["trial_id"], df["epoch"])) == _expected(path) and df.height == len(_expected(path))
+    assert set(zip(df["trial_id"], df["epoch"])) == expected_rows(path) and df.height == len(expected_rows(path))
     assert (df["status"] == "ok").all() and (df["bn_mode"] == "stored").all()
     fn, img = df.filter(family="functions"), df.filter(family="images")
     assert fn["ece"].null_count() == fn.height and fn["sam_sharpness"].null_count() == 0
@@ -78,26 +67,10 @@ def test_cifar_format_study_with_corruption_and_consistency(tmp_path, cluster):
     from support.dataset_files import write_cifar10, write_cifar10_c
     data = write_cifar10(tmp_path / "data", n_train=200, n_test=60)
     write_cifar10_c(tmp_path / "data", data["x_test"], data["y_test"])
-    path = tmp_path / "cifar.yaml"
-    path.write_text(f"""
-name: cifar
-storage: {tmp_path}/runs
-analysis: {{actors: 1, cpus: 1}}
-blocks:
-  - name: c10
-    family: images
-    task: cifar10
-    data_root: {tmp_path}/data
-    model: mlp
-    model_args: {{hidden: [16]}}
-    regime: [base, aug]
-    seed: [0, 1, 2]
-    lr: 0.05
-    batch_size: 50
-    epochs: 2
-    metrics: [corruption, consistency, fisher_rao]
-    corruption: {{max_samples: 20}}
-""")
+    block = dict(name="c10", family="images", task="cifar10", data_root=f"{tmp_path}/data", model="mlp",
+                 model_args={"hidden": [16]}, regime=["base", "aug"], seed=[0, 1, 2], lr=0.05, batch_size=50, epochs=2,
+                 metrics=["corruption", "consistency", "fisher_rao"], corruption={"max_samples": 20})
+    path = write_study_yaml(tmp_path, "cifar", block, analysis={"actors": 1, "cpus": 1})
     p = plan(str(path))
     out = execute(p, verbose=0)
     assert not out.failed and not out.measure_errors and not out.interrupted

@@ -6,84 +6,48 @@ from __future__ import annotations
 import re
 import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
-import ray
 
 from raystudy.analysis.results import load_results
 from raystudy.report import build_report
 from raystudy.run import execute, plan
-from raystudy.study import expand, load_study
 from raystudy.storage import Store
+from support.ray_procs import local_ray
 from support.s3_server import s3_bucket
+from support.studies import expected_rows, finish, start_cli, tiny_block, tiny_study
 
 pytestmark = pytest.mark.slow
-TINY = Path(__file__).parent / "studies" / "tiny.yaml"
 
 
 @pytest.fixture(scope="module")
 def cluster():
     """One bucket and one Ray session for the module. AWS_* is set before ray.init, so the actor pool and
     the Tune trial processes inherit the endpoint and keys."""
-    with s3_bucket() as bucket:
-        ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
-        try:
-            yield bucket, ray.get_runtime_context().gcs_address
-        finally:
-            ray.shutdown()
+    with s3_bucket() as bucket, local_ray(dashboard=True) as address:
+        yield bucket, address
 
 
 # A trial trained by a real Train worker: only then does Ray Train keep a run (state, a validation marker)
 # in storage; local mode (workers: 0) runs inside the Tune trial and writes nothing of its own. The worker
 # needs a whole CPU beside the trial driver's token one, so the analysis actor must hold less than one.
-WORKERS = """
-  - name: workers
-    family: circles
-    task: circles
-    factor: 0.5
-    model: mlp
-    model_args: {hidden: [8]}
-    lr: 0.01
-    batch_size: 10
-    epochs: 2
-    checkpoints: [0, 2]
-    sharpness: {rhos: [0.005], draws: 5}
-    resources: {cpus: 1, workers: 1}
-"""
-
-
-def _study(tmp_path: Path, name: str, bucket: str, blocks: tuple[str, ...], extra: str = "") -> Path:
-    """The test study (tiny.yaml) named ``name``, stored in ``bucket``, with only the named blocks (+ extra)."""
-    text = TINY.read_text().replace("name: tiny", f"name: {name}").replace("./runs", f"{bucket}/runs")
-    if extra:
-        text = text.replace("analysis: {actors: 1, cpus: 1}", "analysis: {actors: 1, cpus: 0.5}")
-        assert "cpus: 0.5" in text, "tiny.yaml's analysis line changed: a worker would wait forever"
-    head, *rest = text.split("\n  - name: ")
-    text = head + "".join(f"\n  - name: {b}" for b in rest if b.split("\n", 1)[0] in blocks) + extra
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(text)
-    return path
-
-
-def _expected(path: Path) -> set[tuple[str, int]]:
-    return {(t.trial_id, e) for t in expand(load_study(path)) for e in t.checkpoints}
+WORKERS = tiny_block(name="workers", lr=0.01, epochs=2, checkpoints=[0, 2], sharpness={"rhos": [0.005], "draws": 5},
+                     resources={"cpus": 1, "workers": 1})
 
 
 def test_study_in_a_bucket(tmp_path, cluster, monkeypatch):
     bucket, _ = cluster
     monkeypatch.chdir(tmp_path)  # anything written locally by mistake would land here
-    path = _study(tmp_path, "s3e2e", bucket, blocks=("functions",), extra=WORKERS)
+    path = tiny_study(tmp_path, "s3e2e", storage=f"{bucket}/runs", blocks=("functions",), extra=(WORKERS,),
+                      analysis={"actors": 1, "cpus": 0.5})
     p = plan(str(path))
     assert p.store.uri == f"{bucket}/runs/s3e2e" and not p.store.local
     out = execute(p, verbose=0)
     assert not out.failed and not out.measure_errors and not out.interrupted
 
     df = load_results(p.store.uri)
-    assert set(zip(df["trial_id"], df["epoch"])) == _expected(path) and df.height == len(_expected(path))
+    assert set(zip(df["trial_id"], df["epoch"])) == expected_rows(path) and df.height == len(expected_rows(path))
     assert (df["status"] == "ok").all()
     store = p.store
     assert store.read_bytes(store.path("study.yaml")) == path.read_bytes()
@@ -101,39 +65,33 @@ def test_study_in_a_bucket(tmp_path, cluster, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == [path.name]  # nothing on the local disk
 
 
-def _run(path: Path, address: str) -> subprocess.Popen:
-    env = {**os.environ, "RAY_ADDRESS": address, "PYTHONUNBUFFERED": "1"}  # AWS_* included
-    return subprocess.Popen([sys.executable, "-m", "raystudy.run", str(path), "--no-report"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-
-
 def test_interrupt_then_rerun_resumes_from_the_bucket(tmp_path, cluster):
     bucket, address = cluster
-    path = _study(tmp_path, "s3resume", bucket, blocks=("digits",))
+    path = tiny_study(tmp_path, "s3resume", storage=f"{bucket}/runs", blocks=("digits",))
     store = Store(f"{bucket}/runs/s3resume")
     ckpts = store.path("checkpoints")
 
     def stored() -> dict[str, int]:
         return {i.path: i.mtime_ns for i in store.files(ckpts, ".pt", recursive=True)}
 
-    proc = _run(path, address)
+    proc = start_cli(path, address)
     deadline = time.time() + 240
     while time.time() < deadline and len(stored()) < 4:
         time.sleep(0.5)
     proc.send_signal(signal.SIGINT)  # Ctrl-C mid-study
-    log = proc.communicate(timeout=240)[0]
+    log = finish(proc, 240)
     assert proc.returncode == 130, log
     before = stored()
-    assert 0 < len(before) < len(_expected(path)), "the interrupt should land mid-study"
+    assert 0 < len(before) < len(expected_rows(path)), "the interrupt should land mid-study"
 
-    rerun = _run(path, address)
-    log = rerun.communicate(timeout=300)[0]
+    rerun = start_cli(path, address)
+    log = finish(rerun, 300)
     assert rerun.returncode == 0, log
     after = stored()
     assert all(after[f] == t for f, t in before.items()), "a finished checkpoint was retrained"
     df = load_results(store)
-    assert df.height == len(_expected(path)) and set(zip(df["trial_id"], df["epoch"])) == _expected(path)
+    assert df.height == len(expected_rows(path)) and set(zip(df["trial_id"], df["epoch"])) == expected_rows(path)
 
-    again = _run(path, address)  # a third run finds nothing to do
-    log = again.communicate(timeout=120)[0]
+    again = start_cli(path, address)  # a third run finds nothing to do
+    log = finish(again, 120)
     assert again.returncode == 0 and "0 to train, 0 checkpoints to measure" in log, log

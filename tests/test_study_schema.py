@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from raystudy.study import StudyError, Verdicts, canonical_regime, expand, load_study, verdict_settings
-from support.study_files import base_study, write
+from support.studies import base_study, write
 
 
 def test_regimes_canonicalise(tmp_path):

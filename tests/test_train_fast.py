@@ -21,37 +21,13 @@ from raystudy.train.augment import augment
 from raystudy.train.epoch import BatchSchedule, TrainingData, TrainStep, fits_on_device, train_epoch
 from raystudy.train.loop import build_model, load_trial_task, memory_share, train_trial
 from raystudy.train.sam import SAM, bn_stats_frozen
+from support.studies import digits_block, function_block, write_study_yaml
 from support.synthetic_images import small_cnn, uint8_task
 
-STUDY = """
-name: fast
-storage: {tmp}/runs
-blocks:
-  - name: digits
-    family: images
-    task: digits
-    model: cnn_bn
-    model_args: {width: 4}
-    regime: [base, aug+sam]
-    lr: 0.05
-    batch_size: 128
-    epochs: 2
-  - name: fn
-    family: functions
-    task: sphere
-    model: mlp
-    model_args: {hidden: [8]}
-    optimizer: adam
-    lr: 0.01
-    epochs: 3
-    n_train: 64
-    n_test: 64
-"""
-
-
 @pytest.fixture
-def trials(write_study):
-    return expand(load_study(write_study(STUDY)))
+def trials(tmp_path):
+    return expand(load_study(write_study_yaml(tmp_path, "fast", digits_block(regime=["base", "aug+sam"]),
+                                              function_block())))
 
 
 # ------------------------------------------------------------- the plain loop, written out by hand

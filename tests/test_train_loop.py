@@ -14,43 +14,15 @@ from raystudy.study import expand, load_study
 from raystudy.storage import Store
 from raystudy.train.loop import build_model, load_trial_task, train_trial
 from raystudy.trial import ResumeEvery
-
-STUDY = """
-name: loop
-storage: {tmp}/runs
-blocks:
-  - name: digits
-    family: images
-    task: digits
-    model: cnn_bn
-    model_args: {{width: 4}}
-    regime: [base, aug+sam, wd]
-    seed: [0, 1]
-    lr: 0.05
-    batch_size: 128
-    epochs: 3
-    checkpoints: [0, 1]
-    metrics: [sam_sharpness, fisher_rao, relative_flatness]
-    sharpness: {{rhos: [0.01, 0.1], draws: 5}}
-    measure: {{max_samples: 200}}
-  - name: fn
-    family: functions
-    task: [sphere, rastrigin]
-    model: mlp
-    model_args: {{hidden: [8]}}
-    optimizer: adam
-    lr: 0.01
-    epochs: 4
-    checkpoints: [0]
-    n_train: 64
-    n_test: 64
-    sharpness: {{rhos: [0.01], draws: 3}}
-"""
-
+from support.studies import digits_block, function_block, tiny_block, write_study_yaml
 
 @pytest.fixture
-def trials(write_study):
-    return expand(load_study(write_study(STUDY.replace("{{", "{").replace("}}", "}"))))
+def trials(tmp_path):
+    digits = digits_block(regime=["base", "aug+sam", "wd"], seed=[0, 1], epochs=3, checkpoints=[0, 1],
+                          metrics=["sam_sharpness", "fisher_rao", "relative_flatness"],
+                          sharpness={"rhos": [0.01, 0.1], "draws": 5}, measure={"max_samples": 200})
+    fn = function_block(task=["sphere", "rastrigin"], epochs=4, checkpoints=[0], sharpness={"rhos": [0.01], "draws": 3})
+    return expand(load_study(write_study_yaml(tmp_path, "loop", digits, fn)))
 
 
 def _params(model):
@@ -184,24 +156,11 @@ def test_corrupt_checkpoint_names_the_file(tmp_path, trials):
         measure_checkpoint(store, ref.path)
 
 
-def test_adaptive_sharpness_and_complexity_columns(tmp_path, write_study):
-    trial = expand(load_study(write_study("""
-        name: more
-        storage: {tmp}/runs
-        blocks:
-          - name: c
-            family: circles
-            task: circles
-            factor: 0.5
-            model: mlp
-            model_args: {hidden: [8]}
-            lr: 0.1
-            batch_size: 10
-            epochs: 2
-            metrics: [adaptive_sharpness, complexity]
-            adaptive: {rho: [0.01, 0.1], norm: [l2, linf], kind: [worst, average], n_iter: 5, n_draws: 10}
-            complexity: {lines: 5, points: 65}
-        """)))[0]
+def test_adaptive_sharpness_and_complexity_columns(tmp_path):
+    block = tiny_block(lr=0.1, metrics=["adaptive_sharpness", "complexity"], complexity={"lines": 5, "points": 65},
+                       adaptive={"rho": [0.01, 0.1], "norm": ["l2", "linf"], "kind": ["worst", "average"], "n_iter": 5,
+                                 "n_draws": 10})
+    trial = expand(load_study(write_study_yaml(tmp_path, "more", block)))[0]
     store = Store(str(tmp_path / "s"))
     train_trial(trial, store)
     row = measure_checkpoint(store, list_checkpoints(store, trial.trial_id)[-1].path)

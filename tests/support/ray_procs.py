@@ -4,10 +4,23 @@
 machine starts late, so a kill aimed through it can land after the work it meant to interrupt."""
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Iterator
 
 import ray
+
+
+@contextlib.contextmanager
+def local_ray(dashboard: bool = False) -> Iterator[str]:
+    """A private Ray instance of two logical CPUs for the test (workers' logs not echoed); yields its GCS address
+    and shuts it down after. Start it after anything its workers must inherit (AWS_* of an S3 server)."""
+    ray.init(num_cpus=2, include_dashboard=dashboard, log_to_driver=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
 
 
 def raylet_pid() -> int:
