@@ -72,6 +72,7 @@ def execute(p: Plan, address: str | None = None, num_cpus: int | None = None, ve
     import ray
 
     from raystudy.cluster import metrics
+    from raystudy.cluster.measurer import RayMeasurers
     from raystudy.cluster.pool import MeasurePool
     from raystudy.cluster.progress import Progress
     from raystudy.cluster.trials import run_trials
@@ -96,9 +97,10 @@ def execute(p: Plan, address: str | None = None, num_cpus: int | None = None, ve
     a = p.study.analysis
     held = FENCES.get(p.store.uri)
     fence = held.portable() if held is not None else None  # the lock, for the trial and measuring processes
-    pool = MeasurePool(p.store.uri, trials={t.trial_id: t.to_dict() for t in p.trials}, size=a.actors,
-                       cpus=a.cpus, gpus=a.gpus, on_result=on_result,
-                       on_error=lambda line: progress.checkpoint_measured(ok=False), fence=fence)
+    measurers = RayMeasurers(p.store.uri, threads=int(a.cpus), gpus=a.gpus, fence=fence)
+    pool = MeasurePool(measurers, trials={t.trial_id: t.to_dict() for t in p.trials}, size=a.actors,
+                       on_result=on_result, on_error=lambda line: progress.checkpoint_measured(ok=False),
+                       metrics=metrics)
     failed, interrupted = {}, []
     try:
         for path in p.to_measure:

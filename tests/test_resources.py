@@ -3,7 +3,7 @@ an autoscaling cluster turns them into a warning naming the node type that would
 import pytest
 
 from raystudy.cluster.resources import NodeShape, check_resources
-from raystudy.study import StudyError, load_study
+from raystudy.study import StudyError, expand, load_study
 from support.studies import tiny_block, write_study_yaml
 
 LAPTOP = [NodeShape("local", 2, 0)]
@@ -21,8 +21,7 @@ def _check(tmp_path, resources: dict, analysis: dict | None = None, nodes=LAPTOP
     ({"cpus": 64}, {"actors": 1, "cpus": 1}, "blocks[0].resources", "CPU: 64"),
     ({"cpus": 1, "workers": 4}, {"actors": 1, "cpus": 1}, "blocks[0].resources", "4 x {CPU: 1, GPU: 0}"),
     ({"cpus": 1}, {"actors": 10, "cpus": 1}, "analysis", "10 x {CPU: 1, GPU: 0}"),
-    ({"cpus": 1}, {"actors": 2, "cpus": 1}, "analysis", "no trial"),
-], ids=["gpu-without-gpu", "64-cpus", "4-workers-on-2-cores", "10-actors-on-2-cores", "pool-starves-trials"])
+], ids=["gpu-without-gpu", "64-cpus", "4-workers-on-2-cores", "10-actors-on-2-cores"])
 def test_impossible_requests_name_the_field(tmp_path, resources, analysis, field, words):
     with pytest.raises(StudyError) as err:
         _check(tmp_path, resources, analysis)
@@ -33,6 +32,31 @@ def test_impossible_requests_name_the_field(tmp_path, resources, analysis, field
 def test_what_fits_passes(tmp_path):
     assert _check(tmp_path, {"cpus": 1}, {"actors": 1, "cpus": 0.5})[1] == []
     assert _check(tmp_path, {"cpus": 0.5, "workers": 2}, {"actors": 1, "cpus": 0.5})[1] == []
+
+
+def test_measuring_on_the_cpu_holds_no_trial_slot(tmp_path):
+    """The pool reserves no CPU (cluster/measurer.py): on 2 cores, 2 one-CPU trials run beside 2 measurers."""
+    from raystudy.cluster.measurer import actor_options, pool_reserves
+    from raystudy.cluster.trials import max_concurrent
+    path, warnings = _check(tmp_path, {"cpus": 1}, {"actors": 2, "cpus": 1})
+    assert warnings == [] and actor_options(0.0) == {"num_cpus": 0, "num_gpus": 0.0}
+    trials = expand(load_study(path)) * 4
+    assert pool_reserves(2, 0.0) == (0.0, 0.0)
+    assert max_concurrent(trials, *pool_reserves(2, 0.0), total={"CPU": 2.0}) == 2
+    # Fractional GPUs: four quarter-GPU trials on one card; a measurer on the GPU takes (and caps itself to)
+    # a quarter share, leaving three; on the CPU it leaves all four.
+    quarters = expand(load_study(_check(tmp_path, {"cpus": 0.25, "gpus": 0.25},
+                                        nodes=[NodeShape("gpu", 8, 1)])[0])) * 8
+    gpu_node = {"CPU": 8.0, "GPU": 1.0}
+    assert actor_options(0.25) == {"num_cpus": 0, "num_gpus": 0.25}
+    assert max_concurrent(quarters, *pool_reserves(1, 0.25), total=gpu_node) == 3
+    assert max_concurrent(quarters, *pool_reserves(1, 0.0), total=gpu_node) == 4
+
+
+def test_a_pool_on_the_gpu_must_leave_a_trial_room(tmp_path):
+    with pytest.raises(StudyError) as err:
+        _check(tmp_path, {"cpus": 1, "gpus": 1}, {"actors": 1, "cpus": 1, "gpus": 0.5}, nodes=[NodeShape("gpu", 8, 1)])
+    assert ": analysis: " in str(err.value) and "no trial" in str(err.value) and "gpus: 0" in str(err.value)
 
 
 def test_an_autoscaling_cluster_warns_with_the_node_type(tmp_path):

@@ -1,47 +1,49 @@
-"""The analysis actor pool: measures every checkpoint as soon as it exists, apart from training.
+"""The analysis pool: measures every checkpoint as soon as it exists, apart from training.
 
 Driver-side and non-blocking: ``submit`` queues a checkpoint, ``pump`` hands queued work to idle
-actors and collects finished results with ``ray.wait(timeout=0)``; only ``drain`` blocks. An actor
-that dies is replaced and its checkpoint retried once, so one crash cannot wedge the pool.
+measuring processes and collects finished results without waiting; only ``drain`` blocks. A process
+that dies is replaced and its checkpoint retried once, so one crash cannot wedge the pool. Processes
+start on demand, up to ``size``: none before the first checkpoint, so they never slow the first trials'
+start-up.
+
+This module is the queueing alone and imports no Ray: it reaches its processes through ``Measurers``
+(``raystudy.cluster.measurer.RayMeasurers`` in a run; in-process stand-ins in tests/test_pool.py).
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Hashable, Protocol
 
-import ray
-
-from raystudy.checkpoints import CheckpointError
-from raystudy.cluster import metrics
 from raystudy.layout import checkpoint_trial
 
 
-@ray.remote
-class Measurer:
-    """One measuring process. Holds cached tasks between checkpoints; writes each row itself, so a
-    result is on storage before the driver hears of it and a driver crash loses nothing."""
+class ActorDied(Exception):
+    """The measuring process is gone (OOM kill, segfault, node lost): its call may succeed on a new one."""
 
-    def __init__(self, store_uri: str, threads: int, gpus: float, fence=None):
-        import torch
-        from raystudy.storage import Store
-        torch.set_num_threads(threads)
-        self.store = Store(store_uri)
-        self.store.fence = fence  # raystudy.lock.Fence: no row is written once the run has lost its lock
-        self.device = "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
 
-    def measure(self, path: str, trial: dict[str, Any] | None = None) -> dict[str, Any]:
-        from raystudy.measure import measure_checkpoint, write_row
-        from raystudy.trial import Trial
-        try:
-            row = measure_checkpoint(self.store, path, device=self.device,
-                                     trial=Trial.from_dict(trial) if trial else None)
-        except CheckpointError as err:
-            return {"path": path, "error": str(err), "corrupt": True}
-        write_row(self.store, row)
-        keep = ("trial_id", "epoch", "status", "wall_s", "test_acc", "test_loss", "sam_sharpness",
-                "hessian_lambda_max")
-        return {k: row.get(k) for k in keep}
+class MeasureFailed(Exception):
+    """The measurement raised; ``str(err)`` is its one-line cause. The process is still usable."""
+
+
+class Measurers(Protocol):
+    """How the pool starts, calls and stops its measuring processes, and waits for their calls."""
+
+    def start(self) -> Any:
+        """A new measuring process (an actor handle); it may still be starting."""
+
+    def call(self, actor: Any, path: str, trial: dict[str, Any] | None) -> Hashable:
+        """Begin measuring ``path`` on ``actor``; returns a future without waiting."""
+
+    def wait(self, futures: list, timeout: float) -> list:
+        """The futures among ``futures`` that have finished, waiting up to ``timeout`` s for the first."""
+
+    def result(self, future: Hashable) -> dict[str, Any]:
+        """A finished future's result: the row's summary, or ``{"error": line}`` for a checkpoint that
+        cannot be measured. Raises ``ActorDied`` or ``MeasureFailed``."""
+
+    def stop(self, actor: Any) -> None:
+        """End the process (no waiting)."""
 
 
 @dataclass
@@ -55,27 +57,24 @@ class MeasurePool:
     """``trials``: trial id -> the trial as the study file says now (``Trial.to_dict``), so a checkpoint is
     measured under the current measurement settings, not those it was trained with. ``on_result(out)`` is
     called for every checkpoint measured and ``on_error(line)`` for every one that could not be, whichever
-    call (submit, pump, drain) collected it: no result goes unreported."""
-    store_uri: str
+    call (submit, pump, drain) collected it: every checkpoint submitted is reported exactly once.
+    ``metrics`` (``raystudy.cluster.metrics`` in a run) hears the queue depth and each measurement's
+    seconds."""
+    measurers: Measurers
     trials: dict[str, dict[str, Any]] = field(default_factory=dict)
     size: int = 1
-    cpus: float = 1.0
-    gpus: float = 0.0
+    on_result: Callable[[dict[str, Any]], None] | None = None
+    on_error: Callable[[str], None] | None = None
+    metrics: Any = None
     queue: list[_Job] = field(default_factory=list)
     done: list[dict[str, Any]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
-    on_result: Callable[[dict[str, Any]], None] | None = None
-    on_error: Callable[[str], None] | None = None
-    fence: Any = None  # raystudy.lock.Fence each Measurer checks before it writes
 
     def __post_init__(self) -> None:
-        self._idle = [self._new_actor() for _ in range(self.size)]
-        self._running: dict[ray.ObjectRef, tuple[Any, _Job, float]] = {}
+        self._idle: list[Any] = []
+        self._alive = 0  # processes started and not dead: idle + running
+        self._running: dict[Hashable, tuple[Any, _Job, float]] = {}
         self._seen: set[str] = set()
-
-    def _new_actor(self):
-        opts = {"num_cpus": self.cpus, "num_gpus": self.gpus}
-        return Measurer.options(**opts).remote(self.store_uri, max(1, int(self.cpus)), self.gpus, self.fence)
 
     @property
     def depth(self) -> int:
@@ -89,44 +88,52 @@ class MeasurePool:
         return self.pump()
 
     def pump(self) -> list[dict[str, Any]]:
-        """Start queued work on idle actors and return results finished since the last call."""
-        while self.queue and self._idle:
-            actor, job = self._idle.pop(), self.queue.pop(0)
-            trial_id = checkpoint_trial(job.path)
-            ref = actor.measure.remote(job.path, self.trials.get(trial_id))
-            self._running[ref] = (actor, job, time.perf_counter())
+        """Start queued work on idle processes (starting new ones up to ``size``) and return the results
+        finished since the last call. Never waits."""
         finished: list[dict[str, Any]] = []
-        if self._running:
-            ready, _ = ray.wait(list(self._running), num_returns=len(self._running), timeout=0)
-            for ref in ready:
-                finished.extend(self._collect(ref))
-        metrics.queue_depth(self.depth)
-        if finished and self.queue:
-            return finished + self.pump()
+        while True:
+            self._dispatch()
+            ready = self.measurers.wait(list(self._running), timeout=0) if self._running else []
+            for future in ready:
+                finished.extend(self._collect(future))
+            if not (ready and self.queue):  # a process freed up with work waiting: hand it on at once
+                break
+        if self.metrics:
+            self.metrics.queue_depth(self.depth)
         return finished
 
-    def _collect(self, ref: ray.ObjectRef) -> list[dict[str, Any]]:
-        actor, job, t0 = self._running.pop(ref)
+    def _dispatch(self) -> None:
+        while self.queue and not self._idle and self._alive < self.size:
+            self._idle.append(self.measurers.start())
+            self._alive += 1
+        while self.queue and self._idle:
+            actor, job = self._idle.pop(), self.queue.pop(0)
+            future = self.measurers.call(actor, job.path, self.trials.get(checkpoint_trial(job.path)))
+            self._running[future] = (actor, job, time.perf_counter())
+
+    def _collect(self, future: Hashable) -> list[dict[str, Any]]:
+        actor, job, t0 = self._running.pop(future)
         try:
-            out = ray.get(ref)
-        except ray.exceptions.RayActorError:
-            # The process died (OOM, segfault): replace it and retry the checkpoint once.
-            self._idle.append(self._new_actor())
+            out = self.measurers.result(future)
+        except ActorDied:
+            # The process died (OOM, segfault): a new one starts on demand; the checkpoint is retried once.
+            self._alive -= 1
             job.tries += 1
             if job.tries < 2:
                 self.queue.append(job)
             else:
                 self._error(f"{job.path}: measuring process died twice")
             return []
-        except ray.exceptions.RayTaskError as err:
+        except MeasureFailed as err:
             self._idle.append(actor)
-            self._error(f"{job.path}: measurement failed: {str(err.cause).splitlines()[0]}")
+            self._error(f"{job.path}: measurement failed: {err}")
             return []
         self._idle.append(actor)
         if "error" in out:
             self._error(out["error"])
             return []
-        metrics.measured(time.perf_counter() - t0)
+        if self.metrics:
+            self.metrics.measured(time.perf_counter() - t0)
         self.done.append(out)
         if self.on_result:
             self.on_result(out)
@@ -142,11 +149,12 @@ class MeasurePool:
         called about once a second meanwhile (the progress line)."""
         while self.depth:
             if self._running:
-                ray.wait(list(self._running), num_returns=1, timeout=1.0)
+                self.measurers.wait(list(self._running), timeout=1.0)
             self.pump()
             if tick:
                 tick()
 
     def shutdown(self) -> None:
         for actor in self._idle + [a for a, _, _ in self._running.values()]:
-            ray.kill(actor)
+            self.measurers.stop(actor)
+        self._idle, self._running, self._alive = [], {}, 0

@@ -2,8 +2,10 @@
 measuring actor starts, because Ray itself waits silently for resources that never come.
 
 A trial with ``workers: 0`` needs one bundle {cpus, gpus} on a single node; with ``workers: N`` it needs N
-such bundles (each on some node) plus its driver's token CPU. The measuring pool needs ``actors`` bundles
-{cpus, gpus} at once, and must leave room for at least one trial beside it, or training never starts. A
+such bundles (each on some node) plus its driver's token CPU. The measuring pool's ``actors`` processes run
+``cpus`` threads each on the trials' cores (they reserve no CPU, see ``cluster/measurer.py``), so their
+threads must fit the cluster's CPUs; their GPU shares are reserved, and must leave room for at least one
+trial beside them, or training never starts. A
 cluster that autoscales (its node types are in the autoscaler's config) may add nodes: a request only a
 node type could satisfy is a warning naming that type; one no node type can satisfy is an error.
 """
@@ -62,12 +64,15 @@ def check_resources(study: Study, path: str, nodes: list[NodeShape], node_types:
         need = (r.cpus * max(r.workers, 1) + (DRIVER_CPU if r.workers else 0), r.gpus * max(r.workers, 1))
         smallest_trial = need if smallest_trial is None or need < smallest_trial else smallest_trial
     if node_types is None and smallest_trial is not None:
-        spare_cpu, spare_gpu = total_cpu - a.actors * a.cpus, total_gpu - a.actors * a.gpus
+        from raystudy.cluster.measurer import pool_reserves
+        held_cpu, held_gpu = pool_reserves(a.actors, a.gpus)
+        spare_cpu, spare_gpu = total_cpu - held_cpu, total_gpu - held_gpu
         if spare_cpu + 1e-9 < smallest_trial[0] or spare_gpu + 1e-9 < smallest_trial[1]:
-            raise StudyError(f"{path}: analysis: {a.actors} measuring actors x {{CPU: {a.cpus:g}, GPU: {a.gpus:g}}} "
+            raise StudyError(f"{path}: analysis: {a.actors} measuring actors x {{GPU: {a.gpus:g}}} "
                              f"leave {max(spare_cpu, 0):g} CPU and {max(spare_gpu, 0):g} GPU of {total_cpu:g} / "
                              f"{total_gpu:g}: no trial (the smallest needs {smallest_trial[0]:g} CPU, "
-                             f"{smallest_trial[1]:g} GPU) could ever start; use fewer or smaller actors")
+                             f"{smallest_trial[1]:g} GPU) could ever start; use fewer or smaller actors, or "
+                             "measure on the CPU (gpus: 0)")
     return warnings
 
 

@@ -24,6 +24,7 @@ from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from raystudy.cluster import metrics
+from raystudy.cluster.measurer import pool_reserves
 from raystudy.cluster.pool import MeasurePool
 from raystudy.layout import ray_dir
 from raystudy.trial import Resources, Trial
@@ -109,14 +110,16 @@ def trial_resources(trial: dict) -> tune.PlacementGroupFactory:
     return tune.PlacementGroupFactory([{"CPU": DRIVER_CPU}])
 
 
-def max_concurrent(trials: list[Trial], pool_cpus: float, pool_gpus: float, cap: int | None = None) -> int:
-    """Trials that fit at once beside the analysis pool, counting what Train workers really need
-    (plus their driver's token CPU), so trial drivers never hold resources their workers wait for.
-    ``cap`` (the study's ``max_concurrent_trials``) overrides the count: an autoscaling cluster is
-    smaller at the start than it will become."""
+def max_concurrent(trials: list[Trial], pool_cpus: float, pool_gpus: float, cap: int | None = None,
+                   total: dict[str, float] | None = None) -> int:
+    """Trials that fit at once beside the analysis pool (which reserves ``pool_cpus``, ``pool_gpus``: see
+    ``measurer.pool_reserves``), counting what Train workers really need (plus their driver's token CPU),
+    so trial drivers never hold resources their workers wait for. ``cap`` (the study's
+    ``max_concurrent_trials``) overrides the count: an autoscaling cluster is smaller at the start than it
+    will become. ``total``: the cluster's resources (default: Ray's, the one call made)."""
     if cap:
         return cap
-    total = ray.cluster_resources()
+    total = ray.cluster_resources() if total is None else total
     cpu = max(total.get("CPU", 0) - pool_cpus, 0)
     gpu = max(total.get("GPU", 0) - pool_gpus, 0)
     fits = []
@@ -197,7 +200,7 @@ def run_trials(trials: list[Trial], store: Store, pool: MeasurePool, verbose: in
         trainable,
         param_space={"trial_id": tune.grid_search(list(by_id))},
         tune_config=tune.TuneConfig(
-            max_concurrent_trials=max_concurrent(trials, pool.cpus * pool.size, pool.gpus * pool.size, cap),
+            max_concurrent_trials=max_concurrent(trials, *pool_reserves(pool.size, pool.measurers.gpus), cap),
             trial_name_creator=lambda t: t.config["trial_id"],
             trial_dirname_creator=lambda t: t.config["trial_id"],
             reuse_actors=True,
