@@ -87,3 +87,51 @@ def test_cifar_format_study_with_corruption_and_consistency(tmp_path, cluster):
         assert f"<th>{metric}</th>" in html  # a summary column
     tests = html[html.index("each regime vs base, paired by seed"):]
     assert ">corruption_acc<" in tests and ">disagreement<" in tests
+
+
+def test_measuring_never_idles_a_training_slot(tmp_path, cluster):
+    """On 2 CPUs, two one-CPU trials train at once while a checkpoint is being measured: the pool shares the
+    cores instead of holding one (with a CPU held for the pool, as before, trials never overlapped). Read from storage afterwards: a trial trains from its epoch-0 checkpoint's
+    write to its last one's; a measurement runs for its row's ``wall_s`` up to the row file's write."""
+    path = tmp_path / "slots.yaml"
+    path.write_text(f"""
+name: slots
+storage: {tmp_path}/runs
+analysis: {{actors: 1, cpus: 1}}
+blocks:
+  - name: c
+    family: circles
+    task: circles
+    factor: [0.3, 0.7]
+    model: mlp
+    model_args: {{hidden: [16, 16]}}
+    seed: [0, 1, 2]
+    lr: 0.05
+    batch_size: 10
+    epochs: 160
+    checkpoints: [0, 80, 160]
+    metrics: [sam_sharpness, fisher_rao]
+    sharpness: {{rhos: [0.01], draws: 20}}
+""")
+    # One trial trained beforehand, here, leaves three checkpoints to measure first: the measuring process
+    # starts with the run and is up when the trials start (a cold start takes 5-15 s on this shared machine).
+    from raystudy.train.loop import train_trial
+    before = plan(str(path))
+    train_trial(before.to_train[0], before.store)
+    p = plan(str(path))
+    assert len(p.to_train) == 5 and len(p.to_measure) == 3
+    out = execute(p, verbose=0)
+    assert not out.failed and not out.measure_errors
+    root = Path(p.store.root)
+    training = []
+    for folder in (root / "checkpoints").iterdir():
+        times = sorted(f.stat().st_mtime for f in folder.glob("epoch_*.pt"))
+        training.append((times[0], times[-1]))
+    rows = pl.read_parquet(f"{root}/results/**/*.parquet", include_file_paths="file")
+    assert rows.height == 6 * 3
+    measuring = [(Path(f).stat().st_mtime - w, Path(f).stat().st_mtime) for f, w in zip(rows["file"], rows["wall_s"])]
+    both = [(max(a[0], b[0]), min(a[1], b[1])) for i, a in enumerate(training) for b in training[i + 1:]]
+    both = [(s, e) for s, e in both if e > s]
+    assert both, f"trials never trained at the same time: {training}"
+    beside = [min(e, me) - max(s, ms) for s, e in both for ms, me in measuring if min(e, me) > max(s, ms)]
+    assert beside, f"no checkpoint was measured while two trials trained: {both}, {measuring}"
