@@ -40,6 +40,20 @@ def say_measured(out: dict) -> str:
             + " ".join(bits))
 
 
+def since_launch() -> float:
+    """Seconds since this process started (interpreter start-up and imports included: what a user waits);
+    on systems without /proc, since ``raystudy.run`` was imported."""
+    try:
+        ticks = os.sysconf("SC_CLK_TCK")
+        started = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19]) / ticks
+        return float(open("/proc/uptime").read().split()[0]) - started
+    except (OSError, ValueError, IndexError):
+        return time.perf_counter() - _IMPORTED
+
+
+_IMPORTED = time.perf_counter()
+
+
 class Silent:
     """A console that prints nothing (``verbose=0``). Unlike an open file it can be pickled, as Tune pickles
     the callbacks that hold the progress line."""
@@ -110,7 +124,9 @@ def execute(p: Plan, address: str | None = None, num_cpus: int | None = None, ve
                                              cap=p.study.max_concurrent_trials, max_failures=p.study.max_failures,
                                              logger_names=tuple(p.study.loggers),
                                              on_trial_end=lambda bad: progress.trial_ended(failed=bad),
-                                             tick=progress.tick, fence=fence)
+                                             tick=progress.tick, fence=fence,
+                                             on_first_start=lambda: verbose >= 2 and progress.say(
+                                                 f"first trial started {since_launch():.1f}s after launch"))
         if not interrupted:  # after a Ctrl-C stop now: unmeasured checkpoints wait for the rerun
             pool.drain(progress.tick)
             # A checkpoint saved just before a trial died never reached Tune: sweep storage once more.

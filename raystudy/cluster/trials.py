@@ -133,12 +133,17 @@ def max_concurrent(trials: list[Trial], pool_cpus: float, pool_gpus: float, cap:
 class FeedPool(tune.Callback):
     """Hands every reported checkpoint to the analysis pool the moment Tune sees it (the pool reports what
     it measured itself); ``on_trial_end(failed)`` hears of every trial that ends, ``tick()`` of every
-    step of Tune's loop (the progress line)."""
+    step of Tune's loop (the progress line), ``on_first_start()`` of the first trial's process starting."""
 
     def __init__(self, pool: MeasurePool, on_trial_end: Callable[[bool], None] | None = None,
-                 tick: Callable[[], None] | None = None):
-        self.pool, self.on_trial_end, self.tick = pool, on_trial_end, tick
+                 tick: Callable[[], None] | None = None, on_first_start: Callable[[], None] | None = None):
+        self.pool, self.on_trial_end, self.tick, self.on_first_start = pool, on_trial_end, tick, on_first_start
         self.ended: set[str] = set()  # trial ids that completed or errored (the rest were interrupted)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        if self.on_first_start:
+            self.on_first_start()
+            self.on_first_start = None
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if result.get("checkpoint"):
@@ -179,12 +184,12 @@ def loggers(names: list[str], study: str) -> list[tune.Callback]:
 def run_trials(trials: list[Trial], store: Store, pool: MeasurePool, verbose: int = 0,
                cap: int | None = None, max_failures: int = 2, logger_names: tuple[str, ...] = (),
                on_trial_end: Callable[[bool], None] | None = None, tick: Callable[[], None] | None = None,
-               fence=None) -> tuple[dict[str, str], list[str]]:
+               fence=None, on_first_start: Callable[[], None] | None = None) -> tuple[dict[str, str], list[str]]:
     """Train ``trials`` with Ray Tune, feeding checkpoints to ``pool``; a trial whose process dies (or
     whose training raises) is retried up to ``max_failures`` times (the study's ``max_failures``), each
     time from its last resume point. ``verbose`` is Tune's own console verbosity (0 silent, 1 a status
     table every 30 s, 2 every trial's configuration and results); ``on_trial_end``/``tick`` feed the
-    progress line; ``fence`` (raystudy.lock.Fence) is checked by every trial before each checkpoint it
+    progress line, ``on_first_start`` hears when the first trial's process has started; ``fence`` (raystudy.lock.Fence) is checked by every trial before each checkpoint it
     writes. Returns ``({trial_id: error}`` for the trials that failed after their retries, ``[trial_id]``
     of those a Ctrl-C stopped before they ended)."""
     by_id = {t.trial_id: t.to_dict() for t in trials}
@@ -195,7 +200,7 @@ def run_trials(trials: list[Trial], store: Store, pool: MeasurePool, verbose: in
     trainable = tune.with_parameters(run_trial, trials=by_id, store_uri=store.uri, max_failures=max_failures,
                                      fence=fence)
     trainable = tune.with_resources(trainable, lambda config: trial_resources(by_id[config["trial_id"]]))
-    feed = FeedPool(pool, on_trial_end, tick)
+    feed = FeedPool(pool, on_trial_end, tick, on_first_start)
     tuner = tune.Tuner(
         trainable,
         param_space={"trial_id": tune.grid_search(list(by_id))},
