@@ -87,6 +87,8 @@ def test_console_reads_like_a_summary_and_a_noop_rerun_starts_nothing(tmp_path):
     out = first.stdout.splitlines()
     assert "Traceback" not in first.stdout + first.stderr and not first.stderr.strip(), first.stderr
     assert sum(line.startswith("[measured]") for line in out) == 12  # one per checkpoint, none lost
+    started = [line for line in out if line.startswith("first trial started ")]  # -v: the start-up cost
+    assert len(started) == 1 and started[0].endswith("s after launch"), out
     assert not any("Configuration for experiment" in line or "tensorboard" in line.lower() for line in out)
     assert len(out) < 40, "\n".join(out)
     assert out[-3].startswith("report: ") and out[-2].startswith("verdict A (fn): ")  # the answer last

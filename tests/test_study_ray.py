@@ -91,8 +91,9 @@ def test_cifar_format_study_with_corruption_and_consistency(tmp_path, cluster):
 
 def test_measuring_never_idles_a_training_slot(tmp_path, cluster):
     """On 2 CPUs, two one-CPU trials train at once while a checkpoint is being measured: the pool shares the
-    cores instead of holding one (with a CPU held for the pool, as before, trials never overlapped). Read from storage afterwards: a trial trains from its epoch-0 checkpoint's
-    write to its last one's; a measurement runs for its row's ``wall_s`` up to the row file's write."""
+    cores instead of holding one (with a CPU held for the pool, as before, trials never overlapped). Read
+    from storage afterwards: a trial trains from its epoch-0 checkpoint's write to its last one's; a
+    measurement runs for its row's ``wall_s`` up to the row file's write."""
     path = tmp_path / "slots.yaml"
     path.write_text(f"""
 name: slots

@@ -8,17 +8,17 @@ Where they run, and why (issue 15: "measuring never idles a training slot"):
   a run) and, on 2 cores, halved the trials running at once. CPU time is shared by the kernel at no cost
   beyond the threads themselves, so the only rule is to keep ``actors x threads`` within the node's CPUs
   (``resources.check_resources``). Processes start on demand (the first checkpoint), not before the first
-  trial, and go to nodes that have CPUs (a cluster.yaml head advertises none, to keep work off it): Ray
-  would place a request for no resources on the driver's node.
+  trial, and go to nodes that have CPUs (a cluster.yaml head advertises none, to keep work off it): a
+  request for no resources is feasible anywhere, and Ray prefers the driver's node for it.
 - **GPU: reserved.** GPU memory, unlike CPU time, cannot be shared by time-slicing: two processes that
   each assume the whole card run out of memory. A measurer on the GPU (``analysis.gpus`` > 0) reserves its
   fractional share, exactly as a trial does, and caps its real memory to it
   (``set_per_process_memory_fraction``), so trials and measurers packed on one card never overdraw it.
   A fraction of a card (0.25 beside ``gpus: 0.25`` trials) costs one slot; measuring on the CPU costs none.
 - **Memory.** Each measurer holds one model at a time and the tasks it measured recently (``measure``'s
-  cache: 16 at most; a digits or toy task is kilobytes to a few MB, a CIFAR task ~0.7 GB), for the whole
-  run. Ray's memory monitor kills the newest process when a node runs short; the pool then retries the
-  checkpoint once on a fresh measurer.
+  cache: 16 at most; a digits or toy task is kilobytes to a few MB, CIFAR-10 ~180 MiB of uint8 images),
+  for the whole run. Ray's memory monitor kills the newest process when a node runs short; the pool then
+  retries the checkpoint once on a fresh measurer.
 """
 from __future__ import annotations
 

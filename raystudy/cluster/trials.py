@@ -189,9 +189,10 @@ def run_trials(trials: list[Trial], store: Store, pool: MeasurePool, verbose: in
     whose training raises) is retried up to ``max_failures`` times (the study's ``max_failures``), each
     time from its last resume point. ``verbose`` is Tune's own console verbosity (0 silent, 1 a status
     table every 30 s, 2 every trial's configuration and results); ``on_trial_end``/``tick`` feed the
-    progress line, ``on_first_start`` hears when the first trial's process has started; ``fence`` (raystudy.lock.Fence) is checked by every trial before each checkpoint it
-    writes. Returns ``({trial_id: error}`` for the trials that failed after their retries, ``[trial_id]``
-    of those a Ctrl-C stopped before they ended)."""
+    progress line, ``on_first_start`` hears when the first trial's process has started; ``fence``
+    (raystudy.lock.Fence) is checked by every trial before each checkpoint it writes. Returns
+    ``({trial_id: error}`` for the trials that failed after their retries, ``[trial_id]`` of those a Ctrl-C
+    stopped before they ended)."""
     by_id = {t.trial_id: t.to_dict() for t in trials}
     local = sum(t.resources.workers == 0 for t in trials)
     if local and verbose:
