@@ -74,6 +74,33 @@ def tau_b(x: np.ndarray, y: np.ndarray) -> float:
     return float((sx * sy).sum() / np.sqrt(untied)) if untied > 0 else float("nan")
 
 
+def grouped_tau_b(x: np.ndarray, y: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
+    """(n_groups,) ``tau_b`` of x and y within each group (``group``: each point's group, 0..n_groups-1), the same
+    bits as one ``tau_b`` call per group: every within-group pair at once, summed per group with bincount (integer
+    sums, exact in float64). Groups above PAIRWISE_UP_TO points go to ``tau_b`` (scipy) one by one, as they would
+    alone. Cost: O(sum of the groups' squared sizes) time and memory; ~1 ms for thousands of small Psi groups,
+    against ~0.1 ms of overhead per ``tau_b`` call."""
+    x, y, group = np.asarray(x, dtype=float), np.asarray(y, dtype=float), np.asarray(group, dtype=np.int64)
+    sizes = np.bincount(group, minlength=n_groups)
+    big = np.flatnonzero(sizes > PAIRWISE_UP_TO)
+    small = sizes[group] <= PAIRWISE_UP_TO
+    order = np.flatnonzero(small)[np.argsort(group[small], kind="stable")]
+    g, xs, ys = group[order], x[order], y[order]
+    first = np.r_[0, np.cumsum(sizes)][g] - np.r_[0, np.cumsum(sizes[big])][np.searchsorted(big, g)]  # group start
+    later = sizes[g] - 1 - (np.arange(len(g)) - first)  # partners after each point in its group
+    a = np.repeat(np.arange(len(g)), later)
+    b = a + 1 + np.arange(len(a)) - np.repeat(np.cumsum(later) - later, later)
+    sx, sy = np.sign(xs[a] - xs[b]), np.sign(ys[a] - ys[b])
+    concordance = np.bincount(g[a], sx * sy, minlength=n_groups)
+    untied = (np.bincount(g[a], sx != 0, minlength=n_groups).astype(float)
+              * np.bincount(g[a], sy != 0, minlength=n_groups).astype(float))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tau = np.where(untied > 0, concordance / np.sqrt(untied), np.nan)
+    for k in big:
+        tau[k] = tau_b(x[group == k], y[group == k])
+    return tau
+
+
 def _sharpness_metrics(rows: pl.DataFrame) -> list[tuple[str, str]]:
     """(label, column) of every sharpness metric in ``rows``; SAM-sharpness once per radius column."""
     radii = [(f"SAM-sharpness rho={c.removeprefix('_sam_')}", c) for c in rows.columns if c.startswith("_sam_")]
@@ -144,11 +171,12 @@ def granulated_kendall(rows: pl.DataFrame, x: str, y: str, axes: list[str] | Non
         fixed = [a for a in axes if a not in moving] + ["seed"]
         sized = rows.with_columns(_values=pl.struct(moving).n_unique().over(fixed))
         single = sized.filter(pl.col("_values") < 2).select(fixed).n_unique()
-        both = [tau_b(g[x].to_numpy(), g[y].to_numpy())
-                for g in sized.filter(pl.col("_values") >= 2).partition_by(fixed)]
+        grouped = (sized.filter(pl.col("_values") >= 2).group_by(fixed, maintain_order=True).agg(x, y)
+                   .with_row_index("_group").select("_group", x, y))  # groups in order of appearance
+        both = grouped_tau_b(*(grouped.explode(x, y)[c].to_numpy() for c in (x, y, "_group")), grouped.height)
         taus = [float(t) for t in both if np.isfinite(t)]
         undefined = len(both) - len(taus)
-        if both:
+        if len(both):
             parts.append({"axis": axis, "psi": float(np.mean(taus)) if taus else None, "n_groups": len(taus),
                           "n_skipped": single + undefined})
     table = pl.DataFrame(parts, schema=dict(AXIS_SCHEMA.to_schema()))
