@@ -11,6 +11,7 @@ import altair as alt
 import polars as pl
 
 from raystudy.analysis.labels import axis_title, chart_title, metric_label
+from raystudy.analysis.radii import BY_RHO, sam_long
 from raystudy.analysis.results import GEOMETRY, final_rows, ok_rows, present
 from raystudy.schema import SHARPNESS
 
@@ -96,10 +97,8 @@ def series_title(rows: pl.DataFrame, extra: tuple[str, ...] = ()) -> str:
 
 def _long_metric(rows: pl.DataFrame, metric: str, index: list[str]) -> pl.DataFrame:
     """rows -> index + rho + value; SAM-sharpness is spread over its radii when sam_sharpness_by_rho exists."""
-    by_rho = "sam_sharpness_by_rho"
-    if metric == "sam_sharpness" and by_rho in present(rows, (by_rho,)):
-        return (rows.select(*index, by_rho).drop_nulls(by_rho).explode(by_rho).unnest(by_rho)
-                .select(*index, "rho", value=pl.col("mean")).drop_nulls("value"))
+    if metric == "sam_sharpness" and BY_RHO in present(rows, (BY_RHO,)):
+        return sam_long(rows, index)
     if metric not in present(rows, (metric,)):
         return pl.DataFrame()
     return rows.select(*index, rho=pl.lit(None, pl.Float64), value=pl.col(metric)).drop_nulls("value")

@@ -37,7 +37,7 @@ from raystudy.analysis.aggregate import varying_hyperparameters
 from raystudy.analysis.inference import median_interval
 from raystudy.analysis.labels import metric_label
 from raystudy.analysis.results import REGIME_HYPERPARAMETERS, final_rows, ok_rows, present
-from raystudy.analysis.verdicts import with_rho_columns
+from raystudy.analysis.radii import BY_RHO, column_radius, radius_columns, radius_label, with_rho_columns
 from raystudy.schema import HESSIAN, SHARPNESS
 
 PAIRWISE_UP_TO = 500  # points up to which tau_b counts all pairs itself (n^2/2 pairs: 1 MB of signs at 500)
@@ -103,7 +103,7 @@ def grouped_tau_b(x: np.ndarray, y: np.ndarray, group: np.ndarray, n_groups: int
 
 def _sharpness_metrics(rows: pl.DataFrame) -> list[tuple[str, str]]:
     """(label, column) of every sharpness metric in ``rows``; SAM-sharpness once per radius column."""
-    radii = [(f"SAM-sharpness rho={c.removeprefix('_sam_')}", c) for c in rows.columns if c.startswith("_sam_")]
+    radii = [(radius_label(c), c) for c in radius_columns(rows)]
     if not radii and "sam_sharpness" in present(rows, ("sam_sharpness",)):
         radii = [(metric_label("sam_sharpness"), "sam_sharpness")]
     others = present(rows, [m for m in SHARPNESS + HESSIAN if m != "sam_sharpness"])
@@ -117,13 +117,13 @@ def sharpness_columns(rows: pl.DataFrame) -> tuple[pl.DataFrame, list[tuple[str,
     (in place of its scalar ``adaptive_sharpness``, the first of them)."""
     rows = with_rho_columns(rows)
     metrics = _sharpness_metrics(rows)
-    if {"sam_sharpness_by_rho", "sam_sharpness_rho", "sam_sharpness"} <= set(rows.columns):
+    if {BY_RHO, "sam_sharpness_rho", "sam_sharpness"} <= set(rows.columns):
         # Rows with the scalar only (an older writer) join the radius column their sam_sharpness_rho names.
-        alone = pl.col("sam_sharpness_by_rho").is_null()
-        for r in (float(c.removeprefix("_sam_")) for _, c in metrics if c.startswith("_sam_")):
+        alone = pl.col(BY_RHO).is_null()
+        for column in radius_columns(rows):
+            r = column_radius(column)
             near = (pl.col("sam_sharpness_rho") - r).abs() <= 1e-5 * r  # the column name keeps 6 digits of rho
-            rows = rows.with_columns(pl.when(alone & near).then("sam_sharpness").otherwise(f"_sam_{r:g}")
-                                     .alias(f"_sam_{r:g}"))
+            rows = rows.with_columns(pl.when(alone & near).then("sam_sharpness").otherwise(column).alias(column))
     if "adaptive_sharpness_by" in present(rows, ("adaptive_sharpness_by",)):
         metrics = [(label, c) for label, c in metrics if c != "adaptive_sharpness"]
         keys = sorted({(e["kind"], e["norm"], e["rho"]) for lst in rows["adaptive_sharpness_by"].drop_nulls()
