@@ -104,14 +104,18 @@ def _counted_sums(y: np.ndarray, xs: np.ndarray, perms: np.ndarray) -> np.ndarra
     xr = ranks[perms][:, order]  # (B, k): the x rank given to the t-th point in y order
     rows = np.arange(len(perms))
     if n_ranks < FENWICK_FROM:  # few distinct x (targets, factors): counts below each rank, O(B x ranks) a step
-        prefix = np.zeros((len(perms), n_ranks + 1), dtype=np.int64)  # prefix[b, r]: inserted with rank < r
-        cols = np.arange(n_ranks + 1)
+        # prefix[b, r]: inserted with rank < r (int32: at most k), read through flat indices (faster than 2-D
+        # fancy indexing); each insert adds the bool row "rank > r" from a reused buffer (no temporaries).
+        prefix = np.zeros((len(perms), n_ranks + 1), dtype=np.int32)
+        flat, base = prefix.reshape(-1), rows * (n_ranks + 1)
+        cols, above = np.arange(n_ranks + 1), np.empty(prefix.shape, dtype=bool)
 
         def below(r: np.ndarray) -> np.ndarray:
-            return prefix[rows, r]
+            return flat[base + r]
 
         def insert(r: np.ndarray) -> None:
-            prefix[...] += cols[None, :] > r[:, None]
+            np.greater(cols, r[:, None], out=above)
+            prefix[...] += above
 
         return _concordance(ys, xr, below, insert)
     tree = np.zeros((len(perms), n_ranks + 2), dtype=np.int64)  # Fenwick tree; index n_ranks + 1 is a sink
