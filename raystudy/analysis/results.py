@@ -31,6 +31,7 @@ SCALAR_METRICS = tuple(c for g in ("performance", "safety", "sharpness", "hessia
 
 READ_THREADS = 4  # files read at once: object storage answers in ~10-50 ms, so a few in flight hide the latency
 READ_BATCH = 256  # files stacked into one contiguous table at a time
+POLARS_BATCH = 1024  # files polars reads (with its own threads) into one contiguous frame at a time
 
 
 class NotAStudyError(FileNotFoundError):
@@ -67,8 +68,9 @@ def _read_rows(store: Store, paths: list[str]) -> pl.DataFrame:
     ``_read_arrow``.
     """
     if store.local:
-        try:
-            return pl.read_parquet(paths, missing_columns="insert").rechunk()  # one chunk, not one a file
+        try:  # POLARS_BATCH files at a time, each made one chunk: all at once, 28,700 files peak at 1.9 GB, not 0.7
+            return pl.concat([pl.read_parquet(paths[start:start + POLARS_BATCH], missing_columns="insert").rechunk()
+                              for start in range(0, len(paths), POLARS_BATCH)], rechunk=True)
         except (pl.exceptions.PolarsError, OSError):  # schemas differ (older files), or a file is damaged
             pass
     return pl.from_arrow(_read_arrow(store, paths))
