@@ -12,7 +12,7 @@ import polars as pl
 
 from raystudy.analysis.labels import axis_title, chart_title, metric_label
 from raystudy.analysis.radii import BY_RHO, sam_long
-from raystudy.analysis.results import GEOMETRY, final_ok_rows, ok_rows, present
+from raystudy.analysis.results import GEOMETRY, final_rows, ok_rows, present
 from raystudy.schema import SHARPNESS
 
 WIDTH, HEIGHT = 260, 180
@@ -70,9 +70,8 @@ def family_rows(df: pl.DataFrame, family: str, final: bool = True) -> pl.DataFra
     """Status-"ok" rows of one family (only final checkpoints unless final=False)."""
     if "family" not in df.columns:
         return df.clear()
-    if final:
-        return final_ok_rows(df, family)
-    return ok_rows(df).filter(pl.col("family") == family)
+    rows = ok_rows(final_rows(df) if final else df)
+    return rows.filter(pl.col("family") == family)
 
 
 def scale_for(values: pl.Series) -> alt.Scale:
@@ -253,7 +252,7 @@ def learning_curves(df: pl.DataFrame) -> alt.Chart | None:
     """Running training loss per epoch (the curve each trial's final checkpoint stores), mean over seeds,
     one line per regime (and varying setting), one panel per block with its own axes; log axes where the
     values allow. None when no row carries a curve."""
-    rows = final_ok_rows(df)
+    rows = ok_rows(final_rows(df))
     if "train_loss_curve" not in present(rows, ("train_loss_curve",)):
         return None
     rows = rows.drop_nulls("train_loss_curve").with_columns(regime=series(rows, ("factor", "lr", "task")))

@@ -10,7 +10,7 @@ from raystudy.analysis.charts import HEIGHT, ROOM, panel_width, sample_points, s
 from raystudy.analysis.correlation import (COMPLEXITY_LABELS, complexity_rows, complexity_table, correlation_table,
                                            format_interval)
 from raystudy.analysis.labels import chart_title, metric_label
-from raystudy.analysis.results import final_ok_rows
+from raystudy.analysis.results import final_rows, ok_rows
 
 MAX_PANEL = 1000  # trials the complexity chart draws (in each of its dozen or more panels)
 TAU = "tau: median over seeds of the within-seed tau (distribution-free 95% interval from 6 seeds)"
@@ -82,7 +82,7 @@ def correlation_chart(df: pl.DataFrame, table: pl.DataFrame | None = None) -> al
                                   spacing=10).properties(title=alt.Title(f"block {block}", anchor="start",
                                                                          fontSize=12)))
     chart = alt.vconcat(*blocks, spacing=25) if len(blocks) > 1 else blocks[0]
-    rows = final_ok_rows(df)
+    rows = ok_rows(final_rows(df))
     return chart.properties(
         title=chart_title(rows, "Does sharpness predict generalisation and safety? Kendall tau and Psi at the "
                                 "final checkpoint, per block"))

@@ -9,7 +9,7 @@ import polars as pl
 from raystudy.analysis.aggregate import comparison_keys, condition_label, config_label
 from raystudy.analysis.charts import HEIGHT, curve_points, images_vs_gap, panel_width, thin, with_note
 from raystudy.analysis.labels import chart_title
-from raystudy.analysis.results import final_ok_rows, present
+from raystudy.analysis.results import final_rows, ok_rows, present
 
 DENSITY_COLUMNS = ("hessian_density_grid", "hessian_density")
 
@@ -46,7 +46,7 @@ def density_frame(df: pl.DataFrame, floor: float = 1e-8) -> pl.DataFrame:
     n_trials, eigenvalue, density (clipped below at `floor` so a log axis works). Regimes of one panel
     share one grid. Empty frame when no trial stored a density.
     """
-    rows = final_ok_rows(df)
+    rows = ok_rows(final_rows(df))
     if len(present(rows, DENSITY_COLUMNS)) < 2:
         return pl.DataFrame()
     config, condition = comparison_keys(df)
@@ -111,7 +111,7 @@ def spectral_density(df: pl.DataFrame, floor: float = 1e-8) -> alt.Chart | None:
         x = linear if scale is None else alt.X("eigenvalue:Q", title="Hessian eigenvalue (symlog)", scale=scale)
         charts.append(base.encode(x=x).transform_filter(alt.datum.pid == pid).properties(
             width=width, height=HEIGHT, title=alt.Title(panel, fontSize=11, limit=width + 60)))
-    title = chart_title(final_ok_rows(df),
+    title = chart_title(ok_rows(final_rows(df)),
                         "Hessian spectral density at the final checkpoint (SLQ, mean over seeds)", "hessian_n")
     note = "Curves thinned for drawing to evenly spaced eigenvalues." if frame.height < before else ""
     return with_note(alt.concat(*charts, columns=columns, data=frame).resolve_scale(color="shared"), note).properties(

@@ -9,7 +9,7 @@ import polars as pl
 from raystudy.analysis.aggregate import comparison_keys
 from raystudy.analysis.charts import HEIGHT, circles_sweep, panel_width, sample_points, scale_for, with_note
 from raystudy.analysis.labels import chart_title, metric_label
-from raystudy.analysis.results import final_ok_rows, present
+from raystudy.analysis.results import final_rows, ok_rows, present
 from raystudy.analysis.radii import column_radius, radius_columns
 from raystudy.analysis.verdicts import functions_points
 from raystudy.schema import SAFETY, SHARPNESS
@@ -23,7 +23,7 @@ Figure = tuple[str, alt.TopLevelMixin, str]  # (file stem, chart, caption)
 def _functions_long(df: pl.DataFrame, settings: Verdicts) -> pl.DataFrame:
     """Family A's final points with SAM-sharpness per radius, raw and relative to the target variance: columns
     block, target, task, target_scale, seed, trial_id, shape_complexity, kept, rho, raw, relative."""
-    rows = final_ok_rows(df)
+    rows = ok_rows(final_rows(df))
     if "family" not in rows.columns:
         return pl.DataFrame()
     rows = rows.filter(pl.col("family") == "functions")
@@ -65,7 +65,7 @@ def functions_verdict_chart(df: pl.DataFrame, settings: Verdicts) -> alt.Chart |
     if faceted:
         chart = chart.facet(facet=alt.Facet("rho:O", title="perturbation radius rho"), columns=2).resolve_scale(
             y="independent")
-    rows = final_ok_rows(df, "functions")
+    rows = ok_rows(final_rows(df)).filter(pl.col("family") == "functions")
     return with_note(chart, note).properties(
         title=chart_title(rows, "Family A: scale-free sharpness vs the target's shape complexity"))
 
@@ -97,7 +97,7 @@ def paired_differences(df: pl.DataFrame) -> pl.DataFrame:
     configuration, regime - base of each sharpness and safety metric and of test accuracy and the generalisation
     gap. Columns: block, regime, seed, trial_id, metric, group (sharpness, safety, performance), difference. Empty
     without such pairs."""
-    rows = final_ok_rows(df)
+    rows = ok_rows(final_rows(df))
     rows = rows.filter(pl.col("family") == "images") if "family" in rows.columns else rows.clear()
     metrics = present(rows, SHARPNESS + SAFETY + PERFORMANCE)
     if rows.is_empty() or not metrics or "base" not in rows["regime"].to_list():
@@ -140,7 +140,7 @@ def images_paired_chart(df: pl.DataFrame) -> alt.Chart | None:
     labels = [metric_label(m) for m in order]
     faceted = layered.facet(facet=alt.Facet("label:N", title=None, sort=labels), columns=3)
     return with_note(faceted.resolve_scale(x="independent"), note).properties(
-        title=chart_title(final_ok_rows(df, "images"),
+        title=chart_title(ok_rows(final_rows(df)).filter(pl.col("family") == "images"),
                           "Family C: each regime minus base, paired by seed (dots: seeds; tick: mean)"))
 
 

@@ -13,7 +13,7 @@ import polars as pl
 
 from raystudy.analysis.aggregate import comparison_keys
 from raystudy.analysis.inference import swap_test
-from raystudy.analysis.results import final_ok_rows
+from raystudy.analysis.results import final_rows, ok_rows
 from raystudy.layout import predictions_file
 from raystudy.safety.consistency import disagreement, js_divergence
 from raystudy.storage import Store
@@ -93,7 +93,7 @@ def consistency_tests(df: pl.DataFrame, read: Read) -> pl.DataFrame:
     of N x C arrays per regime (base's own pairs computed once), each predictions file read once (one that does
     not read is left out with a warning, see ``readable``).
     """
-    rows = final_ok_rows(df)
+    rows = ok_rows(final_rows(df))
     if rows.is_empty() or "predictions" not in rows.columns or "regime" not in rows.columns:
         return pl.DataFrame()
     rows, loaded = readable(rows.filter(pl.col("predictions").is_not_null()), read)

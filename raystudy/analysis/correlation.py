@@ -36,7 +36,7 @@ from scipy import stats
 from raystudy.analysis.aggregate import varying_hyperparameters
 from raystudy.analysis.inference import median_interval
 from raystudy.analysis.labels import metric_label
-from raystudy.analysis.results import REGIME_HYPERPARAMETERS, final_ok_rows, present
+from raystudy.analysis.results import REGIME_HYPERPARAMETERS, final_rows, ok_rows, present
 from raystudy.analysis.radii import BY_RHO, column_radius, radius_columns, radius_label, with_rho_columns
 from raystudy.schema import HESSIAN, SHARPNESS
 
@@ -206,7 +206,7 @@ def _tau(rows: pl.DataFrame, x: str, y: str) -> dict:
 
 def _blocks(df: pl.DataFrame) -> list[tuple[str, pl.DataFrame]]:
     """Final status-ok rows, one frame per block (in order of appearance)."""
-    rows = final_ok_rows(df) if "final" in df.columns else df
+    rows = ok_rows(final_rows(df)) if "final" in df.columns else df
     if rows.is_empty():
         return []
     if "block" not in rows.columns:
@@ -275,7 +275,7 @@ def format_correlation_table(table: pl.DataFrame, psi_target: str = "gen_gap") -
 def complexity_rows(df: pl.DataFrame) -> tuple[pl.DataFrame, list[tuple[str, str]], list[str]]:
     """Final status-ok rows of every family with sharpness columns added, the (label, column) sharpness metrics
     and the complexity measures present (COMPLEXITY)."""
-    rows = final_ok_rows(df)
+    rows = ok_rows(final_rows(df))
     if rows.is_empty():
         return rows, [], []
     rows, metrics = sharpness_columns(rows)

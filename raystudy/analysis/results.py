@@ -149,19 +149,6 @@ def final_rows(df: pl.DataFrame) -> pl.DataFrame:
     return df.filter(pl.col("final").fill_null(False))
 
 
-def final_ok_rows(df: pl.DataFrame, family: str | None = None) -> pl.DataFrame:
-    """``ok_rows(final_rows(df))`` (of one ``family`` when given) in one filter: one copy of the rows instead of two
-    or three (with the learning curves, a large study's rows are hundreds of MB)."""
-    if "final" not in df.columns:
-        return df.clear()
-    keep = pl.col("final").fill_null(False)
-    if "status" in df.columns:
-        keep = keep & (pl.col("status") == "ok")
-    if family is not None:
-        keep = keep & (pl.col("family") == family)
-    return df.filter(keep)
-
-
 def ok_rows(df: pl.DataFrame) -> pl.DataFrame:
     """Rows whose measurement finished with finite numbers (status == "ok", or no status column)."""
     if "status" not in df.columns:

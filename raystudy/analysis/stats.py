@@ -21,7 +21,7 @@ from scipy import stats
 
 from raystudy.analysis.aggregate import comparison_keys
 from raystudy.analysis.inference import sign_flip_test
-from raystudy.analysis.results import final_ok_rows, present
+from raystudy.analysis.results import final_rows, ok_rows, present
 from raystudy.schema import HESSIAN, PERFORMANCE, SAFETY, SHARPNESS
 
 ALTERNATIVE = {"gen_gap": "less", "ece": "less", "disagreement": "less", "jsd": "less", "test_acc": "greater",
@@ -62,7 +62,7 @@ def compare_to_base(df: pl.DataFrame, metrics: list[str] | None = None,
     performance metrics are reported uncorrected (p_adj = p, correction "none"). Cost: one exact test (2^n sign
     patterns for n seeds) per row.
     """
-    rows = final_ok_rows(df)
+    rows = ok_rows(final_rows(df))
     metrics = metrics if metrics is not None else present(rows, tuple(ALTERNATIVE))
     per_seed = [m for m in metrics if m not in PAIRWISE]
     if rows.is_empty() or not metrics or "regime" not in rows.columns:

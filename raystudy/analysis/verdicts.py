@@ -30,7 +30,7 @@ import polars as pl
 from raystudy.analysis.inference import N_PERM, PermutationTest, holm, smallest_p, tau_test
 from raystudy.analysis.labels import metric_label
 from raystudy.analysis.radii import radius_column, radius_columns, radius_label, sam_radii, with_rho_columns
-from raystudy.analysis.results import REGIME_HYPERPARAMETERS, final_ok_rows, present
+from raystudy.analysis.results import REGIME_HYPERPARAMETERS, final_rows, ok_rows, present
 from raystudy.analysis.stats import compare_to_base
 from raystudy.spec import Verdicts
 
@@ -185,7 +185,7 @@ def _blocks(df: pl.DataFrame, family: str) -> list[tuple[str, pl.DataFrame]]:
     """Final status-ok rows of one family, per block (in order of appearance)."""
     if "family" not in df.columns:
         return []
-    rows = final_ok_rows(df, family)
+    rows = ok_rows(final_rows(df)).filter(pl.col("family") == family)
     if rows.is_empty():
         return []
     if "block" not in rows.columns:
