@@ -1,7 +1,9 @@
 """Does the report scale with the study? Builds study folders by replicating realistic result rows (the three
 families of tests/support/fake_results.py, 124 rows with learning curves, about the smoke study's 141) 1x, 10x, 100x,
 700x with new trial ids, then times ``write_report`` on each in a fresh child process and prints its seconds (wall
-and CPU), peak RSS and the size of index.html.
+and CPU), peak RSS and the size of index.html. The report is built with its defaults (a PNG per chart, as the README
+documents; ``--no-png`` would be faster). It prints numbers, it asserts none: on a shared machine the wall time
+follows the other programs' load, the CPU seconds much less.
 
 Replica r of a trial gets the trial id suffix "-rN", the seed + 100 * (r // 10) and the learning rate x (1 + r % 10
 / 100): more seeds and a ten-valued learning-rate axis, as a real study grows (regime pairs stay paired by seed).

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -10,7 +11,7 @@ import vl_convert
 from scipy import stats as sps
 
 from support.fake_results import write_study
-from raystudy.analysis import charts, charts_hessian
+from raystudy.analysis import charts, charts_hessian, radii, results
 from raystudy.analysis.aggregate import format_mean_sem, format_summary, summary_table, varying_hyperparameters
 from raystudy.analysis.html import chart_spec
 from raystudy.analysis.labels import axis_title, measurement_note, sam_rhos
@@ -42,6 +43,36 @@ def test_load_results_stacks_schemas_and_keeps_last_measurement(df):
     diverged = _one(df, regime="wd", seed=3, final=True)
     assert diverged["status"] == "nonfinite" and diverged["train_loss"] is None  # NaN became null
     assert final_rows(df).height == 14 + 15 + 12
+
+
+def test_polars_reader_and_pyarrow_reader_agree(df, tmp_path, monkeypatch):
+    # One schema in every file (as one raystudy version writes them): polars' multi-file reader; the pyarrow reader
+    # (mixed versions, object storage) must give the same frame, rows in file order.
+    for (trial,), part in df.group_by("trial_id", maintain_order=True):
+        (tmp_path / "results" / trial).mkdir(parents=True)
+        part.write_parquet(tmp_path / "results" / trial / "epoch_000001.parquet")
+    store = results.Store(tmp_path)
+    paths = results.result_files(store)
+    fast = results._read_rows(store, paths)
+    assert fast.equals(pl.from_arrow(results._read_arrow(store, paths)))
+    assert fast.height == df.height and fast.n_chunks() <= -(-len(paths) // results.POLARS_BATCH)
+    monkeypatch.setattr(results, "_read_arrow", None)  # the local, one-schema study never needs it
+    assert load_results(tmp_path).equals(load_results(store))
+
+
+def test_sam_radii_defined_once(df):
+    rows = pl.DataFrame({"sam_sharpness_by_rho": [[{"rho": 0.05, "mean": 2.0}, {"rho": 0.005, "mean": 1.0}],
+                                                  None, [{"rho": 0.005, "mean": 3.0}]]})
+    assert radii.sam_radii(rows) == [0.005, 0.05] and radii.sam_radii(rows.head(0)) == []
+    wide = radii.with_rho_columns(rows)
+    assert radii.radius_columns(wide) == ["_sam_0.005", "_sam_0.05"]
+    assert wide["_sam_0.005"].to_list() == [1.0, None, 3.0] and wide["_sam_0.05"].to_list() == [2.0, None, None]
+    assert radii.column_radius("_sam_0.05") == 0.05 and radii.radius_label("_sam_0.05") == "SAM-sharpness rho=0.05"
+    assert radii.sam_long(rows.with_row_index("i"), ["i"]).rows() == [(0, 0.05, 2.0), (0, 0.005, 1.0), (2, 0.005, 3.0)]
+    # No other analysis module reads the column itself: the radii have one definition.
+    readers = [p.name for p in Path(radii.__file__).parent.glob("*.py")
+               if p.name != "radii.py" and '"sam_sharpness_by_rho"' in p.read_text()]
+    assert readers == []
 
 
 def test_load_results_empty_and_not_a_study(tmp_path):

@@ -179,3 +179,38 @@ def test_figures_without_pngs_embed_the_spec_alone(tmp_path):
     assert "<img" not in html and ".png" not in html and not list(tmp_path.rglob("*.png"))
     assert 'class="vl-spec"' in html and "A SAM-sharpness chart. Drawn: all." in html  # the note joins the caption
     assert html.count("<b>SAM-sharpness</b>") == 1
+
+
+def test_pngs_drawn_beside_the_statistics_keep_page_order_and_errors(tmp_path):
+    # The renderer thread draws PNGs while the caller goes on: the figures come back in page order, and a PNG that
+    # cannot be written fails the build (as the storage failing would without the thread), writing no page.
+    from concurrent.futures import ThreadPoolExecutor
+
+    import altair as alt
+    import polars as pl
+
+    from raystudy.analysis.page import Figures
+    from raystudy.storage import Store
+
+    chart = alt.Chart(pl.DataFrame({"x": [1.0, 2.0], "y": [3.0, 4.0]})).mark_point().encode(x="x:Q", y="y:Q")
+    store = Store(tmp_path)
+    with ThreadPoolExecutor(1) as renderer:
+        figures = Figures(store, store.path("report"), renderer=renderer)
+        html = figures.resolve("".join([figures("one", chart, "First."), "<p>between</p>",
+                                        figures("two", chart, "Second.")]))
+    assert html.index("one.png") < html.index("between") < html.index("two.png") and "raystudy figure" not in html
+    assert sorted(p.name for p in tmp_path.rglob("*.png")) == ["one.png", "two.png"]
+
+    real = Store.write_bytes
+
+    def full_disk(self, path, data):
+        if path.endswith(".png"):
+            raise OSError(28, "No space left on device")
+        real(self, path, data)
+
+    with pytest.MonkeyPatch.context() as mp, ThreadPoolExecutor(1) as renderer:
+        mp.setattr(Store, "write_bytes", full_disk)
+        figures = Figures(store, store.path("report"), renderer=renderer)
+        body = figures("three", chart, "Third.")
+        with pytest.raises(OSError, match="No space left"):  # write_report writes index.html only after this
+            figures.resolve(body)

@@ -84,3 +84,25 @@ def test_every_chart_draws_a_bounded_number_of_points(many, monkeypatch):
     # Every per-point chart with more points than the limit says it drew a sample.
     assert {"verdict_a_sharpness_vs_complexity", "verdict_c_paired_differences", "images_sharpness_vs_gap",
             "sharpness_vs_complexity"} <= sampled
+
+
+def test_psi_groups_in_one_pass_are_tau_b_of_each_group():
+    rng = np.random.default_rng(1)
+    sizes = np.r_[rng.integers(1, 12, 40), correlation.PAIRWISE_UP_TO + 20]  # small groups and one for scipy
+    group = rng.permutation(np.repeat(np.arange(len(sizes)), sizes))
+    x, y = rng.integers(0, 4, group.size).astype(float), rng.normal(size=group.size)
+    y[::3] = 0.0  # ties on both sides
+    got = correlation.grouped_tau_b(x, y, group, len(sizes))
+    want = [correlation.tau_b(x[group == g], y[group == g]) for g in range(len(sizes))]
+    assert np.array_equal(got, want, equal_nan=True)  # same bits, NaN where a group is constant or alone
+
+
+def test_cached_sign_patterns_are_the_seeded_draws():
+    d = np.random.default_rng(2).normal(size=(3, 20))  # 2^20 patterns: random ones, from default_rng(seed)
+    first, again = inference.sign_flip_test(d, seed=5), inference.sign_flip_test(d, seed=5)
+    flips = 1.0 - 2.0 * np.random.default_rng(5).integers(0, 2, size=(inference.N_PERM, 20))
+    signed = np.sign(d) * inference.signed_ranks(d)
+    observed, permuted = signed.sum(1), signed @ flips.T
+    p_greater = ((permuted >= observed[:, None] - 1e-9).sum(1) + 1) / (inference.N_PERM + 1)
+    assert np.array_equal(first.p_greater, p_greater) and np.array_equal(again.p_greater, p_greater)
+    assert not inference._sign_patterns(20, inference.N_PERM, 5)[0].flags.writeable  # shared: read-only

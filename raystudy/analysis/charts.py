@@ -11,6 +11,7 @@ import altair as alt
 import polars as pl
 
 from raystudy.analysis.labels import axis_title, chart_title, metric_label
+from raystudy.analysis.radii import BY_RHO, sam_long
 from raystudy.analysis.results import GEOMETRY, final_rows, ok_rows, present
 from raystudy.schema import SHARPNESS
 
@@ -96,10 +97,8 @@ def series_title(rows: pl.DataFrame, extra: tuple[str, ...] = ()) -> str:
 
 def _long_metric(rows: pl.DataFrame, metric: str, index: list[str]) -> pl.DataFrame:
     """rows -> index + rho + value; SAM-sharpness is spread over its radii when sam_sharpness_by_rho exists."""
-    by_rho = "sam_sharpness_by_rho"
-    if metric == "sam_sharpness" and by_rho in present(rows, (by_rho,)):
-        return (rows.select(*index, by_rho).drop_nulls(by_rho).explode(by_rho).unnest(by_rho)
-                .select(*index, "rho", value=pl.col("mean")).drop_nulls("value"))
+    if metric == "sam_sharpness" and BY_RHO in present(rows, (BY_RHO,)):
+        return sam_long(rows, index)
     if metric not in present(rows, (metric,)):
         return pl.DataFrame()
     return rows.select(*index, rho=pl.lit(None, pl.Float64), value=pl.col(metric)).drop_nulls("value")
@@ -258,12 +257,18 @@ def learning_curves(df: pl.DataFrame) -> alt.Chart | None:
         return None
     rows = rows.drop_nulls("train_loss_curve").with_columns(regime=series(rows, ("factor", "lr", "task")))
     legend_title = series_title(rows, ("factor", "lr", "task"))
-    points = (rows.select("block", "regime", "seed", "train_loss_curve").explode("train_loss_curve")
-              .unnest("train_loss_curve").drop_nulls("loss"))
-    if points.is_empty():
+    # One integer per line before exploding: a large study's curves hold millions of points, and each exploded
+    # point carrying its block and regime strings cost ~2 GB at 13M points.
+    lines = (rows.group_by("block", "regime", maintain_order=True).agg("train_loss_curve")
+             .with_row_index("_line"))
+    points = (lines.lazy().select("_line", "train_loss_curve").explode("train_loss_curve")
+              .explode("train_loss_curve").unnest("train_loss_curve").drop_nulls("loss"))
+    per_epoch = (points.group_by("_line", "epoch").agg(loss=pl.col("loss").mean(), n_seeds=pl.len())
+                 .collect(engine="streaming"))  # in batches: the exploded points are never all held at once
+    if per_epoch.is_empty():
         return None
-    mean = (points.group_by("block", "regime", "epoch").agg(loss=pl.col("loss").mean(), n_seeds=pl.len())
-            .sort("block", "regime", "epoch"))
+    mean = (per_epoch.join(lines.select("_line", "block", "regime"), on="_line")
+            .select("block", "regime", "epoch", "loss", "n_seeds").sort("block", "regime", "epoch"))
     n_lines = mean.select("block", "regime").n_unique()
     mean = thin(mean, "epoch", ["block", "regime"], most=curve_points(n_lines))
     log_x = mean["epoch"].max() > 100 and mean["epoch"].min() >= 1
@@ -280,7 +285,7 @@ def learning_curves(df: pl.DataFrame) -> alt.Chart | None:
     ).properties(width=panel_width(columns, legend=False), height=HEIGHT).interactive()
     note = ("Curves thinned for drawing to at most "
             f"{mean.group_by('block', 'regime').len()['len'].max()} evenly spaced epochs each."
-            if mean.height < points.select("block", "regime", "epoch").n_unique() else "")
+            if mean.height < per_epoch.height else "")
     faceted = chart.facet(facet=alt.Facet("block:N", title=None), columns=columns).resolve_scale(
         x="independent", y="independent", color="independent")
     return with_note(faceted, note).properties(

@@ -10,6 +10,7 @@ from raystudy.analysis.aggregate import comparison_keys
 from raystudy.analysis.charts import HEIGHT, circles_sweep, panel_width, sample_points, scale_for, with_note
 from raystudy.analysis.labels import chart_title, metric_label
 from raystudy.analysis.results import final_rows, ok_rows, present
+from raystudy.analysis.radii import column_radius, radius_columns
 from raystudy.analysis.verdicts import functions_points
 from raystudy.schema import SAFETY, SHARPNESS
 
@@ -31,13 +32,12 @@ def _functions_long(df: pl.DataFrame, settings: Verdicts) -> pl.DataFrame:
     parts = []
     for (block,), mine in rows.group_by("block", maintain_order=True):
         points, _, _ = functions_points(mine, settings)
-        radii = [c.removeprefix("_sam_") for c in points.columns if c.startswith("_sam_")]
         scale = pl.col("target_scale").fill_null(1.0) if "target_scale" in points.columns else pl.lit(1.0)
-        for r in radii:
+        for column in radius_columns(points):
             parts.append(points.select(
                 "block", "target", "task", "seed", "trial_id", "shape_complexity", target_scale=scale,
                 kept=pl.when(pl.col("fitted")).then(pl.lit("kept")).otherwise(pl.lit("excluded: not fitted")),
-                rho=pl.lit(float(r)), raw=pl.col(f"_sam_{r}"), relative=pl.col(f"rel__sam_{r}")))
+                rho=pl.lit(column_radius(column)), raw=pl.col(column), relative=pl.col(f"rel_{column}")))
     long = pl.concat(parts) if parts else pl.DataFrame()
     return long.drop_nulls(["shape_complexity", "relative"]) if not long.is_empty() else long
 

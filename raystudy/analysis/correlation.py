@@ -37,7 +37,7 @@ from raystudy.analysis.aggregate import varying_hyperparameters
 from raystudy.analysis.inference import median_interval
 from raystudy.analysis.labels import metric_label
 from raystudy.analysis.results import REGIME_HYPERPARAMETERS, final_rows, ok_rows, present
-from raystudy.analysis.verdicts import with_rho_columns
+from raystudy.analysis.radii import BY_RHO, column_radius, radius_columns, radius_label, with_rho_columns
 from raystudy.schema import HESSIAN, SHARPNESS
 
 PAIRWISE_UP_TO = 500  # points up to which tau_b counts all pairs itself (n^2/2 pairs: 1 MB of signs at 500)
@@ -74,9 +74,36 @@ def tau_b(x: np.ndarray, y: np.ndarray) -> float:
     return float((sx * sy).sum() / np.sqrt(untied)) if untied > 0 else float("nan")
 
 
+def grouped_tau_b(x: np.ndarray, y: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
+    """(n_groups,) ``tau_b`` of x and y within each group (``group``: each point's group, 0..n_groups-1), the same
+    bits as one ``tau_b`` call per group: every within-group pair at once, summed per group with bincount (integer
+    sums, exact in float64). Groups above PAIRWISE_UP_TO points go to ``tau_b`` (scipy) one by one, as they would
+    alone. Cost: O(sum of the groups' squared sizes) time and memory; ~1 ms for thousands of small Psi groups,
+    against ~0.1 ms of overhead per ``tau_b`` call."""
+    x, y, group = np.asarray(x, dtype=float), np.asarray(y, dtype=float), np.asarray(group, dtype=np.int64)
+    sizes = np.bincount(group, minlength=n_groups)
+    big = np.flatnonzero(sizes > PAIRWISE_UP_TO)
+    small = sizes[group] <= PAIRWISE_UP_TO
+    order = np.flatnonzero(small)[np.argsort(group[small], kind="stable")]
+    g, xs, ys = group[order], x[order], y[order]
+    first = np.r_[0, np.cumsum(sizes)][g] - np.r_[0, np.cumsum(sizes[big])][np.searchsorted(big, g)]  # group start
+    later = sizes[g] - 1 - (np.arange(len(g)) - first)  # partners after each point in its group
+    a = np.repeat(np.arange(len(g)), later)
+    b = a + 1 + np.arange(len(a)) - np.repeat(np.cumsum(later) - later, later)
+    sx, sy = np.sign(xs[a] - xs[b]), np.sign(ys[a] - ys[b])
+    concordance = np.bincount(g[a], sx * sy, minlength=n_groups)
+    untied = (np.bincount(g[a], sx != 0, minlength=n_groups).astype(float)
+              * np.bincount(g[a], sy != 0, minlength=n_groups).astype(float))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tau = np.where(untied > 0, concordance / np.sqrt(untied), np.nan)
+    for k in big:
+        tau[k] = tau_b(x[group == k], y[group == k])
+    return tau
+
+
 def _sharpness_metrics(rows: pl.DataFrame) -> list[tuple[str, str]]:
     """(label, column) of every sharpness metric in ``rows``; SAM-sharpness once per radius column."""
-    radii = [(f"SAM-sharpness rho={c.removeprefix('_sam_')}", c) for c in rows.columns if c.startswith("_sam_")]
+    radii = [(radius_label(c), c) for c in radius_columns(rows)]
     if not radii and "sam_sharpness" in present(rows, ("sam_sharpness",)):
         radii = [(metric_label("sam_sharpness"), "sam_sharpness")]
     others = present(rows, [m for m in SHARPNESS + HESSIAN if m != "sam_sharpness"])
@@ -90,13 +117,13 @@ def sharpness_columns(rows: pl.DataFrame) -> tuple[pl.DataFrame, list[tuple[str,
     (in place of its scalar ``adaptive_sharpness``, the first of them)."""
     rows = with_rho_columns(rows)
     metrics = _sharpness_metrics(rows)
-    if {"sam_sharpness_by_rho", "sam_sharpness_rho", "sam_sharpness"} <= set(rows.columns):
+    if {BY_RHO, "sam_sharpness_rho", "sam_sharpness"} <= set(rows.columns):
         # Rows with the scalar only (an older writer) join the radius column their sam_sharpness_rho names.
-        alone = pl.col("sam_sharpness_by_rho").is_null()
-        for r in (float(c.removeprefix("_sam_")) for _, c in metrics if c.startswith("_sam_")):
+        alone = pl.col(BY_RHO).is_null()
+        for column in radius_columns(rows):
+            r = column_radius(column)
             near = (pl.col("sam_sharpness_rho") - r).abs() <= 1e-5 * r  # the column name keeps 6 digits of rho
-            rows = rows.with_columns(pl.when(alone & near).then("sam_sharpness").otherwise(f"_sam_{r:g}")
-                                     .alias(f"_sam_{r:g}"))
+            rows = rows.with_columns(pl.when(alone & near).then("sam_sharpness").otherwise(column).alias(column))
     if "adaptive_sharpness_by" in present(rows, ("adaptive_sharpness_by",)):
         metrics = [(label, c) for label, c in metrics if c != "adaptive_sharpness"]
         keys = sorted({(e["kind"], e["norm"], e["rho"]) for lst in rows["adaptive_sharpness_by"].drop_nulls()
@@ -144,11 +171,12 @@ def granulated_kendall(rows: pl.DataFrame, x: str, y: str, axes: list[str] | Non
         fixed = [a for a in axes if a not in moving] + ["seed"]
         sized = rows.with_columns(_values=pl.struct(moving).n_unique().over(fixed))
         single = sized.filter(pl.col("_values") < 2).select(fixed).n_unique()
-        both = [tau_b(g[x].to_numpy(), g[y].to_numpy())
-                for g in sized.filter(pl.col("_values") >= 2).partition_by(fixed)]
+        grouped = (sized.filter(pl.col("_values") >= 2).group_by(fixed, maintain_order=True).agg(x, y)
+                   .with_row_index("_group").select("_group", x, y))  # groups in order of appearance
+        both = grouped_tau_b(*(grouped.explode(x, y)[c].to_numpy() for c in (x, y, "_group")), grouped.height)
         taus = [float(t) for t in both if np.isfinite(t)]
         undefined = len(both) - len(taus)
-        if both:
+        if len(both):
             parts.append({"axis": axis, "psi": float(np.mean(taus)) if taus else None, "n_groups": len(taus),
                           "n_skipped": single + undefined})
     table = pl.DataFrame(parts, schema=dict(AXIS_SCHEMA.to_schema()))

@@ -20,6 +20,7 @@ alone and depend only on the design, so a study and its simulated copies see the
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass
@@ -103,14 +104,18 @@ def _counted_sums(y: np.ndarray, xs: np.ndarray, perms: np.ndarray) -> np.ndarra
     xr = ranks[perms][:, order]  # (B, k): the x rank given to the t-th point in y order
     rows = np.arange(len(perms))
     if n_ranks < FENWICK_FROM:  # few distinct x (targets, factors): counts below each rank, O(B x ranks) a step
-        prefix = np.zeros((len(perms), n_ranks + 1), dtype=np.int64)  # prefix[b, r]: inserted with rank < r
-        cols = np.arange(n_ranks + 1)
+        # prefix[b, r]: inserted with rank < r (int32: at most k), read through flat indices (faster than 2-D
+        # fancy indexing); each insert adds the bool row "rank > r" from a reused buffer (no temporaries).
+        prefix = np.zeros((len(perms), n_ranks + 1), dtype=np.int32)
+        flat, base = prefix.reshape(-1), rows * (n_ranks + 1)
+        cols, above = np.arange(n_ranks + 1), np.empty(prefix.shape, dtype=bool)
 
         def below(r: np.ndarray) -> np.ndarray:
-            return prefix[rows, r]
+            return flat[base + r]
 
         def insert(r: np.ndarray) -> None:
-            prefix[...] += cols[None, :] > r[:, None]
+            np.greater(cols, r[:, None], out=above)
+            prefix[...] += above
 
         return _concordance(ys, xr, below, insert)
     tree = np.zeros((len(perms), n_ranks + 2), dtype=np.int64)  # Fenwick tree; index n_ranks + 1 is a sink
@@ -201,12 +206,26 @@ def tau_test(x: np.ndarray, y: np.ndarray, seeds: np.ndarray, n_perm: int = N_PE
     return PermutationTest(statistic, p_greater, p_less, total if exact else n_perm + 1, exact)
 
 
-def _sign_patterns(k: int, n_perm: int, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
+@functools.lru_cache(maxsize=64)
+def _sign_patterns(k: int, n_perm: int, seed: int) -> tuple[np.ndarray, bool]:
     """(B, k) 0/1 patterns: all 2^k when that is at most MAX_ENUMERATE (first row all zero = the identity),
-    else n_perm random ones."""
+    else n_perm random ones from ``default_rng(seed)``. Cached (read-only): a large study runs hundreds of tests
+    with the same number of seeds, and drawing 9,999 x k bits costs ~15 ms each time."""
     if 2**k <= MAX_ENUMERATE:
-        return (np.arange(2**k)[:, None] >> np.arange(k)[None, :]) & 1, True
-    return rng.integers(0, 2, size=(n_perm, k)), False
+        patterns, exact = (np.arange(2**k)[:, None] >> np.arange(k)[None, :]) & 1, True
+    else:
+        patterns, exact = np.random.default_rng(seed).integers(0, 2, size=(n_perm, k)), False
+    patterns.setflags(write=False)
+    return patterns, exact
+
+
+@functools.lru_cache(maxsize=64)
+def _flips(k: int, n_perm: int, seed: int) -> tuple[np.ndarray, bool]:
+    """``_sign_patterns`` as (B, k) multipliers: +1 keeps a sign, -1 flips it (cached, read-only)."""
+    patterns, exact = _sign_patterns(k, n_perm, seed)
+    flips = 1.0 - 2.0 * patterns
+    flips.setflags(write=False)
+    return flips, exact
 
 
 def signed_ranks(d: np.ndarray) -> np.ndarray:
@@ -234,8 +253,7 @@ def sign_flip_test(d: np.ndarray, n_perm: int = N_PERM, seed: int = 0) -> Permut
     if np.isnan(d).any():
         raise ValueError("differences contain NaN: drop the seeds without a pair first")
     r = signed_ranks(d)
-    patterns, exact = _sign_patterns(d.shape[1], n_perm, np.random.default_rng(seed))
-    flips = 1.0 - 2.0 * patterns  # (B, n): +1 keeps a sign, -1 flips it
+    flips, exact = _flips(d.shape[1], n_perm, seed)  # (B, n)
     observed = (np.sign(d) * r).sum(1)
     permuted = (np.sign(d) * r) @ flips.T
     total = r.sum(1)
@@ -271,7 +289,7 @@ def swap_test(dissimilarity: np.ndarray, n_perm: int = N_PERM, seed: int = 0) ->
     i, j = _pairs(k)
     rr, bb = dm[:, k + i, k + j], dm[:, i, j]
     rb, br = dm[:, k + i, j], dm[:, i, k + j]  # regime of seed i with base of seed j, and the reverse
-    patterns, exact = _sign_patterns(k, n_perm, np.random.default_rng(seed))
+    patterns, exact = _sign_patterns(k, n_perm, seed)
     a = patterns.astype(float)
     ai, aj = a[:, i], a[:, j]  # (B, P): 1 = that seed's two models swapped
     # Regime slot pair (i, j) holds RR when neither seed is swapped, BB when both are, RB / BR when one is;

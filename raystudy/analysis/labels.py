@@ -5,6 +5,7 @@ import altair as alt
 import polars as pl
 
 from raystudy import metrics
+from raystudy.analysis.radii import BY_RHO, sam_long
 
 # Labels of the columns that no metric owns; every metric's own come from its registry entry.
 METRIC_LABELS = {
@@ -55,13 +56,10 @@ def sam_rhos(df: pl.DataFrame) -> list[float]:
     """
     if "sam_sharpness_rho" in df.columns:
         return _values(df, "sam_sharpness_rho")
-    if not {"sam_sharpness_by_rho", "sam_sharpness"} <= set(df.columns):
+    if not {BY_RHO, "sam_sharpness"} <= set(df.columns):
         return []
-    long = (df.select("sam_sharpness", "sam_sharpness_by_rho").drop_nulls().explode("sam_sharpness_by_rho")
-            .unnest("sam_sharpness_by_rho"))
-    if not {"rho", "mean"} <= set(long.columns):
-        return []
-    match = (pl.col("mean") - pl.col("sam_sharpness")).abs() <= 1e-9 * pl.col("sam_sharpness").abs() + 1e-15
+    long = sam_long(df.drop_nulls("sam_sharpness"), ["sam_sharpness"])
+    match = (pl.col("value") - pl.col("sam_sharpness")).abs() <= 1e-9 * pl.col("sam_sharpness").abs() + 1e-15
     return _values(long.filter(match), "rho")
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import altair as alt
@@ -15,7 +16,7 @@ from raystudy.analysis.aggregate import summary_table
 from raystudy.analysis.catalogue import report_charts
 from raystudy.analysis.consistency import add_consistency, read_predictions
 from raystudy.analysis.freshness import fingerprint, record_built_from
-from raystudy.analysis.html import chart_spec, figure, page, png_bytes, png_size
+from raystudy.analysis.html import chart_spec, figure, page, png_bytes, png_size, vega_runtime
 from raystudy.analysis.judge import judge, write_verdicts
 from raystudy.analysis.labels import definitions_in
 from raystudy.analysis.results import load_results
@@ -32,11 +33,16 @@ CURVES = ("train_loss_curve", "hessian_density", "hessian_density_grid")  # list
 class Figures:
     """Turns charts into embedded figures; with ``pngs`` (the default) also writes ``out``/<name>.png (PNG_SCALE)
     into ``store``. A chart that drew a sample or an aggregate of its rows says so in its Vega-Lite ``usermeta``
-    ("note"), which is added to the caption."""
+    ("note"), which is added to the caption.
 
-    def __init__(self, store: Store, out: str, pngs: bool = True):
-        self.store, self.out, self.pngs = store, out, pngs
+    With a ``renderer`` (one worker thread) the PNGs are drawn there while the caller goes on with the statistics
+    (vl_convert releases the GIL: the second core draws, ~1-2 s a PNG): a figure is then returned as a marker that
+    ``resolve`` replaces in the finished page, re-raising any error of its drawing or writing."""
+
+    def __init__(self, store: Store, out: str, pngs: bool = True, renderer: ThreadPoolExecutor | None = None):
+        self.store, self.out, self.pngs, self.renderer = store, out, pngs, renderer
         self.defined: set[str] = set()  # metrics already defined under an earlier figure
+        self.pending: dict[str, Future[str]] = {}  # marker -> its figure's HTML
 
     def __call__(self, name: str, chart: alt.TopLevelMixin | None, caption: str) -> str:
         if chart is None:
@@ -44,12 +50,26 @@ class Figures:
         spec = chart_spec(chart)
         if note := spec.get("usermeta", {}).get("note"):
             caption = f"{caption} {note}"
-        defs = definitions_in(caption + json.dumps(spec), self.defined)
+        defs = definitions_in(caption + json.dumps(spec), self.defined)  # in page order, so not in the thread
         if not self.pngs:
             return figure(spec, caption, definitions=defs)
+        if self.renderer is None:
+            return self._with_png(name, spec, caption, defs)
+        marker = f"<!--raystudy figure {len(self.pending)}-->"
+        self.pending[marker] = self.renderer.submit(self._with_png, name, spec, caption, defs)
+        return marker
+
+    def _with_png(self, name: str, spec: dict, caption: str, defs: list[tuple[str, str]]) -> str:
         png = png_bytes(spec, scale=PNG_SCALE)
         self.store.write_bytes(f"{self.out}/{name}.png", png)
         return figure(spec, caption, f"{name}.png", png_size(png)[0] // PNG_SCALE, defs)
+
+    def resolve(self, html: str) -> str:
+        """``html`` (the page's body, joined) with every marker replaced by its figure, once its PNG is written."""
+        for marker, done in self.pending.items():
+            html = html.replace(marker, done.result())
+        self.pending.clear()
+        return html
 
 
 def chart_sections(df: pl.DataFrame, figures: Figures) -> list[str]:
@@ -98,13 +118,17 @@ def write_report(study: str | Path, pngs: bool = True) -> Path | str:
     del full
     out = report_path(store)
     name = df["study"].drop_nulls().first() if "study" in df.columns else None
-    figures = Figures(store, out, pngs)
-    if df.is_empty():
-        body = [overview(df, store.uri), "<p>No results yet: results/ holds no readable result rows.</p>"]
-    else:
-        body = ([write_tables(store, out, whole)] + verdict_section(judgement, df, figures) + stale_batchnorm(df)
-                + correlation_section(df, figures) + [overview(df, store.uri)]
-                + block_sections(df, judgement.pair_tests) + chart_sections(whole, figures))
-    store.write_text(f"{out}/index.html", page(f"raystudy report: {name or store.name}", body))
+    with ThreadPoolExecutor(1, thread_name_prefix="png") as renderer:
+        runtime = renderer.submit(vega_runtime)  # bundled (seconds) while the statistics run
+        figures = Figures(store, out, pngs, renderer)
+        if df.is_empty():
+            body = [overview(df, store.uri), "<p>No results yet: results/ holds no readable result rows.</p>"]
+        else:
+            body = ([write_tables(store, out, whole)] + verdict_section(judgement, df, figures) + stale_batchnorm(df)
+                    + correlation_section(df, figures) + [overview(df, store.uri)]
+                    + block_sections(df, judgement.pair_tests) + chart_sections(whole, figures))
+        runtime.result()
+        html = page(f"raystudy report: {name or store.name}", [figures.resolve("\n".join(body))])
+    store.write_text(f"{out}/index.html", html)
     record_built_from(store, built_from)
     return Path(f"{out}/index.html") if store.local else store.uri_of(f"{out}/index.html")

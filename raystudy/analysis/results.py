@@ -31,6 +31,7 @@ SCALAR_METRICS = tuple(c for g in ("performance", "safety", "sharpness", "hessia
 
 READ_THREADS = 4  # files read at once: object storage answers in ~10-50 ms, so a few in flight hide the latency
 READ_BATCH = 256  # files stacked into one contiguous table at a time
+POLARS_BATCH = 1024  # files polars reads (with its own threads) into one contiguous frame at a time
 
 
 class NotAStudyError(FileNotFoundError):
@@ -56,16 +57,32 @@ def _result_files(store: Store, label: str) -> list[str]:
     return [i.path for i in found]
 
 
-def _read_rows(store: Store, paths: list[str]) -> pa.Table:
-    """The files as one table, rows in file order, under the union of their schemas (a column a file lacks
-    is null; differing types are widened, as polars' diagonal_relaxed concat would).
+def _read_rows(store: Store, paths: list[str]) -> pl.DataFrame:
+    """The files as one frame, rows in file order, under the union of their schemas (a column a file lacks
+    is null; differing types are widened, as polars' diagonal_relaxed concat would). Order is kept, which
+    "the row written last wins" relies on.
 
-    Read through the Store's own filesystem (one set of credentials, endpoint and URI options for every stage;
-    polars would need them again as storage options), READ_THREADS files at a time, and stacked READ_BATCH files
-    at a time into one contiguous table: a study writes one small file per checkpoint, and thousands of tiny
-    tables held at once cost ~0.25 MB each in allocator overhead (4,100 files: 1.2 GB through a pyarrow dataset,
-    0.1 GB this way, in half the time). Order is kept, which "the row written last wins" relies on.
+    A local study is read by polars' own multi-file reader (~0.7 ms a file, against ~2.5 ms through pyarrow one
+    file at a time: 28,700 files in ~20 s instead of ~55 s) when every file has the first file's columns, as files
+    written by one raystudy version do; files of mixed versions, damaged files and object storage take
+    ``_read_arrow``.
     """
+    if store.local:
+        try:  # POLARS_BATCH files at a time, one chunk each (not one a file; no copy of the whole): 28,700 files
+            # read at once peak at 1.9 GB, this way at 0.45 GB
+            return pl.concat([pl.read_parquet(paths[start:start + POLARS_BATCH], missing_columns="insert").rechunk()
+                              for start in range(0, len(paths), POLARS_BATCH)], rechunk=False)
+        except (pl.exceptions.PolarsError, OSError):  # schemas differ (older files), or a file is damaged
+            pass
+    return pl.from_arrow(_read_arrow(store, paths))
+
+
+def _read_arrow(store: Store, paths: list[str]) -> pa.Table:
+    """``_read_rows`` through pyarrow and the Store's own filesystem (one set of credentials, endpoint and URI
+    options for every stage; polars would need them again as storage options), READ_THREADS files at a time,
+    stacked READ_BATCH files at a time into one contiguous table: a study writes one small file per checkpoint,
+    and thousands of tiny tables held at once cost ~0.25 MB each in allocator overhead (4,100 files: 1.2 GB
+    through a pyarrow dataset, 0.1 GB this way, in half the time)."""
     def read(path: str) -> pa.Table:
         with store.fs.open_input_file(path) as f:
             return pq.ParquetFile(f).read(use_threads=False)  # threads across files instead
@@ -105,11 +122,10 @@ def load_results(study: str | Path | Store) -> pl.DataFrame:
     if not paths:
         return pl.DataFrame()
     try:
-        table = _read_rows(store, paths)
+        df = _read_rows(store, paths)
     except (OSError, pa.ArrowException):
         paths = _readable(store, paths)
-        table = _read_rows(store, paths) if paths else pa.table({})
-    df = pl.from_arrow(table)
+        df = pl.from_arrow(_read_arrow(store, paths)) if paths else pl.DataFrame()
     if df.width == 0:
         return pl.DataFrame()
     if "task" not in df.columns and "dataset" in df.columns:

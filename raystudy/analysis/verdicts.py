@@ -29,6 +29,7 @@ import polars as pl
 
 from raystudy.analysis.inference import N_PERM, PermutationTest, holm, smallest_p, tau_test
 from raystudy.analysis.labels import metric_label
+from raystudy.analysis.radii import radius_column, radius_columns, radius_label, sam_radii, with_rho_columns
 from raystudy.analysis.results import REGIME_HYPERPARAMETERS, final_rows, ok_rows, present
 from raystudy.analysis.stats import compare_to_base
 from raystudy.study import Verdicts
@@ -92,31 +93,17 @@ def decide(p: np.ndarray, p_reverse: np.ndarray, combine: str, alpha: float, alp
     return np.where(shown & ~refuted, 1, np.where(refuted & ~shown, -1, 0)) * (m > 0)
 
 
-def _radii(rows: pl.DataFrame) -> list[float]:
-    if "sam_sharpness_by_rho" not in present(rows, ("sam_sharpness_by_rho",)):
-        return []
-    return sorted({e["rho"] for lst in rows["sam_sharpness_by_rho"].drop_nulls() for e in lst})
-
-
-def with_rho_columns(rows: pl.DataFrame) -> pl.DataFrame:
-    """SAM-sharpness at each measured radius as its own column ``_sam_<rho>``."""
-    return rows.with_columns(
-        pl.col("sam_sharpness_by_rho").list.eval(pl.element().filter(pl.element().struct.field("rho") == r)
-                                                 .struct.field("mean")).list.first().alias(f"_sam_{r:g}")
-        for r in _radii(rows))
-
-
 def group_metrics(rows: pl.DataFrame, names: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
     """The declared metrics of a group that ``rows`` measured, as (label, column) pairs (``sam_sharpness``:
     one column per measured radius, ``sam_sharpness@R`` the radius R), and the declared names not measured.
-    Radius columns come from ``with_rho_columns``."""
+    Radius columns come from ``radii.with_rho_columns``."""
     found, missing = [], []
-    radii = _radii(rows)
+    radii = sam_radii(rows)
     for name in names:
         metric, _, rho = name.partition("@")
         if metric == "sam_sharpness" and radii:
             wanted = [r for r in radii if not rho or math.isclose(r, float(rho), rel_tol=1e-6)]
-            found += [(f"SAM-sharpness rho={r:g}", f"_sam_{r:g}") for r in wanted]
+            found += [(radius_label(radius_column(r)), radius_column(r)) for r in wanted]
             if not wanted:
                 missing.append(name)
         elif metric in present(rows, (metric,)) and not rho:
@@ -179,7 +166,6 @@ def _tau_verdict(family: str, block: str, rows: pl.DataFrame, x: str, what: str,
     cells = "; ".join(f"{r['metric']}: tau {r['tau']:+.2f} (p {_p(r['p'])}, reverse p {_p(r['p_reverse'])})"
                       if math.isfinite(r["tau"]) else f"{r['metric']}: tau undefined (constant values)"
                       for r in table.iter_rows(named=True))
-    floor = tau_test(rows[x].to_numpy(), rows[x].to_numpy(), rows["seed"].to_numpy()).p_greater[0]
     outcome = int(decide(table["p"].to_numpy(), table["p_reverse"].to_numpy(), s.sharpness.combine, s.alpha))
     rule = (f"{'all' if s.sharpness.combine == 'all' else 'a Holm-corrected majority'} of {table.height} "
             f"sharpness metric{'s' * (table.height > 1)}")
@@ -187,6 +173,8 @@ def _tau_verdict(family: str, block: str, rows: pl.DataFrame, x: str, what: str,
         return make("supported", f"{rule} rise with {what} at p <= {s.alpha:g}: {cells}{tail}")
     if outcome == -1:
         return make("contradicted", f"{rule} fall with {what} at p <= {s.alpha:g}: {cells}{tail}")
+    # The smallest attainable p (x against itself): as costly as the test itself, so only when it is read.
+    floor = tau_test(rows[x].to_numpy(), rows[x].to_numpy(), rows["seed"].to_numpy()).p_greater[0]
     if not floor <= s.alpha:
         return make("inconclusive", f"no test can reach p <= {s.alpha:g} here: the smallest attainable p with "
                                     f"these seeds and points is {_p(floor)}: {cells}{tail}")
@@ -230,7 +218,7 @@ def functions_points(rows: pl.DataFrame, s: Verdicts) -> tuple[pl.DataFrame, lis
         x = pl.lit(None, dtype=pl.Float64)
         notes.append("no target_variance: neither side can be made scale-free")
     variance = pl.col("target_variance") if has_var else pl.lit(None, dtype=pl.Float64)
-    columns = [c for c in rows.columns if c.startswith("_sam_")] + present(
+    columns = radius_columns(rows) + present(
         rows, ("sam_sharpness", "adaptive_sharpness", "hessian_lambda_max", "hessian_trace"))
     rows = rows.with_columns(shape_complexity=x, rel_train_mse=pl.col("train_loss") / variance,
                              **{f"rel_{c}": pl.col(c) / variance for c in columns})
@@ -293,11 +281,10 @@ def functions_fit_table(df: pl.DataFrame, s: Verdicts | None = None) -> pl.DataF
         if "target_complexity" not in present(rows, ("target_complexity",)):
             continue
         points, _, _ = functions_points(rows, s or Verdicts())
-        raw = [c for c in points.columns if c.startswith("_sam_")] + present(
+        raw = radius_columns(points) + present(
             points, ("adaptive_sharpness", "hessian_lambda_max", "hessian_trace"))
         cols = ["target_complexity", "shape_complexity", "rel_train_mse", *raw, *(f"rel_{c}" for c in raw)]
-        named = {c: (f"SAM-sharpness rho={c.removeprefix('_sam_')}" if c.startswith("_sam_") else metric_label(c))
-                 for c in raw}
+        named = {c: radius_label(c) if c in radius_columns(points) else metric_label(c) for c in raw}
         named.update({f"rel_{c}": f"{label} / target variance" for c, label in named.items()})
         scale = [pl.col("target_scale").first()] if "target_scale" in points.columns else []
         parts.append(points.group_by("target").agg(
