@@ -11,7 +11,7 @@ import ray
 
 from raystudy.run import execute, plan
 from support.ray_procs import local_ray
-from support.studies import expected_rows, tiny_study, write_study_yaml
+from support.studies import expected_rows, tiny_block, tiny_study, write_study_yaml
 
 pytestmark = pytest.mark.slow
 
@@ -94,26 +94,10 @@ def test_measuring_never_idles_a_training_slot(tmp_path, cluster):
     cores instead of holding one (with a CPU held for the pool, as before, trials never overlapped). Read
     from storage afterwards: a trial trains from its epoch-0 checkpoint's write to its last one's; a
     measurement runs for its row's ``wall_s`` up to the row file's write."""
-    path = tmp_path / "slots.yaml"
-    path.write_text(f"""
-name: slots
-storage: {tmp_path}/runs
-analysis: {{actors: 1, cpus: 1}}
-blocks:
-  - name: c
-    family: circles
-    task: circles
-    factor: [0.3, 0.7]
-    model: mlp
-    model_args: {{hidden: [16, 16]}}
-    seed: [0, 1, 2]
-    lr: 0.05
-    batch_size: 10
-    epochs: 160
-    checkpoints: [0, 80, 160]
-    metrics: [sam_sharpness, fisher_rao]
-    sharpness: {{rhos: [0.01], draws: 20}}
-""")
+    path = write_study_yaml(tmp_path, "slots", tiny_block(
+        factor=[0.3, 0.7], model_args={"hidden": [16, 16]}, seed=[0, 1, 2], epochs=160, checkpoints=[0, 80, 160],
+        metrics=["sam_sharpness", "fisher_rao"], sharpness={"rhos": [0.01], "draws": 20}),
+        analysis={"actors": 1, "cpus": 1})
     # One trial trained beforehand, here, leaves three checkpoints to measure first: the measuring process
     # starts with the run and is up when the trials start (a cold start takes 5-15 s on this shared machine).
     from raystudy.train.loop import train_trial
