@@ -64,8 +64,8 @@ def add_consistency(df: pl.DataFrame, read: Read) -> pl.DataFrame:
         loaded = [files[p] for p in rows["predictions"]]
         sums = np.zeros((rows.height, 2))
         for i, j in itertools.combinations(range(rows.height), 2):
-            pair = (disagreement(_t(loaded[i][0]), _t(loaded[j][0])),
-                    js_divergence(_t(loaded[i][1]), _t(loaded[j][1])))
+            pair = (disagreement(loaded[i][0], loaded[j][0]),
+                    js_divergence(loaded[i][1], loaded[j][1]))
             sums[i] += pair
             sums[j] += pair
         for (tid, epoch), total in zip(rows.select("trial_id", "epoch").iter_rows(), sums):
@@ -106,7 +106,7 @@ def consistency_tests(df: pl.DataFrame, read: Read) -> pl.DataFrame:
         key = (a, b) if a <= b else (b, a)
         if key not in pair_cache:
             pa, pb = loaded[key[0]], loaded[key[1]]
-            pair_cache[key] = (disagreement(_t(pa[0]), _t(pb[0])), js_divergence(_t(pa[1]), _t(pb[1])))
+            pair_cache[key] = (disagreement(pa[0], pb[0]), js_divergence(pa[1], pb[1]))
         return pair_cache[key]
 
     out = []
@@ -135,8 +135,3 @@ def consistency_tests(df: pl.DataFrame, read: Read) -> pl.DataFrame:
     if not out:
         return pl.DataFrame()
     return pl.DataFrame(out, infer_schema_length=None)
-
-
-def _t(a: np.ndarray):
-    import torch
-    return torch.from_numpy(a)

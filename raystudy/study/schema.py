@@ -5,7 +5,8 @@ any axis field (``task, model, regime, seed, lr, momentum, batch_size, weight_de
 factor, label_noise, target_scale``) may be a list, and the block expands to the full cross product
 (``raystudy.study.grid``). Everything else in a block is fixed for all of its trials. A problem a model
 finds raises a ``ValueError``/``SettingError`` that ``raystudy.study.load`` turns into one line naming the
-field. Cost: importing it imports the model, task and metric registries (the models import torch).
+field. Cost: importing it imports the metric registry only; validating a block imports the model and task
+registries (and so torch, ~0.4 GB), so the report can read a study's ``verdicts`` section without torch.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import Field, create_model, field_validator, model_validator
 
-from raystudy import metrics as registry, models, tasks
+from raystudy import metrics as registry
 from raystudy.metrics import CLASSIFICATION, SettingError, Settings, get_metric, list_metrics
 from raystudy.study import bounds
 # The trial's own settings models are the block's fields of the same names.
@@ -114,6 +115,7 @@ class _Block(_Strict):
     @field_validator("model", mode="after")
     @classmethod
     def _models(cls, v: str | list[str]) -> str | list[str]:
+        from raystudy import models  # here: the registries import torch, which the report never needs
         for name in _as_list(v):
             if name not in models.list_models():
                 raise ValueError(f"unknown model {name!r}; known: {', '.join(models.list_models())}")
@@ -121,6 +123,7 @@ class _Block(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> "_Block":
+        from raystudy import tasks
         known = tasks.list_tasks(self.family)
         for name in _as_list(self.task):
             if name not in known:
