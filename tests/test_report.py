@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import re
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -214,3 +216,15 @@ def test_pngs_drawn_beside_the_statistics_keep_page_order_and_errors(tmp_path):
         body = figures("three", chart, "Third.")
         with pytest.raises(OSError, match="No space left"):  # write_report writes index.html only after this
             figures.resolve(body)
+
+
+def test_the_report_never_imports_torch(tmp_path):
+    """torch is ~0.4-0.7 GB of a report's memory and none of its work: a whole report (its verdict settings read
+    from the study file, stored predictions compared by numpy) is built in a process that never loads it."""
+    study = write_study(tmp_path)
+    (study / "study.yaml").write_text("name: toy\nblocks: []\nverdicts: {alpha: 0.05}\n")
+    code = ("import sys; from raystudy.analysis.page import write_report; "
+            f"write_report({str(study)!r}, pngs=False); print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "False"
