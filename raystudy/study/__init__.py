@@ -2,9 +2,9 @@
 (``preflight``: what only the code can check; ``cost``: the ``--dry-run`` estimate), the documented range of
 every number (``bounds``) and the file's JSON Schema (``json_schema``).
 
-The first stage: it imports no later one (plan, train, measure, analysis, cluster). Importing it imports the
-model and task registries (and so torch, ~3 s; the command line's ``--help`` never does); ``preflight`` and
-``cost`` are submodules, imported where they run.
+The first stage: it imports no later one (plan, train, measure, analysis, cluster). Importing it does not import torch:
+validating a block loads the model and task registries (and so torch, ~3 s), reading only the ``verdicts``
+section (the report) never does; ``preflight`` and ``cost`` are submodules, imported where they run.
 """
 from raystudy.study.grid import expand
 from raystudy.study.load import StudyError, load_study, read_study_text, verdict_settings
