@@ -16,7 +16,7 @@ from pyarrow import ArrowException
 
 from raystudy.cli import run_parser
 from raystudy.cluster.connect import connect
-from raystudy.layout import lock_file, report_path
+from raystudy.layout import checkpoint_trial, lock_file, report_path
 from raystudy.lock import StudyLock, StudyLocked
 from raystudy.plan import Plan, plan, still_unmeasured
 from raystudy.study.preflight import preflight
@@ -38,6 +38,20 @@ def say_measured(out: dict) -> str:
             if isinstance(out.get(k), float)]
     return (f"[measured] {out['trial_id']} epoch {out['epoch']} ({out['status']}, {out['wall_s']:.1f}s) "
             + " ".join(bits))
+
+
+def work_left(p: Plan) -> dict[str, tuple[int, int]]:
+    """``{block: (trials to train, checkpoints to measure)}``: every checkpoint of a trial to train (some of a
+    resumed trial's may be measured already: the progress line scales them to the study's count) and each
+    checkpoint on storage without a row."""
+    left: dict[str, list[int]] = {t.block: [0, 0] for t in p.trials}
+    for t in p.to_train:
+        left[t.block][0] += 1
+        left[t.block][1] += len(t.checkpoints)
+    block_of = {t.trial_id: t.block for t in p.trials}
+    for path in p.to_measure:
+        left.setdefault(block_of.get(checkpoint_trial(path), ""), [0, 0])[1] += 1
+    return {block: (trials, checkpoints) for block, (trials, checkpoints) in left.items()}
 
 
 def since_launch() -> float:
@@ -99,14 +113,15 @@ def execute(p: Plan, address: str | None = None, num_cpus: int | None = None, ve
         if not said:
             print(f"warning: {warning}", file=sys.stderr, flush=True)
     metrics.set_study(p.study.name)
+    block_of = {t.trial_id: t.block for t in p.trials}
     progress = Progress(len(p.trials), sum(len(t.checkpoints) for t in p.trials),
                         trials_done=len(p.trials) - len(p.to_train), checkpoints_done=p.measured,
-                        out=sys.stdout if verbose else Silent())
+                        out=sys.stdout if verbose else Silent(), left=work_left(p))
 
     def on_result(out: dict) -> None:
         if verbose >= 2:
             progress.say(say_measured(out))
-        progress.checkpoint_measured(ok=True)
+        progress.checkpoint_measured(ok=True, seconds=out.get("wall_s"), block=block_of.get(out["trial_id"], ""))
 
     a = p.study.analysis
     held = FENCES.get(p.store.uri)
@@ -123,7 +138,8 @@ def execute(p: Plan, address: str | None = None, num_cpus: int | None = None, ve
             failed, interrupted = run_trials(p.to_train, p.store, pool, verbose=max(verbose - 2, 0),
                                              cap=p.study.max_concurrent_trials, max_failures=p.study.max_failures,
                                              logger_names=tuple(p.study.loggers),
-                                             on_trial_end=lambda bad: progress.trial_ended(failed=bad),
+                                             on_trial_end=lambda trial_id, bad, seconds: progress.trial_ended(
+                                                 failed=bad, seconds=seconds, block=block_of[trial_id]),
                                              tick=progress.tick, fence=fence,
                                              on_first_start=lambda: verbose >= 2 and progress.say(
                                                  f"first trial started {since_launch():.1f}s after launch"))

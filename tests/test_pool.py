@@ -111,6 +111,24 @@ def test_queue_order_once_each_and_processes_start_on_demand():
     assert measurers.stopped == 1
 
 
+def test_each_blocks_first_checkpoint_goes_ahead_of_the_queue():
+    """Blocks a (4 checkpoints queued first) and b: b's first checkpoint is measured right after a's first,
+    then the queue in order; a retried or repeated checkpoint never jumps it again."""
+    Echo.order = []
+    gate = threading.Event()
+    measurers = ThreadMeasurers(lambda: Echo(gate))
+    a, b = _paths(4, "a"), _paths(4, "b")
+    trials = {f"{x}{i}": {"trial_id": f"{x}{i}", "block": x} for x in "ab" for i in range(2)}
+    pool, results, errors = _pool(measurers, size=1, trials=trials)
+    for path in a + b + b[:1]:
+        pool.submit(path)
+    gate.set()
+    pool.drain()
+    # a[0] was dispatched at once (the process was idle); b[0] jumps a[1:], the rest keep their order
+    assert Echo.order == [a[0], b[0], *a[1:], *b[1:]] and not errors
+    pool.shutdown()
+
+
 def test_every_result_reported_exactly_once_whichever_call_collects_it():
     """submit and pump return what they collected; drain collects the rest; on_result hears each once."""
     Echo.order = []

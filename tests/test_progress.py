@@ -28,12 +28,36 @@ def test_line_counts_failures_and_eta():
                  clock=clock)
     assert p.line() == "trials 1/4  checkpoints 3/12  0 failed  0s  ETA -"
     clock.t += 30
-    p.checkpoint_measured()
-    p.checkpoint_measured()
+    p.checkpoint_measured(seconds=6.0)
+    p.checkpoint_measured(seconds=6.0)
+    assert p.line().endswith("ETA -")  # no trial has ended yet: what one costs is unknown
     p.checkpoint_measured(ok=False)
-    p.trial_ended(failed=True)
-    # 2 checkpoints in 30 s, 7 left: 105 s. Resumed rows do not count toward the rate.
-    assert p.line() == "trials 2/4  checkpoints 5/12  1 failed  1 not measured  30s  ETA 1m45s"
+    p.trial_ended(failed=True, seconds=30.0)
+    # Work done: 30 s of training + 12 s of measuring in 30 s elapsed (1.4 slots busy). Left: 2 trials
+    # at 30 s and 6 checkpoints at 6 s (the one not measured is not redone) = 96 s of work, 68.6 s at
+    # that rate. Resumed rows count neither toward the rate nor the costs.
+    assert p.eta() == pytest.approx(96 / 1.4)
+    assert p.line() == "trials 2/4  checkpoints 5/12  1 failed  1 not measured  30s  ETA 1m09s"
+    p.trial_ended(seconds=30.0)
+    p.trial_ended(seconds=30.0)
+    for _ in range(6):
+        p.checkpoint_measured(seconds=6.0)
+    assert p.line().endswith("30s  done")
+
+
+def test_eta_is_not_fooled_when_measuring_lags_training():
+    """A smoke-like run 40 s in: training ran ahead on both slots (20 of 57 four-second trials ended) while
+    measuring caught only 5 of 141 one-second checkpoints: 85 s of work done in 40 s, 284 s of work left,
+    so ~134 s. Extrapolating checkpoints alone would say 1,088 s."""
+    clock = Clock()
+    p = Progress(trials=57, checkpoints=141, out=io.StringIO(), tty=False, clock=clock)
+    clock.t += 40
+    for _ in range(20):
+        p.trial_ended(seconds=4.0)
+    for _ in range(5):
+        p.checkpoint_measured(seconds=1.0)
+    assert p.eta() == pytest.approx((37 * 4.0 + 136 * 1.0) / (85 / 40))
+    assert p.line().endswith("ETA 2m14s")
 
 
 def test_log_output_is_throttled():
@@ -48,9 +72,12 @@ def test_log_output_is_throttled():
     p.tick()  # nothing changed for 30 s: no line until the 60 s heartbeat
     clock.t += 30
     p.tick()
-    p.close()
+    p.close()  # the heartbeat line already says the final counts: not repeated
     lines = out.getvalue().splitlines()
-    assert len(lines) == 4 and lines[-1].startswith("trials 0/2  checkpoints 51/100")
+    assert len(lines) == 3 and lines[-1].startswith("trials 0/2  checkpoints 51/100")
+    p.trial_ended()
+    p.close()  # a change since the last line: the final state is printed
+    assert out.getvalue().splitlines()[-1].startswith("trials 1/2  checkpoints 51/100")
 
 
 def test_terminal_line_is_redrawn_in_place_and_messages_keep_it():
@@ -59,10 +86,11 @@ def test_terminal_line_is_redrawn_in_place_and_messages_keep_it():
     p.checkpoint_measured()
     p.say("[measured] t epoch 1")
     p.checkpoint_measured()
+    p.trial_ended()
     p.close()
     text = out.getvalue()
     assert text.count("\n") == 2  # the message and the final line; every redraw is "\r"
-    assert "\r\033[K[measured] t epoch 1\n" in text and text.endswith("checkpoints 2/2  0 failed  0s  done\n")
+    assert "\r\033[K[measured] t epoch 1\n" in text and text.endswith("trials 1/1  checkpoints 2/2  0 failed  0s  done\n")
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -50,6 +50,7 @@ class Measurers(Protocol):
 class _Job:
     path: str
     tries: int = 0
+    first: bool = False  # its block's first checkpoint: measured ahead of the queue
 
 
 @dataclass
@@ -75,16 +76,26 @@ class MeasurePool:
         self._alive = 0  # processes started and not dead: idle + running
         self._running: dict[Hashable, tuple[Any, _Job, float]] = {}
         self._seen: set[str] = set()
+        self._blocks: set[str | None] = set()  # blocks with a checkpoint queued already
 
     @property
     def depth(self) -> int:
         return len(self.queue) + len(self._running)
 
     def submit(self, path: str) -> list[dict[str, Any]]:
-        """Queue a checkpoint (once: Tune may repeat a result) and pump; returns what ``pump`` collected."""
+        """Queue a checkpoint (once: Tune may repeat a result) and pump; returns what ``pump`` collected.
+        First come, first measured, except that each block's first checkpoint goes ahead of every other
+        block's later ones: a block's metrics fail (or tell the progress line what they cost) in the
+        first minutes of a study, not after the blocks queued before it."""
         if path not in self._seen:
             self._seen.add(path)
-            self.queue.append(_Job(path))
+            block = (self.trials.get(checkpoint_trial(path)) or {}).get("block")
+            if block is None or block in self._blocks:
+                self.queue.append(_Job(path))
+            else:
+                self._blocks.add(block)
+                ahead = next((i for i, job in enumerate(self.queue) if not job.first), len(self.queue))
+                self.queue.insert(ahead, _Job(path, first=True))
         return self.pump()
 
     def pump(self) -> list[dict[str, Any]]:

@@ -132,10 +132,10 @@ def max_concurrent(trials: list[Trial], pool_cpus: float, pool_gpus: float, cap:
 
 class FeedPool(tune.Callback):
     """Hands every reported checkpoint to the analysis pool the moment Tune sees it (the pool reports what
-    it measured itself); ``on_trial_end(failed)`` hears of every trial that ends, ``tick()`` of every
+    it measured itself); ``on_trial_end(trial_id, failed, seconds)`` hears of every trial that ends, ``tick()`` of every
     step of Tune's loop (the progress line), ``on_first_start()`` of the first trial's process starting."""
 
-    def __init__(self, pool: MeasurePool, on_trial_end: Callable[[bool], None] | None = None,
+    def __init__(self, pool: MeasurePool, on_trial_end: Callable[[str, bool, float | None], None] | None = None,
                  tick: Callable[[], None] | None = None, on_first_start: Callable[[], None] | None = None):
         self.pool, self.on_trial_end, self.tick, self.on_first_start = pool, on_trial_end, tick, on_first_start
         self.ended: set[str] = set()  # trial ids that completed or errored (the rest were interrupted)
@@ -159,7 +159,9 @@ class FeedPool(tune.Callback):
         self.ended.add(trial.config["trial_id"])
         metrics.trial_finished(failed=failed)
         if self.on_trial_end:
-            self.on_trial_end(failed)
+            # Tune's time_total_s: this trial's seconds in its process (retries and resumes included)
+            self.on_trial_end(trial.config["trial_id"], failed,
+                              (getattr(trial, "last_result", None) or {}).get("time_total_s"))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._ended(trial, failed=False)
@@ -183,7 +185,8 @@ def loggers(names: list[str], study: str) -> list[tune.Callback]:
 
 def run_trials(trials: list[Trial], store: Store, pool: MeasurePool, verbose: int = 0,
                cap: int | None = None, max_failures: int = 2, logger_names: tuple[str, ...] = (),
-               on_trial_end: Callable[[bool], None] | None = None, tick: Callable[[], None] | None = None,
+               on_trial_end: Callable[[str, bool, float | None], None] | None = None,
+               tick: Callable[[], None] | None = None,
                fence=None, on_first_start: Callable[[], None] | None = None) -> tuple[dict[str, str], list[str]]:
     """Train ``trials`` with Ray Tune, feeding checkpoints to ``pool``; a trial whose process dies (or
     whose training raises) is retried up to ``max_failures`` times (the study's ``max_failures``), each
