@@ -7,8 +7,10 @@ finished, 1 when some failed (listed), 2 on bad input (one line naming the file 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -103,10 +105,16 @@ def execute(p: Plan, address: str | None = None, num_cpus: int | None = None, ve
     from raystudy.cluster.measurer import RayMeasurers
     from raystudy.cluster.pool import MeasurePool
     from raystudy.cluster.progress import Progress
-    from raystudy.cluster.trials import run_trials
 
     said = ray.is_initialized()  # the CLI joined its cluster and checked it before writing, and said so
-    joined = connect(address, num_cpus, p.study, study_path, verbose=verbose)
+    # Ray Tune and Train take ~1.5 s to import: meanwhile, starting Ray mostly waits on its processes.
+    importing = threading.Thread(target=importlib.import_module, args=("raystudy.cluster.trials",), daemon=True)
+    importing.start()
+    try:
+        joined = connect(address, num_cpus, p.study, study_path, verbose=verbose)
+    finally:
+        importing.join()
+    from raystudy.cluster.trials import run_trials
     if verbose >= 2 and not said:
         print(f"ray: {joined}", flush=True)
     for warning in check_cluster(p, study_path):

@@ -297,6 +297,41 @@ def test_check_model_rejects_with_one_line(name, in_shape, model_args, message):
     assert "\n" not in str(err.value)
 
 
+class _Misfit(nn.Module):
+    """A small model whose classifier expects 5 features where its body gives 4: only a forward pass shows it."""
+
+    def __init__(self, in_shape, out_dim):
+        super().__init__()
+        self.body, self.classifier = nn.Linear(in_shape[0], 4), nn.Linear(5, out_dim)
+
+    def forward_features(self, x):
+        return self.body(x)
+
+    def forward(self, x):
+        return self.classifier(self.forward_features(x))
+
+
+def test_check_model_runs_a_small_model_on_the_cpu_and_a_large_one_on_meta(monkeypatch):
+    """A small model's forward pass runs on the CPU (uninitialised weights), so a plan of small models never
+    imports torch._dynamo (the meta device's batch norm does: 1.8 s before the study starts); a mismatch in
+    the forward pass is still one line; a model over CPU_CHECK_PARAMS is never materialised."""
+    import subprocess
+    import sys
+    from raystudy.models import check
+    monkeypatch.setitem(registry._MODELS, "misfit", lambda in_shape, out_dim: _Misfit(in_shape, out_dim))
+    with pytest.raises(ValueError, match=r"a \(2, \*in_shape\) batch does not go through it: RuntimeError"):
+        check_model("misfit", (3,), 10)
+    code = ("import sys; from raystudy.models import check_model; "
+            "check_model('cnn_bn', (1, 8, 8), 10, width=16); check_model('mlp', (2,), 2); "
+            "print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+    materialised, to_empty = [], nn.Module.to_empty
+    monkeypatch.setattr(nn.Module, "to_empty", lambda self, **kw: materialised.append(self) or to_empty(self, **kw))
+    assert check_model("vgg19_bn_cifar", (3, 32, 32), 10) > check.CPU_CHECK_PARAMS and materialised == []
+    assert check_model("mlp", (2,), 2) < check.CPU_CHECK_PARAMS and len(materialised) == 1
+
+
 def test_check_model_never_downloads(offline_hub):
     # With the hub offline a download would raise; the check builds the architecture only.
     check_model("resnet18_imagenet", (3, 64, 64), 200, pretrained=True)

@@ -53,6 +53,25 @@ def test_measuring_on_the_cpu_holds_no_trial_slot(tmp_path):
     assert max_concurrent(quarters, *pool_reserves(1, 0.0), total=gpu_node) == 4
 
 
+def test_a_cpu_measurer_takes_only_the_cycles_training_leaves(tmp_path):
+    """A measurer built with ``nice`` lowers its own thread's priority (a CPU measurer gets NICE: the
+    lowest), and leaves every other thread as it was."""
+    import os
+    import threading
+    from raystudy.cluster.measurer import NICE, Measurer
+    assert NICE == 19
+    before, seen = os.getpriority(os.PRIO_PROCESS, 0), []
+
+    def build():
+        Measurer(str(tmp_path), threads=None, gpus=0.0, nice=NICE)
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    thread = threading.Thread(target=build)
+    thread.start()
+    thread.join()
+    assert seen == [min(before + NICE, 19)] and os.getpriority(os.PRIO_PROCESS, 0) == before
+
+
 def test_a_pool_on_the_gpu_must_leave_a_trial_room(tmp_path):
     with pytest.raises(StudyError) as err:
         _check(tmp_path, {"cpus": 1, "gpus": 1}, {"actors": 1, "cpus": 1, "gpus": 0.5}, nodes=[NodeShape("gpu", 8, 1)])

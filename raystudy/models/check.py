@@ -10,6 +10,9 @@ from torch import nn
 from .registry import create_model, list_models, model_kwargs
 
 
+CPU_CHECK_PARAMS = 2_000_000  # ~8 MB of float32 weights, a forward pass of 2 samples in milliseconds
+
+
 def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
@@ -24,10 +27,14 @@ def check_model(name: str, in_shape: Sequence[int], out_dim: int, **model_args: 
     ``(2, *in_shape)`` batch goes through ``forward_features`` to ``(2, classifier.in_features)`` and
     through the model to ``(2, out_dim)`` (train mode, as in training).
 
-    Everything happens on the ``meta`` device: no memory, no weight initialisation, no download.
+    The model is built on the ``meta`` device: no memory, no weight initialisation, no download.
     ``pretrained: true`` checks the architecture only (``pretrained_file`` is not read; it may live
-    on the workers only). Cost: ~0.07 s for VGG-19 or the ViT on one idle CPU core (0.2 s under load),
-    plus importing timm once (seconds) for the timm-backed models.
+    on the workers only). The forward pass runs on the meta device too, except for a small model
+    (at most ``CPU_CHECK_PARAMS`` parameters), whose uninitialised weights go to the CPU for it: the
+    meta device's batch-norm kernels import ``torch._dynamo`` on first use, 1.8 s that a study of small
+    models would otherwise wait before it starts. Cost: ~0.07 s for VGG-19 or the ViT on one idle CPU
+    core (0.2 s under load), plus importing timm once (seconds) for the timm-backed models; a small
+    model's CPU pass, ~0.01-0.4 s (the first convolution of a process sets oneDNN up).
     """
     where = f"model {name!r} (in_shape={tuple(in_shape)}, out_dim={out_dim})"
     try:
@@ -52,7 +59,11 @@ def check_model(name: str, in_shape: Sequence[int], out_dim: int, **model_args: 
     head = getattr(model, "classifier", None)
     if not isinstance(head, nn.Linear) or head.out_features != out_dim:
         raise ValueError(f"{where}: its classifier must be an nn.Linear with {out_dim} outputs, got {head!r}")
-    x = torch.empty(2, *shape, device="meta")
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    device = "cpu" if n_params <= CPU_CHECK_PARAMS else "meta"
+    if device == "cpu":
+        model = model.to_empty(device="cpu")  # allocated, not initialised: only the shapes matter here
+    x = torch.zeros(2, *shape, device=device)
     try:
         with torch.no_grad():
             feats, out = model.forward_features(x), model(x)
@@ -62,4 +73,4 @@ def check_model(name: str, in_shape: Sequence[int], out_dim: int, **model_args: 
     if tuple(out.shape) != (2, out_dim) or tuple(feats.shape) != (2, head.in_features):
         raise ValueError(f"{where}: a (2, *in_shape) batch gives outputs {tuple(out.shape)} and features "
                          f"{tuple(feats.shape)}; expected (2, {out_dim}) and (2, {head.in_features})")
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return n_params
