@@ -53,19 +53,27 @@ def through_ray(study_path: str, storage: str, slots: int) -> tuple[float, float
     return time.perf_counter() - t0, float(first.group(1)) if first else None
 
 
-def bare_tune_per_trial(n: int = 12, slots: int = 2) -> float:
-    """Seconds Ray Tune itself spends per trial here: ``n`` empty function trials, actors reused.
-    Explains the ratio: a study of many sub-second trials pays this on every one."""
+def bare_tune_per_trial(slots: int = 2) -> float:
+    """Seconds Ray Tune and Train add per trial and slot here: the difference between 4 and 28 trials that
+    train nothing (each a Tune function trial running a local-mode ``TorchTrainer``, as raystudy's do;
+    actors reused) in one Ray instance, so Ray's and the actors' start-up cancel out."""
     code = f"""
 import time, ray
-from ray import tune
+from ray import train, tune
+from ray.train.torch import TorchTrainer
 ray.init(num_cpus={slots}, log_to_driver=False)
-t0 = time.perf_counter()
-tune.Tuner(tune.with_resources(lambda c: tune.report({{"x": 1}}), {{"CPU": 1}}),
-           param_space={{"i": tune.grid_search(list(range({n})))}},
-           tune_config=tune.TuneConfig(reuse_actors=True),
-           run_config=tune.RunConfig(storage_path="/tmp/raystudy-bare-tune", verbose=0)).fit()
-print((time.perf_counter() - t0) * {slots} / {n})
+def trial(config):
+    TorchTrainer(lambda c: tune.report({{"x": 1}}), scaling_config=train.ScalingConfig(num_workers=0),
+                 run_config=train.RunConfig(name=f"t{{config['i']}}", storage_path="/tmp/raystudy-bare-train")).fit()
+def fit(n, name):
+    t0 = time.perf_counter()
+    tune.Tuner(tune.with_resources(trial, {{"CPU": 1}}),
+               param_space={{"i": tune.grid_search(list(range(n)))}},
+               tune_config=tune.TuneConfig(reuse_actors=True),
+               run_config=tune.RunConfig(name=name, storage_path="/tmp/raystudy-bare-tune", verbose=0)).fit()
+    return time.perf_counter() - t0
+few, many = fit(4, "few"), fit(28, "many")
+print((many - few) * {slots} / 24)
 """
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
                          env={**os.environ, "RAY_ADDRESS": ""})
@@ -86,7 +94,8 @@ def main() -> None:
     print(f"in-process sequential: {wall_seq:7.1f} s")
     print(f"raystudy.run (Ray):    {wall_ray:7.1f} s   ({args.slots} slots)")
     print(f"launch to first trial started: {first if first is None else f'{first:.1f} s'}   (goal <= 15 s)")
-    print(f"Ray Tune alone, per trial and slot (empty trials): {bare:.2f} s")
+    print(f"Ray Tune + Train alone, per extra trial and slot (trials that train nothing, start-up excluded): "
+          f"{bare:.2f} s")
     print(f"ratio wall(raystudy) / (wall(in-process) / slots) = {wall_ray / ideal:.2f}   (goal <= 1.3)")
 
 
