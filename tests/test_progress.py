@@ -60,6 +60,16 @@ def test_eta_is_not_fooled_when_measuring_lags_training():
     assert p.line().endswith("ETA 2m14s")
 
 
+def test_work_left_is_counted_per_block(tmp_path):
+    """What the ETA weighs: per block, the trials to train and their checkpoints (here a fresh study)."""
+    from raystudy.plan import plan
+    from raystudy.run import work_left
+    from support.studies import tiny_block
+    study = write_study_yaml(tmp_path, "blocks", function_block(seed=[0, 1], checkpoints=[1, 2, 3]),
+                             tiny_block(name="circles", epochs=2, checkpoints=[2]))
+    assert work_left(plan(str(study))) == {"fn": (2, 6), "circles": (1, 1)}
+
+
 def test_log_output_is_throttled():
     clock, out = Clock(), io.StringIO()
     p = Progress(trials=2, checkpoints=100, out=out, tty=False, every_s=10, quiet_s=60, clock=clock)
