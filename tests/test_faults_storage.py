@@ -145,6 +145,7 @@ def _stopped(proc: subprocess.Popen, store: Store, timeout: float = 240) -> str:
     said = [line for line in log.splitlines() if line.startswith("storage: ")]
     assert len(said) == 1 and said[0].startswith(f"storage: {store.uri}: ") and said[0].endswith("is redone)"), log
     assert "Traceback" not in log, log[-3000:]
+    assert log.strip().splitlines()[-1] == said[0], log[-3000:]  # no lock warning after it
     return said[0]
 
 
