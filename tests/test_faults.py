@@ -51,9 +51,7 @@ def _wait_for(predicate, timeout: float = 240, poll: float = 0.2, log: Path | No
 
 def test_killed_driver_rerun_redoes_nothing(tmp_path, cluster):
     """(b) kill -9 the driver mid-study: the rerun takes over its lock and retrains or re-measures nothing done."""
-    # 6 checkpoints a trial: the hold below leaves 11 of 12 unmeasured whatever the machine's speed (24 only
-    # made the rerun measure twice as many).
-    path = _study(tmp_path, "driver", epochs=24, checkpoints=(2, 4, 6, 12, 18, 24))
+    path = _study(tmp_path, "driver", epochs=24, checkpoints=(2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24))
     proc = start_cli(path, cluster)
     runs = tmp_path / "runs" / "driver"
     # Hold the study mid-way, so that a loaded machine cannot let it finish before the kill: the first
