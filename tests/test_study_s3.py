@@ -24,9 +24,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def cluster():
     """One bucket and one Ray session for the module. AWS_* is set before ray.init, so the actor pool and
-    the Tune trial processes inherit the endpoint and keys. No dashboard: nothing here reads it, and on two
-    cores its processes start late and then share the CPUs with the trials for the whole module."""
-    with s3_bucket() as bucket, local_ray() as address:
+    the Tune trial processes inherit the endpoint and keys."""
+    with s3_bucket() as bucket, local_ray(dashboard=True) as address:
         yield bucket, address
 
 
