@@ -198,9 +198,13 @@ class StudyLock:
             except Exception:  # storage briefly unreachable (OSError, a dropped connection): the next beat
                 pass  # tries again; a traceback from this thread would only interleave with the run's output
 
-    def release(self) -> None:
-        """Stop the heartbeat and delete the lock if it is still ours (conditionally: never another's)."""
+    def release(self, delete: bool = True) -> None:
+        """Stop the heartbeat and delete the lock if it is still ours (conditionally: never another's).
+        ``delete=False`` only stops the heartbeat, at once: for storage known to be unreachable, where each
+        request would wait out the S3 client's retries (~6 s) to fail; the lock left goes stale by itself."""
         self._stop.set()
+        if not delete:
+            return
         if self._beat is not None and self._beat is not threading.current_thread():
             self._beat.join(timeout=5)
         with self._mutex:

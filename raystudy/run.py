@@ -23,7 +23,7 @@ from raystudy.lock import StudyLock, StudyLocked
 from raystudy.plan import Plan, plan, still_unmeasured
 from raystudy.study.preflight import preflight
 from raystudy.study import StudyError, expand, load_study
-from raystudy.storage import FENCES, first_line
+from raystudy.storage import CANNOT_REACH, FENCES, first_line
 
 
 def check_cluster(p: Plan, study_path: str) -> list[str]:
@@ -68,6 +68,8 @@ def since_launch() -> float:
 
 
 _IMPORTED = time.perf_counter()
+# Root URIs whose storage stopped this run unreachable: its lock is left to go stale, not deleted (see main).
+UNREACHABLE: set[str] = set()
 
 
 class Silent:
@@ -269,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         for held in lock:
             FENCES.pop(held.store.uri, None)
             try:
-                held.release()
+                held.release(delete=held.store.uri not in UNREACHABLE)
             except (OSError, ArrowException):  # storage gone: a lock left behind goes stale by itself
                 pass
 
@@ -290,6 +292,8 @@ def storage_stop(err: BaseException | None, p: Plan) -> int | None:
     if line is None:
         return None
     print(line, file=sys.stderr, flush=True)
+    if CANNOT_REACH in line:  # deleting the lock would wait out the client's retries, then fail
+        UNREACHABLE.add(p.store.uri)
     return 1
 
 

@@ -29,6 +29,9 @@ REMOTE_SCHEMES = ("s3", "gs", "gcs")  # what pyarrow.fs reaches without extra na
 # Error words of an object store that mean "who you are may not do this" (AWS SDK and Google's client).
 _DENIED = ("ACCESS_DENIED", "INVALID_ACCESS_KEY", "SIGNATURE_DOES_NOT_MATCH", "HTTP status 403",
            "PERMISSION_DENIED", "UNAUTHENTICATED", "access token", "credentials")
+# How a storage check words an object store that does not answer (no server, no network): raystudy.run then
+# leaves the study's lock to go stale rather than wait out the client's retries to delete it.
+CANNOT_REACH = "cannot reach bucket"
 CHECK_S = 20  # how long the storage check waits for an object store that does not answer, seconds
 # Root URI -> the fence of the study this process runs: every Store of that root built in this process (the
 # report's too) checks it before writing, like ``Store.fence``. Set and cleared by ``raystudy.run``.
@@ -275,7 +278,7 @@ class Store:
             why = first_line(err)
             if any(word in why for word in _DENIED):
                 return f"access to bucket {bucket!r} denied (no credentials, or they do not grant it): {why}"
-            return f"cannot reach bucket {bucket!r}: {why}"
+            return f"{CANNOT_REACH} {bucket!r}: {why}"
         return None
 
 

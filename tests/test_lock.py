@@ -246,6 +246,25 @@ def test_s3_conditional_lock(capsys):
         assert s3.list_objects_v2(Bucket=BUCKET, Prefix=key)["KeyCount"] == 0
 
 
+def test_release_without_delete_leaves_an_unreachable_store_at_once():
+    """A run stopped by an S3 server that does not answer releases its lock without a request (each would wait
+    out the client's ~6 s of retries, then fail): the heartbeat stops, the lock stays to go stale; a dead
+    holder on this host is then taken over at once by the rerun, as before."""
+    from support.s3_server import restart
+    servers: list = []
+    with s3_bucket(servers=servers) as uri:
+        lock = StudyLock(Store(f"{uri}/study"), heartbeat_s=0.05).acquire()
+        servers[-1].stop()
+        t0 = time.perf_counter()
+        lock.release(delete=False)
+        assert time.perf_counter() - t0 < 0.5
+        lock._beat.join(timeout=30)  # a beat under way ends with the client's retries; no new one starts
+        assert not lock._beat.is_alive()
+        servers.append(restart(servers[-1]))
+        assert json.loads(boto3.client("s3").get_object(Bucket=BUCKET, Key="study/lock.json")["Body"].read())[
+            "token"] == lock.token
+
+
 def test_a_new_store_of_the_study_is_fenced_too(tmp_path):
     """The driver's report builds its own Store from the study's URI: the process-wide fence covers it."""
     from raystudy.storage import FENCES
