@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from support.fake_results import write_study
-from raystudy.analysis import charts, charts_correlation, correlation, inference
+from raystudy.analysis import charts, charts_correlation, charts_hessian, correlation, inference
 from raystudy.analysis.catalogue import report_charts
 from raystudy.analysis.charts import panel_width, sample_points, thin
 from raystudy.analysis.charts_correlation import complexity_chart, correlation_chart
@@ -84,6 +84,17 @@ def test_every_chart_draws_a_bounded_number_of_points(many, monkeypatch):
     # Every per-point chart with more points than the limit says it drew a sample.
     assert {"verdict_a_sharpness_vs_complexity", "verdict_c_paired_differences", "images_sharpness_vs_gap",
             "sharpness_vs_complexity"} <= sampled
+
+
+def test_spectral_density_draws_a_spread_of_panels_and_says_so(many):
+    every = charts_hessian.density_frame(many)["panel"].unique(maintain_order=True).to_list()
+    assert len(every) > charts_hessian.MAX_PANELS  # 6 learning rates x 6 configurations
+    spec = chart_spec(charts_hessian.spectral_density(many))
+    titles = [panel["title"]["text"] for panel in spec["concat"]]
+    assert len(titles) == charts_hessian.MAX_PANELS and titles[0] == every[0] and titles[-1] == every[-1]
+    assert set(titles) <= set(every) and f"9 of the {len(every)} configurations" in spec["usermeta"]["note"]
+    drawn = {r["pid"] for v in spec["datasets"].values() for r in v}
+    assert drawn == set(range(len(titles)))  # no data of an undrawn panel on the page
 
 
 def test_psi_groups_in_one_pass_are_tau_b_of_each_group():
