@@ -2,6 +2,8 @@
 pairwise ones, and every chart draws a bounded number of points, saying so, however many rows the study has."""
 from __future__ import annotations
 
+from concurrent.futures import Future
+
 import numpy as np
 import polars as pl
 import pytest
@@ -31,6 +33,27 @@ def test_tau_test_counted_by_sorting_matches_the_pairwise_sums(monkeypatch):
     for field in ("statistic", "p_greater", "p_less"):
         assert np.array_equal(getattr(prefix_counts, field), getattr(pairwise, field))
         assert np.array_equal(getattr(fenwick, field), getattr(pairwise, field))
+
+
+class _Inline:
+    """An executor that runs each task at once, in the caller's thread: tau_test's one-thread order."""
+
+    def submit(self, fn, *args) -> Future:
+        done = Future()
+        done.set_result(fn(*args))
+        return done
+
+
+def test_tau_test_in_worker_threads_gives_the_one_thread_bits(monkeypatch):
+    rng = np.random.default_rng(4)
+    x = np.tile(np.repeat(np.arange(7.0), 3), 12)  # 12 seeds of 21 points: sorted counts, seeds in flight at once
+    seeds, y = np.repeat(np.arange(12), 21), rng.normal(size=(3, 12 * 21))
+    y[1, 5] = np.nan  # a missing value: its seed's sums by sign matrices
+    threaded = inference.tau_test(x, y, seeds, n_perm=999, seed=7)
+    monkeypatch.setattr(inference, "_pool", _Inline)
+    inline = inference.tau_test(x, y, seeds, n_perm=999, seed=7)
+    for field in ("statistic", "p_greater", "p_less"):
+        assert np.array_equal(getattr(threaded, field), getattr(inline, field), equal_nan=True)
 
 
 def test_tau_b_of_many_points_is_scipys():
