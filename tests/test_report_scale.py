@@ -131,6 +131,19 @@ def test_psi_groups_in_one_pass_are_tau_b_of_each_group():
     assert np.array_equal(got, want, equal_nan=True)  # same bits, NaN where a group is constant or alone
 
 
+def test_seed_taus_in_one_pass_are_tau_b_of_each_seed():
+    rng = np.random.default_rng(5)
+    n = 600
+    rows = pl.DataFrame({"seed": rng.integers(0, 30, n), "x": rng.integers(0, 5, n).astype(float),
+                         "y": rng.normal(size=n)}).with_columns(
+        y=pl.when(pl.col("x") > 3).then(None).otherwise("y"),  # nulls dropped
+        seed=pl.when(pl.int_range(pl.len()) < 4).then(None).otherwise("seed"))  # a null seed: its own group, first
+    r = rows.drop_nulls(["x", "y"])
+    want = [correlation.tau_b(g["x"].to_numpy(), g["y"].to_numpy())
+            for _, g in r.sort("seed").group_by("seed", maintain_order=True)]
+    assert np.array_equal(correlation.seed_taus(rows, "x", "y"), want, equal_nan=True)
+
+
 def test_cached_sign_patterns_are_the_seeded_draws():
     d = np.random.default_rng(2).normal(size=(3, 20))  # 2^20 patterns: random ones, from default_rng(seed)
     first, again = inference.sign_flip_test(d, seed=5), inference.sign_flip_test(d, seed=5)
