@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 
 import altair as alt
@@ -15,6 +17,7 @@ import polars as pl
 from raystudy.analysis.aggregate import summary_table
 from raystudy.analysis.catalogue import report_charts
 from raystudy.analysis.consistency import add_consistency, read_predictions
+from raystudy.analysis.drawing import DrawingProcess
 from raystudy.analysis.freshness import fingerprint, record_built_from
 from raystudy.analysis.html import chart_spec, figure, page, png_bytes, png_size, vega_runtime
 from raystudy.analysis.judge import judge, write_verdicts
@@ -35,12 +38,15 @@ class Figures:
     into ``store``. A chart that drew a sample or an aggregate of its rows says so in its Vega-Lite ``usermeta``
     ("note"), which is added to the caption.
 
-    With a ``renderer`` (one worker thread) the PNGs are drawn there while the caller goes on with the statistics
-    (vl_convert releases the GIL: the second core draws, ~1-2 s a PNG): a figure is then returned as a marker that
-    ``resolve`` replaces in the finished page, re-raising any error of its drawing or writing."""
+    ``draw`` (spec, scale) -> PNG bytes draws them: ``html.png_bytes`` in this process by default, or a
+    ``DrawingProcess``'s ``png``. With a ``renderer`` (one worker thread) each PNG is requested there while the
+    caller goes on with the statistics (the thread waits on the drawing process, which draws on the second core,
+    ~0.5-3 s a PNG): a figure is then returned as a marker that ``resolve`` replaces in the finished page,
+    re-raising any error of its drawing or writing."""
 
-    def __init__(self, store: Store, out: str, pngs: bool = True, renderer: ThreadPoolExecutor | None = None):
-        self.store, self.out, self.pngs, self.renderer = store, out, pngs, renderer
+    def __init__(self, store: Store, out: str, pngs: bool = True, renderer: ThreadPoolExecutor | None = None,
+                 draw: Callable[..., bytes] = png_bytes):
+        self.store, self.out, self.pngs, self.renderer, self.draw = store, out, pngs, renderer, draw
         self.defined: set[str] = set()  # metrics already defined under an earlier figure
         self.pending: dict[str, Future[str]] = {}  # marker -> its figure's HTML
 
@@ -60,7 +66,7 @@ class Figures:
         return marker
 
     def _with_png(self, name: str, spec: dict, caption: str, defs: list[tuple[str, str]]) -> str:
-        png = png_bytes(spec, scale=PNG_SCALE)
+        png = self.draw(spec, scale=PNG_SCALE)
         self.store.write_bytes(f"{self.out}/{name}.png", png)
         return figure(spec, caption, f"{name}.png", png_size(png)[0] // PNG_SCALE, defs)
 
@@ -118,9 +124,12 @@ def write_report(study: str | Path, pngs: bool = True) -> Path | str:
     del full
     out = report_path(store)
     name = df["study"].drop_nulls().first() if "study" in df.columns else None
-    with ThreadPoolExecutor(1, thread_name_prefix="png") as renderer:
+    # vl_convert holds the GIL: the PNGs are drawn in a process of their own (started only when there are any).
+    with ExitStack() as stack:  # the thread is joined before the process is ended
+        draw = stack.enter_context(DrawingProcess()).png if pngs and not df.is_empty() else png_bytes
+        renderer = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="png"))
         runtime = renderer.submit(vega_runtime)  # bundled (seconds) while the statistics run
-        figures = Figures(store, out, pngs, renderer)
+        figures = Figures(store, out, pngs, renderer, draw)
         if df.is_empty():
             body = [overview(df, store.uri), "<p>No results yet: results/ holds no readable result rows.</p>"]
         else:
