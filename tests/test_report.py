@@ -222,15 +222,16 @@ def test_drawing_process_draws_what_vl_convert_draws_and_reports_errors():
     # The report's PNGs are drawn in a process of their own (vl_convert holds the GIL): the same image as in this
     # process, a spec vl_convert rejects raises here and the process serves the next one, a dead process is named.
     from raystudy.analysis.drawing import DrawingProcess
-    from raystudy.analysis.html import png_bytes
+    from raystudy.analysis.html import RENDER, png_bytes, vega_runtime
 
     spec = {"data": {"values": [{"x": 1, "y": 2}, {"x": 2, "y": 3}]}, "mark": "point",
             "encoding": {"x": {"field": "x", "type": "quantitative"}, "y": {"field": "y", "type": "quantitative"}}}
     with DrawingProcess() as drawing:
         assert drawing.png(spec, scale=2) == png_bytes(spec, scale=2)
-        with pytest.raises(ValueError, match="PNG not drawn"):
+        with pytest.raises(ValueError, match="vl_convert failed"):
             drawing.png({"mark": {"type": "no-such-mark"}}, scale=1)
         assert drawing.png(spec, scale=1)[:8] == b"\x89PNG\r\n\x1a\n"
+        assert drawing.bundle(RENDER) == vega_runtime()  # the page's runtime, bundled there
         drawing.proc.kill()
         drawing.proc.wait()
         with pytest.raises(RuntimeError, match="drawing process exited"):

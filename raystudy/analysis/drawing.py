@@ -10,8 +10,8 @@ import subprocess
 import sys
 import threading
 
-# The drawing process: reads requests (4-byte big-endian length, then JSON {"spec", "scale"}) on stdin until EOF and
-# answers each with a length and b"\0" + the PNG, or b"\1" + the error's text.
+# The drawing process: reads requests (4-byte big-endian length, then JSON {"spec", "scale"} or {"bundle": snippet})
+# on stdin until EOF and answers each with a length and b"\0" + the PNG (or the bundle), or b"\1" + the error.
 SERVE = r"""
 import json, struct, sys
 import vl_convert
@@ -19,7 +19,10 @@ read, write = sys.stdin.buffer.read, sys.stdout.buffer
 while len(head := read(4)) == 4:
     request = json.loads(read(struct.unpack(">I", head)[0]))
     try:
-        body = b"\0" + vl_convert.vegalite_to_png(request["spec"], scale=request["scale"])
+        if "bundle" in request:
+            body = b"\0" + vl_convert.javascript_bundle(snippet=request["bundle"]).encode()
+        else:
+            body = b"\0" + vl_convert.vegalite_to_png(request["spec"], scale=request["scale"])
     except Exception as err:  # the spec's fault: the caller raises it; the process serves the next one
         body = b"\1" + f"{type(err).__name__}: {err}".encode()
     write.write(struct.pack(">I", len(body)) + body)
@@ -28,7 +31,7 @@ while len(head := read(4)) == 4:
 
 
 class DrawingProcess:
-    """A process that draws PNGs (``png``), started on construction; ``close`` (or leaving a ``with`` block) ends
+    """A process that draws PNGs (``png``) and bundles the page's Vega runtime (``bundle``), started on construction; ``close`` (or leaving a ``with`` block) ends
     it. One request at a time (a lock serialises callers); the caller waits on a pipe, GIL released."""
 
     def __init__(self) -> None:
@@ -37,8 +40,15 @@ class DrawingProcess:
 
     def png(self, spec: dict, scale: float = 2.0) -> bytes:
         """PNG image of a Vega-Lite spec at ``scale`` times its CSS pixel size, as ``html.png_bytes`` draws it.
-        Raises ValueError when vl_convert rejects the spec, RuntimeError when the process has died."""
-        request = json.dumps({"spec": spec, "scale": scale}).encode()
+        Raises ValueError when vl_convert rejects the spec, RuntimeError when the process has died (both methods)."""
+        return self._ask({"spec": spec, "scale": scale})
+
+    def bundle(self, snippet: str) -> str:
+        """``vl_convert.javascript_bundle(snippet=snippet)`` (Vega, Vega-Lite, Vega-Embed and the snippet; ~2 s)."""
+        return self._ask({"bundle": snippet}).decode()
+
+    def _ask(self, what: dict) -> bytes:
+        request = json.dumps(what).encode()
         with self.lock:
             try:
                 self.proc.stdin.write(struct.pack(">I", len(request)) + request)
@@ -50,7 +60,7 @@ class DrawingProcess:
         if not body:
             raise RuntimeError(f"the PNG drawing process exited (code {self.proc.poll()})")
         if body[:1] == b"\1":
-            raise ValueError(f"PNG not drawn: {body[1:].decode(errors='replace')}")
+            raise ValueError(f"vl_convert failed: {body[1:].decode(errors='replace')}")
         return body[1:]
 
     def close(self) -> None:

@@ -19,7 +19,7 @@ from raystudy.analysis.catalogue import report_charts
 from raystudy.analysis.consistency import add_consistency, read_predictions
 from raystudy.analysis.drawing import DrawingProcess
 from raystudy.analysis.freshness import fingerprint, record_built_from
-from raystudy.analysis.html import chart_spec, figure, page, png_bytes, png_size, vega_runtime
+from raystudy.analysis.html import RENDER, chart_spec, figure, page, png_bytes, png_size, vega_runtime
 from raystudy.analysis.judge import judge, write_verdicts
 from raystudy.analysis.labels import definitions_in
 from raystudy.analysis.results import load_results
@@ -126,18 +126,19 @@ def write_report(study: str | Path, pngs: bool = True) -> Path | str:
     name = df["study"].drop_nulls().first() if "study" in df.columns else None
     # vl_convert holds the GIL: the PNGs are drawn in a process of their own (started only when there are any).
     with ExitStack() as stack:  # the thread is joined before the process is ended
-        draw = stack.enter_context(DrawingProcess()).png if pngs and not df.is_empty() else png_bytes
+        drawing = stack.enter_context(DrawingProcess()) if pngs and not df.is_empty() else None
         renderer = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="png"))
-        runtime = renderer.submit(vega_runtime)  # bundled (seconds) while the statistics run
-        figures = Figures(store, out, pngs, renderer, draw)
+        # The page's runtime is bundled (seconds) while the statistics run: in the drawing process when there is one.
+        runtime = renderer.submit(drawing.bundle, RENDER) if drawing else renderer.submit(vega_runtime)
+        figures = Figures(store, out, pngs, renderer, drawing.png if drawing else png_bytes)
         if df.is_empty():
             body = [overview(df, store.uri), "<p>No results yet: results/ holds no readable result rows.</p>"]
         else:
             body = ([write_tables(store, out, whole)] + verdict_section(judgement, df, figures) + stale_batchnorm(df)
                     + correlation_section(df, figures) + [overview(df, store.uri)]
                     + block_sections(df, judgement.pair_tests) + chart_sections(whole, figures))
-        runtime.result()
-        html = page(f"raystudy report: {name or store.name}", [figures.resolve("\n".join(body))])
+        html = page(f"raystudy report: {name or store.name}", [figures.resolve("\n".join(body))],
+                    runtime=runtime.result())
     store.write_text(f"{out}/index.html", html)
     record_built_from(store, built_from)
     return Path(f"{out}/index.html") if store.local else store.uri_of(f"{out}/index.html")
