@@ -232,6 +232,7 @@ def test_drawing_process_draws_what_vl_convert_draws_and_reports_errors():
             drawing.png({"mark": {"type": "no-such-mark"}}, scale=1)
         assert drawing.png(spec, scale=1)[:8] == b"\x89PNG\r\n\x1a\n"
         assert drawing.bundle(RENDER) == vega_runtime()  # the page's runtime, bundled there
+        assert 20 < drawing.peak_rss_mb() < 2000  # its own peak, read from /proc
         drawing.proc.kill()
         drawing.proc.wait()
         with pytest.raises(RuntimeError, match="drawing process exited"):

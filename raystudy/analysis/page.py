@@ -8,7 +8,6 @@ import io
 import json
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack
 from pathlib import Path
 
 import altair as alt
@@ -105,9 +104,21 @@ def write_report(study: str | Path, pngs: bool = True) -> Path | str:
 
     Raises NotAStudyError when STUDY has no results/ directory. An empty results/ gives a page that says so.
     Cost: reads every result file (and the stored predictions, for consistency); charts draw at most a few
-    thousand marks each (aggregated or sampled), about 0.1-1 s of rendering per PNG.
+    thousand marks each (aggregated or sampled), about 0.3-3 s of rendering per PNG, in a second process
+    (``drawing.DrawingProcess``, ~0.25-0.45 GB) while this one computes the statistics.
     """
     store = Store(study)
+    # vl_convert holds the GIL: the PNGs are drawn in a process of their own, started first (while this one is small;
+    # it starts in the time the rows take to read).
+    drawing = DrawingProcess() if pngs else None
+    try:
+        return _write_report(store, pngs, drawing)
+    finally:
+        if drawing:
+            drawing.close()
+
+
+def _write_report(store: Store, pngs: bool, drawing: DrawingProcess | None) -> Path | str:
     built_from = fingerprint(store)  # before reading: rows written meanwhile make the report stale
     full = load_results(store)
     # Every stage but the charts that draw them works on the rows without the per-epoch and per-eigenvalue lists:
@@ -124,10 +135,7 @@ def write_report(study: str | Path, pngs: bool = True) -> Path | str:
     del full
     out = report_path(store)
     name = df["study"].drop_nulls().first() if "study" in df.columns else None
-    # vl_convert holds the GIL: the PNGs are drawn in a process of their own (started only when there are any).
-    with ExitStack() as stack:  # the thread is joined before the process is ended
-        drawing = stack.enter_context(DrawingProcess()) if pngs and not df.is_empty() else None
-        renderer = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="png"))
+    with ThreadPoolExecutor(1, thread_name_prefix="png") as renderer:
         # The page's runtime is bundled (seconds) while the statistics run: in the drawing process when there is one.
         runtime = renderer.submit(drawing.bundle, RENDER) if drawing else renderer.submit(vega_runtime)
         figures = Figures(store, out, pngs, renderer, drawing.png if drawing else png_bytes)
