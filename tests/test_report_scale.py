@@ -2,6 +2,9 @@
 pairwise ones, and every chart draws a bounded number of points, saying so, however many rows the study has."""
 from __future__ import annotations
 
+import os
+import signal
+import time
 from concurrent.futures import Future
 
 import numpy as np
@@ -54,6 +57,26 @@ def test_tau_test_in_worker_threads_gives_the_one_thread_bits(monkeypatch):
     inline = inference.tau_test(x, y, seeds, n_perm=999, seed=7)
     for field in ("statistic", "p_greater", "p_less"):
         assert np.array_equal(getattr(threaded, field), getattr(inline, field), equal_nan=True)
+
+
+def test_tau_test_in_a_forked_child_starts_its_own_threads():
+    # A fork copies the pool but none of its threads: without a fresh pool the child's first test waited forever.
+    x, seeds = np.tile(np.arange(20.0), 3), np.repeat([0, 1, 2], 20)
+    y = np.random.default_rng(0).normal(size=60)
+    parent = inference.tau_test(x, y, seeds, n_perm=99)  # the parent's pool is running
+    pid = os.fork()
+    if pid == 0:  # the child: exit code 0 when it gets the parent's bits; killed below if it hangs
+        os._exit(0 if np.array_equal(inference.tau_test(x, y, seeds, n_perm=99).p_greater, parent.p_greater) else 1)
+    for _ in range(300):
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("tau_test hung in a forked child")
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 def test_tau_b_of_many_points_is_scipys():

@@ -24,6 +24,7 @@ import collections
 import functools
 import itertools
 import math
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -58,6 +59,9 @@ def _pool() -> ThreadPoolExecutor:
     """The worker threads of tau_test, started on first use and shared by every call (daemon-like: idle ones
     cost nothing and end with the interpreter)."""
     return ThreadPoolExecutor(THREADS, thread_name_prefix="tau")
+
+
+os.register_at_fork(after_in_child=_pool.cache_clear)  # a forked child has none of the threads: it starts its own
 
 
 def _p_values(observed: np.ndarray, permuted: np.ndarray, exact: bool) -> tuple[np.ndarray, np.ndarray]:
