@@ -1,7 +1,8 @@
 """Does the report scale with the study? Builds study folders by replicating realistic result rows (the three
 families of tests/support/fake_results.py, 124 rows with learning curves, about the smoke study's 141) 1x, 10x, 100x,
 700x with new trial ids, then times ``write_report`` on each in a fresh child process and prints its seconds (wall
-and CPU), peak RSS and the size of index.html. The report is built with its defaults (a PNG per chart, as the README
+and CPU, the PNG drawing process's included), peak RSS (the report's process, and beside it the PNG drawing
+process's) and the size of index.html. The report is built with its defaults (a PNG per chart, as the README
 documents; ``--no-png`` would be faster). It prints numbers, it asserts none: on a shared machine the wall time
 follows the other programs' load, the CPU seconds much less.
 
@@ -31,12 +32,20 @@ REPO = Path(__file__).resolve().parents[1]
 CHILD = """
 import json, resource, sys, time
 from pathlib import Path
+from raystudy.analysis import drawing
 from raystudy.analysis.page import write_report
+close, peaks = drawing.DrawingProcess.close, []
+def noted(self):  # the drawing process's own peak (the RUSAGE_CHILDREN one starts at this process's size)
+    peaks.append(self.peak_rss_mb())
+    close(self)
+drawing.DrawingProcess.close = noted
 t0 = time.perf_counter()
 index = Path(write_report(sys.argv[1]))
-use = resource.getrusage(resource.RUSAGE_SELF)
+use, drawn = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
 print(json.dumps({"seconds": time.perf_counter() - t0, "rss_mb": use.ru_maxrss / 1024,
-                  "cpu_s": use.ru_utime + use.ru_stime, "html_mb": index.stat().st_size / 1e6,
+                  "cpu_s": use.ru_utime + use.ru_stime + drawn.ru_utime + drawn.ru_stime,
+                  "draw_cpu_s": drawn.ru_utime + drawn.ru_stime, "draw_rss_mb": max(peaks),
+                  "html_mb": index.stat().st_size / 1e6,
                   "folder_mb": sum(p.stat().st_size for p in index.parent.iterdir()) / 1e6}))
 """
 
@@ -86,16 +95,17 @@ def main() -> None:
     args = parser.parse_args()
     root = args.root or Path(tempfile.mkdtemp(prefix="report_scale-"))
     rows = base_rows(root / "seed")
-    print(f"{'x':>5} {'rows':>7} {'trials':>7} {'build s':>8} {'report s':>9} {'CPU s':>6} {'peak RSS MB':>12} "
-          f"{'index.html MB':>14} {'report/ MB':>11}", flush=True)
+    print(f"{'x':>5} {'rows':>7} {'trials':>7} {'build s':>8} {'report s':>9} {'CPU s':>6} {'of it PNGs':>10} "
+          f"{'peak RSS MB':>12} {'PNG proc MB':>12} {'index.html MB':>14} {'report/ MB':>11}", flush=True)
     for times in args.sizes:
         t0 = time.perf_counter()
         n = replicate(rows, times, root / f"x{times}")
         built = time.perf_counter() - t0
         m = measure(root / f"x{times}")
         print(f"{times:>5} {n:>7} {rows['trial_id'].n_unique() * times:>7} {built:>8.1f} {m['seconds']:>9.1f} "
-              f"{m['cpu_s']:>6.1f} "
-              f"{m['rss_mb']:>12.0f} {m['html_mb']:>14.2f} {m['folder_mb']:>11.2f}", flush=True)
+              f"{m['cpu_s']:>6.1f} {m['draw_cpu_s']:>10.1f} "
+              f"{m['rss_mb']:>12.0f} {m['draw_rss_mb']:>12.0f} {m['html_mb']:>14.2f} {m['folder_mb']:>11.2f}",
+              flush=True)
 
 
 if __name__ == "__main__":

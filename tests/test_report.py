@@ -218,6 +218,27 @@ def test_pngs_drawn_beside_the_statistics_keep_page_order_and_errors(tmp_path):
             figures.resolve(body)
 
 
+def test_drawing_process_draws_what_vl_convert_draws_and_reports_errors():
+    # The report's PNGs are drawn in a process of their own (vl_convert holds the GIL): the same image as in this
+    # process, a spec vl_convert rejects raises here and the process serves the next one, a dead process is named.
+    from raystudy.analysis.drawing import DrawingProcess
+    from raystudy.analysis.html import RENDER, png_bytes, vega_runtime
+
+    spec = {"data": {"values": [{"x": 1, "y": 2}, {"x": 2, "y": 3}]}, "mark": "point",
+            "encoding": {"x": {"field": "x", "type": "quantitative"}, "y": {"field": "y", "type": "quantitative"}}}
+    with DrawingProcess() as drawing:
+        assert drawing.png(spec, scale=2) == png_bytes(spec, scale=2)
+        with pytest.raises(ValueError, match="vl_convert failed"):
+            drawing.png({"mark": {"type": "no-such-mark"}}, scale=1)
+        assert drawing.png(spec, scale=1)[:8] == b"\x89PNG\r\n\x1a\n"
+        assert drawing.bundle(RENDER) == vega_runtime()  # the page's runtime, bundled there
+        assert 20 < drawing.peak_rss_mb() < 2000  # its own peak, read from /proc
+        drawing.proc.kill()
+        drawing.proc.wait()
+        with pytest.raises(RuntimeError, match="drawing process exited"):
+            drawing.png(spec)
+
+
 def test_the_report_never_imports_torch(tmp_path):
     """torch is ~0.4-0.7 GB of a report's memory and none of its work: a whole report (its verdict settings read
     from the study file, stored predictions compared by numpy) is built in a process that never loads it."""

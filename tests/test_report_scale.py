@@ -2,12 +2,17 @@
 pairwise ones, and every chart draws a bounded number of points, saying so, however many rows the study has."""
 from __future__ import annotations
 
+import os
+import signal
+import time
+from concurrent.futures import Future
+
 import numpy as np
 import polars as pl
 import pytest
 
 from support.fake_results import write_study
-from raystudy.analysis import charts, charts_correlation, correlation, inference
+from raystudy.analysis import charts, charts_correlation, charts_hessian, correlation, inference
 from raystudy.analysis.catalogue import report_charts
 from raystudy.analysis.charts import panel_width, sample_points, thin
 from raystudy.analysis.charts_correlation import complexity_chart, correlation_chart
@@ -31,6 +36,47 @@ def test_tau_test_counted_by_sorting_matches_the_pairwise_sums(monkeypatch):
     for field in ("statistic", "p_greater", "p_less"):
         assert np.array_equal(getattr(prefix_counts, field), getattr(pairwise, field))
         assert np.array_equal(getattr(fenwick, field), getattr(pairwise, field))
+
+
+class _Inline:
+    """An executor that runs each task at once, in the caller's thread: tau_test's one-thread order."""
+
+    def submit(self, fn, *args) -> Future:
+        done = Future()
+        done.set_result(fn(*args))
+        return done
+
+
+def test_tau_test_in_worker_threads_gives_the_one_thread_bits(monkeypatch):
+    rng = np.random.default_rng(4)
+    x = np.tile(np.repeat(np.arange(7.0), 3), 12)  # 12 seeds of 21 points: sorted counts, seeds in flight at once
+    seeds, y = np.repeat(np.arange(12), 21), rng.normal(size=(3, 12 * 21))
+    y[1, 5] = np.nan  # a missing value: its seed's sums by sign matrices
+    threaded = inference.tau_test(x, y, seeds, n_perm=999, seed=7)
+    monkeypatch.setattr(inference, "_pool", _Inline)
+    inline = inference.tau_test(x, y, seeds, n_perm=999, seed=7)
+    for field in ("statistic", "p_greater", "p_less"):
+        assert np.array_equal(getattr(threaded, field), getattr(inline, field), equal_nan=True)
+
+
+def test_tau_test_in_a_forked_child_starts_its_own_threads():
+    # A fork copies the pool but none of its threads: without a fresh pool the child's first test waited forever.
+    x, seeds = np.tile(np.arange(20.0), 3), np.repeat([0, 1, 2], 20)
+    y = np.random.default_rng(0).normal(size=60)
+    parent = inference.tau_test(x, y, seeds, n_perm=99)  # the parent's pool is running
+    pid = os.fork()
+    if pid == 0:  # the child: exit code 0 when it gets the parent's bits; killed below if it hangs
+        os._exit(0 if np.array_equal(inference.tau_test(x, y, seeds, n_perm=99).p_greater, parent.p_greater) else 1)
+    for _ in range(300):
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("tau_test hung in a forked child")
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 def test_tau_b_of_many_points_is_scipys():
@@ -86,6 +132,17 @@ def test_every_chart_draws_a_bounded_number_of_points(many, monkeypatch):
             "sharpness_vs_complexity"} <= sampled
 
 
+def test_spectral_density_draws_a_spread_of_panels_and_says_so(many):
+    every = charts_hessian.density_frame(many)["panel"].unique(maintain_order=True).to_list()
+    assert len(every) > charts_hessian.MAX_PANELS  # 6 learning rates x 6 configurations
+    spec = chart_spec(charts_hessian.spectral_density(many))
+    titles = [panel["title"]["text"] for panel in spec["concat"]]
+    assert len(titles) == charts_hessian.MAX_PANELS and titles[0] == every[0] and titles[-1] == every[-1]
+    assert set(titles) <= set(every) and f"9 of the {len(every)} configurations" in spec["usermeta"]["note"]
+    drawn = {r["pid"] for v in spec["datasets"].values() for r in v}
+    assert drawn == set(range(len(titles)))  # no data of an undrawn panel on the page
+
+
 def test_psi_groups_in_one_pass_are_tau_b_of_each_group():
     rng = np.random.default_rng(1)
     sizes = np.r_[rng.integers(1, 12, 40), correlation.PAIRWISE_UP_TO + 20]  # small groups and one for scipy
@@ -95,6 +152,19 @@ def test_psi_groups_in_one_pass_are_tau_b_of_each_group():
     got = correlation.grouped_tau_b(x, y, group, len(sizes))
     want = [correlation.tau_b(x[group == g], y[group == g]) for g in range(len(sizes))]
     assert np.array_equal(got, want, equal_nan=True)  # same bits, NaN where a group is constant or alone
+
+
+def test_seed_taus_in_one_pass_are_tau_b_of_each_seed():
+    rng = np.random.default_rng(5)
+    n = 600
+    rows = pl.DataFrame({"seed": rng.integers(0, 30, n), "x": rng.integers(0, 5, n).astype(float),
+                         "y": rng.normal(size=n)}).with_columns(
+        y=pl.when(pl.col("x") > 3).then(None).otherwise("y"),  # nulls dropped
+        seed=pl.when(pl.int_range(pl.len()) < 4).then(None).otherwise("seed"))  # a null seed: its own group, first
+    r = rows.drop_nulls(["x", "y"])
+    want = [correlation.tau_b(g["x"].to_numpy(), g["y"].to_numpy())
+            for _, g in r.sort("seed").group_by("seed", maintain_order=True)]
+    assert np.array_equal(correlation.seed_taus(rows, "x", "y"), want, equal_nan=True)
 
 
 def test_cached_sign_patterns_are_the_seeded_draws():

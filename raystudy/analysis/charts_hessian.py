@@ -12,6 +12,7 @@ from raystudy.analysis.labels import chart_title
 from raystudy.analysis.results import final_rows, ok_rows, present
 
 DENSITY_COLUMNS = ("hessian_density_grid", "hessian_density")
+MAX_PANELS = 9  # configurations the spectral-density chart draws at most (three rows of three); beyond, a spread
 
 
 def common_grid(grids: list[np.ndarray], max_points: int = 300) -> np.ndarray:
@@ -38,20 +39,19 @@ def _arrays(lists: pl.Series) -> list[np.ndarray]:
     return [flat[end - n:end] for end, n in zip(ends, lengths)]
 
 
-def density_frame(df: pl.DataFrame, floor: float = 1e-8) -> pl.DataFrame:
-    """Mean spectral density over seeds per (configuration panel, regime) at the final checkpoint.
-
-    A panel is one configuration (block / task / model and varying hyperparameters such as factor), so
-    only seeds of one setting are averaged. Columns: panel, regime (with sam_rho etc. when they vary),
-    n_trials, eigenvalue, density (clipped below at `floor` so a log axis works). Regimes of one panel
-    share one grid. Empty frame when no trial stored a density.
-    """
+def _panel_rows(df: pl.DataFrame) -> pl.DataFrame:
+    """The final ok rows with a stored density, with their panel (configuration) and regime labels; empty frame
+    when no trial stored one."""
     rows = ok_rows(final_rows(df))
     if len(present(rows, DENSITY_COLUMNS)) < 2:
         return pl.DataFrame()
     config, condition = comparison_keys(df)
     rows = rows.drop_nulls(list(DENSITY_COLUMNS))
-    rows = rows.with_columns(panel=config_label(config), regime=condition_label(rows, config, condition))
+    return rows.with_columns(panel=config_label(config), regime=condition_label(rows, config, condition))
+
+
+def _densities(rows: pl.DataFrame, floor: float) -> pl.DataFrame:
+    """density_frame of ``_panel_rows``' rows."""
     out = []
     for (panel,), trials in rows.group_by("panel", maintain_order=True):
         nodes, values = (_arrays(trials[c]) for c in DENSITY_COLUMNS)
@@ -62,6 +62,32 @@ def density_frame(df: pl.DataFrame, floor: float = 1e-8) -> pl.DataFrame:
             out.append(pl.DataFrame({"panel": panel, "regime": regime, "n_trials": len(mine), "eigenvalue": grid,
                                      "density": np.maximum(np.mean(mine, axis=0), floor)}))
     return pl.concat(out).sort("panel", maintain_order=True) if out else pl.DataFrame()
+
+
+def density_frame(df: pl.DataFrame, floor: float = 1e-8) -> pl.DataFrame:
+    """Mean spectral density over seeds per (configuration panel, regime) at the final checkpoint.
+
+    A panel is one configuration (block / task / model and varying hyperparameters such as factor), so
+    only seeds of one setting are averaged. Columns: panel, regime (with sam_rho etc. when they vary),
+    n_trials, eigenvalue, density (clipped below at `floor` so a log axis works). Regimes of one panel
+    share one grid. Empty frame when no trial stored a density.
+    """
+    rows = _panel_rows(df)
+    return rows if rows.is_empty() else _densities(rows, floor)
+
+
+def spread_panels(panels: list[str], most: int | None = None) -> tuple[list[str], str]:
+    """At most ``most`` (default MAX_PANELS) of ``panels``, evenly spaced in their sorted order (first and last
+    kept, so every block and hyperparameter range is represented), and the note saying so ("" when every panel is
+    kept). A larger study's chart would otherwise be a tall wall of panels: 60 panels at 12,400 rows drew a 5.7 MB
+    PNG in 8 s."""
+    most = MAX_PANELS if most is None else most
+    panels = sorted(panels)
+    if len(panels) <= most:
+        return panels, ""
+    kept = [panels[i] for i in np.unique(np.linspace(0, len(panels) - 1, most).round().astype(int))]
+    return kept, (f"Drawn: {len(kept)} of the {len(panels):,} configurations, evenly spaced in the order of their "
+                  "names, to keep the chart within the page; results.parquet holds every trial's density.")
 
 
 def _x_scale(panel: pl.DataFrame) -> alt.Scale | None:
@@ -81,11 +107,14 @@ def _x_scale(panel: pl.DataFrame) -> alt.Scale | None:
 def spectral_density(df: pl.DataFrame, floor: float = 1e-8) -> alt.Chart | None:
     """Hessian spectral density (SLQ) at the final checkpoint, mean over seeds, one line per regime overlaid,
     log density axis (floor `floor`); one panel per task / model, three a row, each on its own eigenvalue and
-    density range (symlog eigenvalues where an outlier would hide the bulk). Curves thinned to MAX_MARKS points
-    in all (``charts.curve_points``). None when no density was stored."""
-    frame = density_frame(df, floor)
-    if frame.is_empty():
+    density range (symlog eigenvalues where an outlier would hide the bulk). At most MAX_PANELS panels (an even
+    spread of the configurations, ``spread_panels``), curves thinned to MAX_MARKS points in all
+    (``charts.curve_points``); the caption says so. None when no density was stored."""
+    rows = _panel_rows(df)
+    if rows.is_empty():
         return None
+    kept, spread = spread_panels(rows["panel"].unique().to_list())
+    frame = _densities(rows.filter(pl.col("panel").is_in(kept)), floor)  # only the drawn panels' densities
     most = curve_points(frame.select("panel", "regime").n_unique())
     before = frame.height
     frame = thin(frame, "eigenvalue", ["panel", "regime"], most).sort("panel", "regime", "eigenvalue",
@@ -113,8 +142,9 @@ def spectral_density(df: pl.DataFrame, floor: float = 1e-8) -> alt.Chart | None:
             width=width, height=HEIGHT, title=alt.Title(panel, fontSize=11, limit=width + 60)))
     title = chart_title(ok_rows(final_rows(df)),
                         "Hessian spectral density at the final checkpoint (SLQ, mean over seeds)", "hessian_n")
-    note = "Curves thinned for drawing to evenly spaced eigenvalues." if frame.height < before else ""
-    return with_note(alt.concat(*charts, columns=columns, data=frame).resolve_scale(color="shared"), note).properties(
+    thinned = "Curves thinned for drawing to evenly spaced eigenvalues." if frame.height < before else ""
+    return with_note(alt.concat(*charts, columns=columns, data=frame).resolve_scale(color="shared"), spread,
+                     thinned).properties(
         title=title)
 
 

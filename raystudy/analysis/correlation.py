@@ -186,10 +186,12 @@ def granulated_kendall(rows: pl.DataFrame, x: str, y: str, axes: list[str] | Non
 
 def seed_taus(rows: pl.DataFrame, x: str, y: str) -> np.ndarray:
     """Kendall tau-b of x and y within each seed (seeds in sorted order; NaN where a seed has fewer than 2 points
-    or a constant column). Cost: one ``tau_b`` per seed."""
-    r = rows.drop_nulls([x, y])
-    return np.array([tau_b(g[x].to_numpy().astype(float), g[y].to_numpy().astype(float))
-                     for _, g in r.sort("seed").group_by("seed", maintain_order=True)], dtype=float)
+    or a constant column). Cost: one ``grouped_tau_b`` pass (the bits of one ``tau_b`` per seed, without a frame
+    and a call per seed: ~3 s less at 86,800 rows)."""
+    r = rows.drop_nulls([x, y]).sort("seed")
+    seed = r["seed"].rle_id().to_numpy()  # 0, 1, ... in sorted seed order (a null seed is one group, first)
+    return grouped_tau_b(r[x].to_numpy().astype(float), r[y].to_numpy().astype(float), seed,
+                         int(seed[-1]) + 1 if len(seed) else 0)
 
 
 def _tau(rows: pl.DataFrame, x: str, y: str) -> dict:

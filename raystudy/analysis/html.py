@@ -115,26 +115,30 @@ def figure(spec: dict, caption: str, png_name: str | None = None, png_width: int
             "</figcaption></figure>")
 
 
+# The loop that renders every figure's spec into its chart div (bundled with vegaEmbed in scope).
+RENDER = ("for (const fig of document.querySelectorAll('figure')) {"
+          " const el = fig.querySelector('.chart'), data = fig.querySelector('script.vl-spec');"
+          " if (!el || !data) continue;"
+          " el.replaceChildren();"  # the PNG stand-in goes; the interactive chart takes its place
+          " vegaEmbed(el, JSON.parse(data.textContent), {actions: false, renderer: 'svg'})"
+          ".catch((err) => console.error('chart not rendered: ' + err)); }")
+
+
 @functools.lru_cache(maxsize=1)
 def vega_runtime() -> str:
-    """Vega, Vega-Lite and Vega-Embed bundled into one script (~0.9 MB), plus the loop that renders every
-    figure's spec into its chart div. Cost: ~2 s to bundle, once per process."""
-    render = ("for (const fig of document.querySelectorAll('figure')) {"
-              " const el = fig.querySelector('.chart'), data = fig.querySelector('script.vl-spec');"
-              " if (!el || !data) continue;"
-              " el.replaceChildren();"  # the PNG stand-in goes; the interactive chart takes its place
-              " vegaEmbed(el, JSON.parse(data.textContent), {actions: false, renderer: 'svg'})"
-              ".catch((err) => console.error('chart not rendered: ' + err)); }")
-    return vl_convert.javascript_bundle(snippet=render)  # the snippet sees vegaEmbed in scope
+    """Vega, Vega-Lite and Vega-Embed bundled into one script (~0.9 MB), plus RENDER. Cost: ~2 s to bundle, once
+    per process (``DrawingProcess.bundle`` bundles it in the drawing process instead)."""
+    return vl_convert.javascript_bundle(snippet=RENDER)
 
 
-def page(title: str, body: list[str], interactive: bool = True) -> str:
+def page(title: str, body: list[str], interactive: bool = True, runtime: str | None = None) -> str:
     """A complete HTML document: `title` as <title> and <h1>, then the body fragments in order; with
-    ``interactive`` and any chart spec on the page, the inlined Vega runtime that renders them."""
+    ``interactive`` and any chart spec on the page, the inlined Vega runtime that renders them (``runtime`` when
+    given, else ``vega_runtime()``)."""
     content = "\n".join(body)
     script = ""
     if interactive and 'class="vl-spec"' in content:
-        runtime = vega_runtime().replace("</script", "<\\/script")
+        runtime = (vega_runtime() if runtime is None else runtime).replace("</script", "<\\/script")
         script = f'<script type="module">{runtime}</script>\n'
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"

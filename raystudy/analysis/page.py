@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,8 +16,9 @@ import polars as pl
 from raystudy.analysis.aggregate import summary_table
 from raystudy.analysis.catalogue import report_charts
 from raystudy.analysis.consistency import add_consistency, read_predictions
+from raystudy.analysis.drawing import DrawingProcess
 from raystudy.analysis.freshness import fingerprint, record_built_from
-from raystudy.analysis.html import chart_spec, figure, page, png_bytes, png_size, vega_runtime
+from raystudy.analysis.html import RENDER, chart_spec, figure, page, png_bytes, png_size, vega_runtime
 from raystudy.analysis.judge import judge, write_verdicts
 from raystudy.analysis.labels import definitions_in
 from raystudy.analysis.results import load_results
@@ -35,12 +37,15 @@ class Figures:
     into ``store``. A chart that drew a sample or an aggregate of its rows says so in its Vega-Lite ``usermeta``
     ("note"), which is added to the caption.
 
-    With a ``renderer`` (one worker thread) the PNGs are drawn there while the caller goes on with the statistics
-    (vl_convert releases the GIL: the second core draws, ~1-2 s a PNG): a figure is then returned as a marker that
-    ``resolve`` replaces in the finished page, re-raising any error of its drawing or writing."""
+    ``draw`` (spec, scale) -> PNG bytes draws them: ``html.png_bytes`` in this process by default, or a
+    ``DrawingProcess``'s ``png``. With a ``renderer`` (one worker thread) each PNG is requested there while the
+    caller goes on with the statistics (the thread waits on the drawing process, which draws on the second core,
+    ~0.5-3 s a PNG): a figure is then returned as a marker that ``resolve`` replaces in the finished page,
+    re-raising any error of its drawing or writing."""
 
-    def __init__(self, store: Store, out: str, pngs: bool = True, renderer: ThreadPoolExecutor | None = None):
-        self.store, self.out, self.pngs, self.renderer = store, out, pngs, renderer
+    def __init__(self, store: Store, out: str, pngs: bool = True, renderer: ThreadPoolExecutor | None = None,
+                 draw: Callable[..., bytes] = png_bytes):
+        self.store, self.out, self.pngs, self.renderer, self.draw = store, out, pngs, renderer, draw
         self.defined: set[str] = set()  # metrics already defined under an earlier figure
         self.pending: dict[str, Future[str]] = {}  # marker -> its figure's HTML
 
@@ -60,7 +65,7 @@ class Figures:
         return marker
 
     def _with_png(self, name: str, spec: dict, caption: str, defs: list[tuple[str, str]]) -> str:
-        png = png_bytes(spec, scale=PNG_SCALE)
+        png = self.draw(spec, scale=PNG_SCALE)
         self.store.write_bytes(f"{self.out}/{name}.png", png)
         return figure(spec, caption, f"{name}.png", png_size(png)[0] // PNG_SCALE, defs)
 
@@ -99,9 +104,21 @@ def write_report(study: str | Path, pngs: bool = True) -> Path | str:
 
     Raises NotAStudyError when STUDY has no results/ directory. An empty results/ gives a page that says so.
     Cost: reads every result file (and the stored predictions, for consistency); charts draw at most a few
-    thousand marks each (aggregated or sampled), about 0.1-1 s of rendering per PNG.
+    thousand marks each (aggregated or sampled), about 0.3-3 s of rendering per PNG, in a second process
+    (``drawing.DrawingProcess``, ~0.25-0.45 GB) while this one computes the statistics.
     """
     store = Store(study)
+    # vl_convert holds the GIL: the PNGs are drawn in a process of their own, started first (while this one is small;
+    # it starts in the time the rows take to read).
+    drawing = DrawingProcess() if pngs else None
+    try:
+        return _write_report(store, pngs, drawing)
+    finally:
+        if drawing:
+            drawing.close()
+
+
+def _write_report(store: Store, pngs: bool, drawing: DrawingProcess | None) -> Path | str:
     built_from = fingerprint(store)  # before reading: rows written meanwhile make the report stale
     full = load_results(store)
     # Every stage but the charts that draw them works on the rows without the per-epoch and per-eigenvalue lists:
@@ -119,16 +136,17 @@ def write_report(study: str | Path, pngs: bool = True) -> Path | str:
     out = report_path(store)
     name = df["study"].drop_nulls().first() if "study" in df.columns else None
     with ThreadPoolExecutor(1, thread_name_prefix="png") as renderer:
-        runtime = renderer.submit(vega_runtime)  # bundled (seconds) while the statistics run
-        figures = Figures(store, out, pngs, renderer)
+        # The page's runtime is bundled (seconds) while the statistics run: in the drawing process when there is one.
+        runtime = renderer.submit(drawing.bundle, RENDER) if drawing else renderer.submit(vega_runtime)
+        figures = Figures(store, out, pngs, renderer, drawing.png if drawing else png_bytes)
         if df.is_empty():
             body = [overview(df, store.uri), "<p>No results yet: results/ holds no readable result rows.</p>"]
         else:
             body = ([write_tables(store, out, whole)] + verdict_section(judgement, df, figures) + stale_batchnorm(df)
                     + correlation_section(df, figures) + [overview(df, store.uri)]
                     + block_sections(df, judgement.pair_tests) + chart_sections(whole, figures))
-        runtime.result()
-        html = page(f"raystudy report: {name or store.name}", [figures.resolve("\n".join(body))])
+        html = page(f"raystudy report: {name or store.name}", [figures.resolve("\n".join(body))],
+                    runtime=runtime.result())
     store.write_text(f"{out}/index.html", html)
     record_built_from(store, built_from)
     return Path(f"{out}/index.html") if store.local else store.uri_of(f"{out}/index.html")
