@@ -9,10 +9,10 @@ Where they run, and why (issue 15: "measuring never idles a training slot"):
   beyond the threads themselves, so the only rule is to keep ``actors x threads`` within the node's CPUs
   (``resources.check_resources``). And a CPU measurer runs at the lowest scheduling priority (nice 19):
   it takes the cycles training leaves (between trials, while a trial waits on storage, after the last
-  one) instead of time-slicing every core with the trials. Time-slicing 4 processes on 2 cores cost
-  ~35% more CPU time for the same work (cache and context-switch churn: smoke study, 186 CPU-s to
-  measure in the measurers against 136 in one process); at nice 19 training barely notices measuring, and
-  measuring catches up whenever a core is free. Processes start on demand (the first checkpoint), not before the first
+  one) instead of time-slicing every core with the trials. At equal priority the smoke study's
+  measurers used 186 CPU-s (start-up included; a loaded machine) for measuring that takes 136 in one
+  process, four processes time-slicing two cores; at nice 19 training barely notices measuring, and
+  measuring catches up whenever a core is free (168 CPU-s on the same loaded machine). Processes start on demand (the first checkpoint), not before the first
   trial, and go to nodes that have CPUs (a cluster.yaml head advertises none, to keep work off it): a
   request for no resources is feasible anywhere, and Ray prefers the driver's node for it.
 - **GPU: reserved.** GPU memory, unlike CPU time, cannot be shared by time-slicing: two processes that
