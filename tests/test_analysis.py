@@ -45,31 +45,6 @@ def test_load_results_stacks_schemas_and_keeps_last_measurement(df):
     assert final_rows(df).height == 14 + 15 + 12
 
 
-def test_row_order_does_not_depend_on_when_files_were_written(df, tmp_path):
-    """The same rows written in two different time orders load as the same frame (so Monte Carlo p-values do
-    not change with the order checkpoints happened to be measured in); a checkpoint measured again keeps
-    the row written last, whatever its file name (an old unhashed file, or another measurement hash)."""
-    import os
-    parts = [part for _, part in df.group_by("trial_id", maintain_order=True)]
-    frames = []
-    for name, order in (("forward", parts), ("backward", parts[::-1])):
-        for i, part in enumerate(order):
-            trial = part["trial_id"][0]
-            path = tmp_path / name / "results" / trial / "epoch_000001-mabc123.parquet"
-            path.parent.mkdir(parents=True)
-            part.write_parquet(path)
-            os.utime(path, ns=(1_000_000_000 * (i + 1),) * 2)
-        frames.append(load_results(tmp_path / name))
-    assert frames[0].equals(frames[1]) and frames[0]["trial_id"].is_sorted()
-    trial = parts[0]["trial_id"][0]
-    folder = tmp_path / "forward" / "results" / trial
-    for stamp, file, ece in ((5, "epoch_000001.parquet", 0.5), (9, "epoch_000001-m0ff.parquet", 0.9)):
-        parts[0].with_columns(ece=pl.lit(ece)).write_parquet(folder / file)
-        os.utime(folder / file, ns=(stamp * 1_000_000_000,) * 2)
-    again = load_results(tmp_path / "forward")
-    assert again.height == df.height and again.filter(pl.col("trial_id") == trial)["ece"].to_list() == [0.9] * parts[0].height
-
-
 def test_polars_reader_and_pyarrow_reader_agree(df, tmp_path, monkeypatch):
     # One schema in every file (as one raystudy version writes them): polars' multi-file reader; the pyarrow reader
     # (mixed versions, object storage) must give the same frame, rows in file order.

@@ -7,7 +7,6 @@ columns that newer ones have, so the files are read as one dataset under the uni
 """
 from __future__ import annotations
 
-import re
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,11 +34,6 @@ READ_BATCH = 256  # files stacked into one contiguous table at a time
 POLARS_BATCH = 1024  # files polars reads (with its own threads) into one contiguous frame at a time
 
 
-# A checkpoint's file name less its measurement hash: every file of one checkpoint (a file from before the hash
-# named files, ``epoch_NNNNNN.parquet``, included) has the same key.
-_MEASURED_AGAIN = re.compile(r"(-m[0-9a-f]+)?\.parquet$")
-
-
 class NotAStudyError(FileNotFoundError):
     """Raised when a study location has no `results/` folder."""
 
@@ -49,13 +43,9 @@ def _store(study: str | Path | Store) -> Store:
 
 
 def result_files(study: str | Path | Store) -> list[str]:
-    """Paths (on the study Store's filesystem) of the Parquet files under STUDY/results, in path order (trial,
-    then epoch), except that the files of one checkpoint measured more than once (``epoch_NNNNNN-m<hash>``,
-    one per measurement setting, or ``epoch_NNNNNN`` from before the hash named files) come oldest first (by modification time), so that the row written last
-    wins. The order never depends on when the other files were written: the same rows give the same
-    Monte Carlo p-values whenever they were measured. Names starting with "." or "_" are skipped: that
-    is how atomic writers name files in flight. Raises NotAStudyError when there is no results/ folder.
-    Cost: one listing."""
+    """Paths (on the study Store's filesystem) of the Parquet files under STUDY/results, oldest first (by
+    modification time, then path). Names starting with "." or "_" are skipped: that is how atomic writers
+    name files in flight. Raises NotAStudyError when there is no results/ folder. Cost: one listing."""
     return _result_files(_store(study), study.uri if isinstance(study, Store) else str(study))
 
 
@@ -63,8 +53,7 @@ def _result_files(store: Store, label: str) -> list[str]:
     root = results_dir(store)
     if not store.is_dir(root):
         raise NotAStudyError(f"{label}: no results/ directory (not a study directory?)")
-    found = sorted(store.files(root, ".parquet", recursive=True),
-                   key=lambda i: (_MEASURED_AGAIN.sub("", i.path), i.mtime_ns, i.path))
+    found = sorted(store.files(root, ".parquet", recursive=True), key=lambda i: (i.mtime_ns, i.path))
     return [i.path for i in found]
 
 
