@@ -42,18 +42,28 @@ def say_measured(out: dict) -> str:
             + " ".join(bits))
 
 
-def work_left(p: Plan) -> dict[str, tuple[int, int]]:
+def work_left(p: Plan, block_of: dict[str, str]) -> dict[str, tuple[int, int]]:
     """``{block: (trials to train, checkpoints to measure)}``: every checkpoint of a trial to train (some of a
     resumed trial's may be measured already: the progress line scales them to the study's count) and each
-    checkpoint on storage without a row."""
+    checkpoint on storage without a row. ``block_of``: trial id -> block."""
     left: dict[str, list[int]] = {t.block: [0, 0] for t in p.trials}
     for t in p.to_train:
         left[t.block][0] += 1
         left[t.block][1] += len(t.checkpoints)
-    block_of = {t.trial_id: t.block for t in p.trials}
     for path in p.to_measure:
         left.setdefault(block_of.get(checkpoint_trial(path), ""), [0, 0])[1] += 1
     return {block: (trials, checkpoints) for block, (trials, checkpoints) in left.items()}
+
+
+def measuring_cost(out: dict) -> float | None:
+    """What measuring one checkpoint cost, for the ETA: its CPU seconds on a CPU, its wall seconds on a GPU.
+    A CPU measurer shares the cores with training at a lower priority (``cluster.measurer``), so its wall
+    clock counts the time it waited as work: the smoke study's CNN checkpoints took 21 s each while trials
+    ran and 8 s after, and an ETA built on the first overestimated the run by minutes. On a GPU the CPU
+    clock misses the device's work, and a measurer holds its own share of the card."""
+    if out.get("device") == "cpu" and out.get("cpu_s") is not None:
+        return out["cpu_s"]
+    return out.get("wall_s")
 
 
 def since_launch() -> float:
@@ -126,12 +136,12 @@ def execute(p: Plan, address: str | None = None, num_cpus: int | None = None, ve
     block_of = {t.trial_id: t.block for t in p.trials}
     progress = Progress(len(p.trials), sum(len(t.checkpoints) for t in p.trials),
                         trials_done=len(p.trials) - len(p.to_train), checkpoints_done=p.measured,
-                        out=sys.stdout if verbose else Silent(), left=work_left(p))
+                        out=sys.stdout if verbose else Silent(), left=work_left(p, block_of))
 
     def on_result(out: dict) -> None:
         if verbose >= 2:
             progress.say(say_measured(out))
-        progress.checkpoint_measured(ok=True, seconds=out.get("wall_s"), block=block_of.get(out["trial_id"], ""))
+        progress.checkpoint_measured(ok=True, seconds=measuring_cost(out), block=block_of.get(out["trial_id"], ""))
 
     a = p.study.analysis
     held = FENCES.get(p.store.uri)

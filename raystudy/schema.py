@@ -112,6 +112,9 @@ COLUMNS: tuple[Column, ...] = (
     Column("ray_version", S, "provenance", "ray version (null when measured without Ray)"),
     Column("device", S, "provenance", "device that measured the row"),
     Column("wall_s", F, "provenance", "seconds spent measuring this checkpoint"),
+    Column("cpu_s", F, "provenance",
+           "CPU seconds the measuring process spent on this checkpoint, all its threads (wall_s also counts "
+           "time spent waiting for a CPU, e.g. behind training at a higher priority)"),
 )
 
 SCHEMA: dict[str, pl.DataType] = {c.name: c.dtype for c in COLUMNS}

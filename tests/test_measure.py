@@ -60,6 +60,16 @@ def test_losses_and_accuracies_are_a_plain_forward_pass(trained):
     assert row["fisher_rao"] is not None and row["sam_sharpness"] is None  # only what the block lists
 
 
+@pytest.mark.usefixtures("one_thread")
+def test_the_row_records_cpu_and_wall_seconds(trained):
+    """cpu_s is this process's CPU clock over the measurement: with one thread and nothing else running, at
+    most the wall clock (a little slack for the clocks' resolution), and not zero."""
+    trial, store, path = trained
+    row = measure_checkpoint(store, path)
+    assert row["device"] == "cpu"
+    assert 0 < row["cpu_s"] <= row["wall_s"] + 0.01
+
+
 def test_the_row_names_the_trial_as_trained(trained):
     trial, store, path = trained
     row = measure_checkpoint(store, path)

@@ -67,7 +67,16 @@ def test_work_left_is_counted_per_block(tmp_path):
     from support.studies import tiny_block
     study = write_study_yaml(tmp_path, "blocks", function_block(seed=[0, 1], checkpoints=[1, 2, 3]),
                              tiny_block(name="circles", epochs=2, checkpoints=[2]))
-    assert work_left(plan(str(study))) == {"fn": (2, 6), "circles": (1, 1)}
+    p = plan(str(study))
+    assert work_left(p, {t.trial_id: t.block for t in p.trials}) == {"fn": (2, 6), "circles": (1, 1)}
+
+
+def test_measuring_costs_cpu_seconds_on_a_cpu_and_wall_seconds_on_a_gpu():
+    """A CPU measurer waits behind training (nice 19): the wait is not work. A GPU's work is not on the CPU clock."""
+    from raystudy.run import measuring_cost
+    assert measuring_cost({"device": "cpu", "cpu_s": 8.0, "wall_s": 21.0}) == 8.0
+    assert measuring_cost({"device": "NVIDIA H100 80GB HBM3", "cpu_s": 0.5, "wall_s": 3.0}) == 3.0
+    assert measuring_cost({"device": "cpu", "cpu_s": None, "wall_s": 2.0}) == 2.0  # a row from before cpu_s
 
 
 def test_log_output_is_throttled():

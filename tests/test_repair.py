@@ -27,7 +27,7 @@ from support.studies import expected_rows, tiny_block, write_study_yaml
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 # What a rerun may change: how long things took and where the rebuilt checkpoint's training started.
-TIMING = ("wall_s", "train_wall_s", "resumed_from")
+TIMING = ("wall_s", "cpu_s", "train_wall_s", "resumed_from")
 NUMBERS = [c for c in SCHEMA if c not in TIMING]
 
 

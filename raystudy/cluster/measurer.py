@@ -7,14 +7,19 @@ Where they run, and why (issue 15: "measuring never idles a training slot"):
   cores with them. Reserving CPUs for the pool left them idle whenever no checkpoint was waiting (most of
   a run) and, on 2 cores, halved the trials running at once. CPU time is shared by the kernel at no cost
   beyond the threads themselves, so the only rule is to keep ``actors x threads`` within the node's CPUs
-  (``resources.check_resources``). And a CPU measurer runs at the lowest scheduling priority (nice 19):
-  it takes the cycles training leaves (between trials, while a trial waits on storage, after the last
-  one) instead of time-slicing every core with the trials. At equal priority the smoke study's
-  measurers used 186 CPU-s (start-up included; a loaded machine) for measuring that takes 136 in one
-  process, four processes time-slicing two cores; at nice 19 training barely notices measuring, and
-  measuring catches up whenever a core is free (168 CPU-s on the same loaded machine). Processes start on demand (the first checkpoint), not before the first
-  trial, and go to nodes that have CPUs (a cluster.yaml head advertises none, to keep work off it): a
-  request for no resources is feasible anywhere, and Ray prefers the driver's node for it.
+  (``resources.check_resources``). And a CPU measurer runs at the lowest scheduling priority, nice 19,
+  below the trials: Ray starts every worker process at nice 15 (``RAY_worker_niceness``), so a trial
+  weighs 36 in the kernel's fair share and a measurer 15. Where both want a core, training gets ~70% of
+  it and measuring the rest, and measuring has every cycle training leaves (between trials, while a trial
+  waits on storage, after the last one). Measured on the smoke study (2 cores, idle machine): the run's
+  wall is the same (206-207 s) whether measurers share at nice 19 or only take idle cycles
+  (``SCHED_IDLE``; training then ends 30 s sooner but no checkpoint is measured until it does, so the
+  ETA stays unknown for most of the run); left at Ray's nice 15, level with the trials, they time-slice
+  evenly (one back-to-back pair: 184 s against 162 s at nice 19, within the runs' spread). The
+  progress line's ETA counts a CPU measurement by its CPU seconds, not its wall clock, which includes
+  the wait (``run.measuring_cost``). Processes start on demand (the first checkpoint), not before the
+  first trial, and go to nodes that have CPUs (a cluster.yaml head advertises none, to keep work off it):
+  a request for no resources is feasible anywhere, and Ray prefers the driver's node for it.
 - **GPU: reserved.** GPU memory, unlike CPU time, cannot be shared by time-slicing: two processes that
   each assume the whole card run out of memory. A measurer on the GPU (``analysis.gpus`` > 0) reserves its
   fractional share, exactly as a trial does, and caps its real memory to it
@@ -35,8 +40,8 @@ import ray
 from raystudy.checkpoints import CheckpointError
 from raystudy.cluster.pool import ActorDied, MeasureFailed
 
-NICE = 19  # a CPU measurer's scheduling priority: the lowest, so it runs on cycles no trial wants
-SUMMARY = ("trial_id", "epoch", "status", "wall_s", "test_acc", "test_loss", "sam_sharpness", "hessian_lambda_max")
+NICE = 19  # a CPU measurer's scheduling priority: the lowest, below the trials' 15 (Ray's worker niceness)
+SUMMARY = ("trial_id", "epoch", "status", "wall_s", "cpu_s", "device", "test_acc", "test_loss", "sam_sharpness", "hessian_lambda_max")
 
 
 class Measurer:

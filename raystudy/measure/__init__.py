@@ -49,7 +49,7 @@ def measure_checkpoint(store: Store, path: str, device: str | torch.device = "cp
     and one more to recalibrate when asked), plus the requested metrics (each registry entry's compute
     function says its cost, e.g. SAM-sharpness: ``draws * len(rhos)`` forward passes over the measured data).
     """
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     device = torch.device(device)
     state = load_checkpoint(store, path, map_location=device)
     trial = trial or Trial.from_dict(state["trial"])
@@ -91,7 +91,7 @@ def measure_checkpoint(store: Store, path: str, device: str | torch.device = "cp
         row.update(target_complexity=trial.target_scale**2 * _complexity(trial.task),
                    target_shape_complexity=_shape_complexity(trial.task),
                    target_variance=float(task.y_train.double().var()))
-    row["wall_s"] = time.perf_counter() - t0
+    row["wall_s"], row["cpu_s"] = time.perf_counter() - t0, time.process_time() - cpu0
     return row
 
 
