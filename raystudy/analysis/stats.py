@@ -72,7 +72,8 @@ def compare_to_base(df: pl.DataFrame, metrics: list[str] | None = None,
     if per_seed:
         base = _per_seed(rows.filter(pl.col("regime") == "base"), pair_keys, per_seed)
         other = _per_seed(rows.filter(pl.col("regime") != "base"), pair_keys + cond_keys, per_seed)
-        pairs = other.join(base, on=[*pair_keys, "seed"], suffix="_base", nulls_equal=True)
+        # In seed order: past 14 seeds the sign-flip test is Monte Carlo, whose draws apply in row order.
+        pairs = other.join(base, on=[*pair_keys, "seed"], suffix="_base", nulls_equal=True).sort("seed")
         for group in pairs.partition_by(pair_keys + cond_keys, maintain_order=True):
             config = group.select(pair_keys + cond_keys).row(0, named=True)
             for m in per_seed:
