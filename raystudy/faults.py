@@ -63,7 +63,7 @@ def storage_fault(err: BaseException | None, store: Store, write: bool = True) -
 
 def unreachable(store: Store) -> str | None:
     """``storage_fault``'s line when ``store`` cannot be reached at all (no server, no network), else None
-    (reachable, or failing some other way). Writes nothing. Cost: one request to an object store while it
+    (reachable, or failing some other way). Writes nothing. Cost: two requests to an object store while it
     answers; the S3 client's retries (0.4-3 s, see ``raystudy.storage``) when it does not."""
     line = storage_fault(None, store, write=False)
     return line if line is not None and CANNOT_REACH in line else None

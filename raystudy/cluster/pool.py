@@ -61,7 +61,7 @@ class MeasurePool:
     measured under the current measurement settings, not those it was trained with. ``on_result(out)`` is
     called for every checkpoint measured and ``on_error(line)`` for every one that could not be, whichever
     call (submit, pump, drain) collected it: every checkpoint submitted is reported exactly once, except
-those a halted pool leaves unmeasured (``left``).
+    those a halted pool leaves unmeasured (``left``).
     ``metrics`` (``raystudy.cluster.metrics`` in a run) hears the queue depth and each measurement's
     seconds. ``storage_check()`` (optional) is asked after a failure whether the storage can be reached: the
     line saying it cannot, or None (see ``check_storage``)."""

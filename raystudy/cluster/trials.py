@@ -168,7 +168,7 @@ class FeedPool(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._ended(trial, failed=True)
-        # A trial that failed on unreachable storage halts the pool: a blocking probe, once per failure
+        # A trial that failed on unreachable storage halts the pool: a blocking probe (seconds at most), until then
         self.pool.check_storage()
 
 
