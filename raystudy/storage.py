@@ -9,9 +9,9 @@ credentials), or from options in the URI's query (``s3://bucket/x?endpoint_overr
 
 An S3 request is retried explicitly (``s3_retries``): AWS's standard strategy, ``RAYSTUDY_S3_ATTEMPTS``
 attempts (default 3) with jittered exponential backoff (up to 1 s, then 2 s), and ``RAYSTUDY_S3_CONNECT_TIMEOUT``
-seconds (default 2) to connect. Left to itself, pyarrow's filesystem from a URI retries only failed connections
-(every 0.2 s for 6 s) and never throttling (503 SlowDown) or a server error (5xx): a study then failed on a
-transient error, and waited 6 s on every request to an endpoint that had gone.
+seconds (default 2) to connect. Left to itself, pyarrow's filesystem from a URI retries every retryable error
+every 0.2 s for 6 s, without backoff: 31 requests to a server that answers 503 SlowDown (asking clients to slow
+down), and 6 s on every request to an endpoint that has gone.
 
 Every write is atomic: a crash never leaves a half-written file that breaks a later read. Locally a
 file is written beside its target under a hidden name and renamed over it (rename is atomic on POSIX);
@@ -80,8 +80,8 @@ def s3_retries(fs: pafs.S3FileSystem, location: str) -> pafs.S3FileSystem:
     option its URI set, and the region pyarrow looked up, kept. ``location`` names the store in the
     StorageError an unusable ``RAYSTUDY_S3_*`` value raises. Cost: no request.
 
-    A refused connection then fails in 0.4-3 s instead of 6 s; throttling and 5xx are retried instead of
-    failing at once. (pyarrow's URI query takes no retry or timeout option; its pickled form carries every
+    A refused connection then fails in 0.4-3 s instead of 6 s; throttling and 5xx are retried with backoff
+    (3 requests, not 31 in 6 s). (pyarrow's URI query takes no retry or timeout option; its pickled form carries every
     option but the retry strategy, so a filesystem Ray ships to its processes retries with pyarrow's own
     default, the same standard strategy with 3 attempts.)"""
     attempts = int(_setting(ATTEMPTS_ENV, ATTEMPTS, location, kind=int))

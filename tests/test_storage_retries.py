@@ -72,7 +72,7 @@ def throttling() -> Iterator[str]:
 @pytest.mark.parametrize("attempts", [None, "2"])
 def test_throttling_is_retried_as_often_as_configured(monkeypatch, attempts):
     """503 SlowDown is retried with backoff: ATTEMPTS requests in all by default, RAYSTUDY_S3_ATTEMPTS when set
-    (pyarrow's strategy for a URI sent one and gave up)."""
+    (pyarrow's strategy for a URI sent 31 in 6 s, every 0.2 s)."""
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     if attempts:
