@@ -107,9 +107,9 @@ def execute(p: Plan, address: str | None = None, num_cpus: int | None = None, ve
 
     from raystudy.cluster import metrics
     from raystudy.cluster.measurer import RayMeasurers
-    from raystudy.faults import unreachable
     from raystudy.cluster.pool import MeasurePool
     from raystudy.cluster.progress import Progress
+    from raystudy.faults import unreachable
 
     said = ray.is_initialized()  # the CLI joined its cluster and checked it before writing, and said so
     # Ray Tune and Train take ~1.5 s to import: meanwhile, starting Ray mostly waits on its processes.
