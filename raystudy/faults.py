@@ -14,7 +14,7 @@ import uuid
 
 from pyarrow import ArrowException
 
-from raystudy.storage import Store, StorageError, first_line
+from raystudy.storage import CANNOT_REACH, Store, StorageError, first_line
 
 PROBE_BYTES = 4096  # enough to need a block: an empty file can still be created on a full disk
 RERUN = "rerun the same command once the storage is back (nothing finished is redone)"
@@ -59,3 +59,11 @@ def storage_fault(err: BaseException | None, store: Store, write: bool = True) -
     if problem is None:
         return None
     return f"storage: {store.uri}: {problem}; {RERUN}"
+
+
+def unreachable(store: Store) -> str | None:
+    """``storage_fault``'s line when ``store`` cannot be reached at all (no server, no network), else None
+    (reachable, or failing some other way). Writes nothing. Cost: two requests to an object store while it
+    answers; the S3 client's retries (0.4-3 s, see ``raystudy.storage``) when it does not."""
+    line = storage_fault(None, store, write=False)
+    return line if line is not None and CANNOT_REACH in line else None

@@ -7,6 +7,7 @@ finished, 1 when some failed (listed), 2 on bad input (one line naming the file 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import os
 import sys
@@ -101,6 +102,7 @@ class Outcome:
     failed: dict[str, str]  # trial id -> last line of its error
     measure_errors: list[str]  # "path: problem", one line each
     interrupted: list[str]  # trial ids a Ctrl-C stopped; a rerun resumes them
+    storage: str | None = None  # the storage could not be reached mid-run: its line (the pool halted on it)
 
 
 def execute(p: Plan, address: str | None = None, num_cpus: int | None = None, verbose: int = 1,
@@ -117,6 +119,7 @@ def execute(p: Plan, address: str | None = None, num_cpus: int | None = None, ve
     from raystudy.cluster.measurer import RayMeasurers
     from raystudy.cluster.pool import MeasurePool
     from raystudy.cluster.progress import Progress
+    from raystudy.faults import unreachable
 
     said = ray.is_initialized()  # the CLI joined its cluster and checked it before writing, and said so
     # Ray Tune and Train take ~1.5 s to import: meanwhile, starting Ray mostly waits on its processes.
@@ -149,7 +152,7 @@ def execute(p: Plan, address: str | None = None, num_cpus: int | None = None, ve
     measurers = RayMeasurers(p.store.uri, threads=int(a.cpus), gpus=a.gpus, fence=fence)
     pool = MeasurePool(measurers, trials={t.trial_id: t.to_dict() for t in p.trials}, size=a.actors,
                        on_result=on_result, on_error=lambda line: progress.checkpoint_measured(ok=False),
-                       metrics=metrics)
+                       metrics=metrics, storage_check=functools.partial(unreachable, p.store))
     failed, interrupted = {}, []
     try:
         for path in p.to_measure:
@@ -165,14 +168,15 @@ def execute(p: Plan, address: str | None = None, num_cpus: int | None = None, ve
                                                  f"first trial started {since_launch():.1f}s after launch"))
         if not interrupted:  # after a Ctrl-C stop now: unmeasured checkpoints wait for the rerun
             pool.drain(progress.tick)
-            # A checkpoint saved just before a trial died never reached Tune: sweep storage once more.
-            for path in still_unmeasured(p):
+            # A checkpoint saved just before a trial died never reached Tune: sweep storage once more
+            # (not once the storage is known unreachable: the listing would only wait out the retries).
+            for path in still_unmeasured(p) if not pool.halted else []:
                 pool.submit(path)
             pool.drain(progress.tick)
     finally:
         progress.close()
         pool.shutdown()
-    return Outcome(failed, list(pool.errors), interrupted)
+    return Outcome(failed, list(pool.errors), interrupted, storage=pool.halted)
 
 
 def summarise(p: Plan, report: object) -> None:
@@ -299,8 +303,11 @@ def storage_stop(err: BaseException | None, p: Plan) -> int | None:
     if isinstance(err, (StudyError, KeyboardInterrupt)):
         return None
     line = storage_fault(err, p.store)
-    if line is None:
-        return None
+    return None if line is None else stop_on(line, p)
+
+
+def stop_on(line: str, p: Plan) -> int:
+    """Print the storage's one line and return exit code 1; an unreachable store's lock is left to go stale."""
     print(line, file=sys.stderr, flush=True)
     if CANNOT_REACH in line:  # deleting the lock would wait out the client's retries, then fail
         UNREACHABLE.add(p.store.uri)
@@ -343,6 +350,8 @@ def _run(p: Plan, args: argparse.Namespace, t0: float) -> int:
             return code
     else:  # nothing to train or measure: no Ray at all
         out = Outcome({}, [], [])
+    if out.storage:  # the pool halted on unreachable storage: its line alone (what it left, a rerun measures)
+        return stop_on(out.storage, p)
     if out.interrupted:
         print(f"interrupted: {len(out.interrupted)} trials unfinished; rerun the same command to resume",
               file=sys.stderr)

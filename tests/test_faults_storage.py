@@ -181,8 +181,9 @@ def test_s3_server_stopped_mid_run(tmp_path, cluster):
     traceback); the server back, the rerun completes with every row once."""
     from support.s3_server import restart
     bucket, servers, address = cluster
-    # No retries: each would wait out the S3 client's own retries against a server that is not there. One
-    # checkpoint a trial: each measurement then fails only after pyarrow's ~6 s of connection retries.
+    # No trial retries: each would wait out the S3 client's own retries (up to ~3 s a request) against a server
+    # that is not there. One checkpoint a trial: after the first measurement fails, the pool halts (the probe
+    # finds the bucket unreachable) and leaves the rest to the rerun, which must then measure them.
     path = _study(tmp_path, "s3stop", f"{bucket}/runs", checkpoints=(4,), retries=0)
     store = Store(f"{bucket}/runs/s3stop")
     proc = start_cli(path, address)

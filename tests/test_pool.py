@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import threading
+import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
@@ -201,6 +202,72 @@ def test_the_real_measurer_writes_rows_and_names_a_corrupt_checkpoint(write_stud
     assert len(errors) == 1 and corrupt in errors[0] and "\n" not in errors[0]
     rows = pl.read_parquet(f"{store.root}/results/**/*.parquet")
     assert sorted(rows["epoch"]) == [0, 1] and rows["fisher_rao"].null_count() == 0
+
+
+def test_a_pool_halts_once_the_storage_is_unreachable():
+    """A failure the storage check blames on the storage halts the pool: nothing more is handed out (queued or
+    submitted later), drain returns, and the checkpoints left are named; a failure the check clears does not."""
+    Echo.order = []
+    paths = _paths(6)
+    gate = threading.Event()
+    checks: list[str] = []
+    measurers = ThreadMeasurers(lambda: Echo(gate, fail_on=(paths[0], paths[1])))
+    pool, results, errors = _pool(measurers, size=1)
+    pool.storage_check = lambda: checks.append("probe") or (None if len(checks) == 1 else "storage: gone")
+    for path in paths[:5]:
+        pool.submit(path)
+    gate.set()
+    pool.drain()
+    assert checks == ["probe", "probe"] and pool.halted == "storage: gone"  # paths[0]: storage fine; paths[1]: not
+    assert len(errors) == 2 and Echo.order == [] and not results
+    pool.submit(paths[5])
+    pool.drain()
+    assert pool.left == paths[2:] and pool.depth == 0 and len(measurers.started) == 1
+    assert pool.check_storage() == "storage: gone" and len(checks) == 2  # no probe once halted
+
+
+def test_unreachable_s3_halts_the_real_measurers_and_the_rerun_measures_the_rest(write_study, tmp_path):
+    """The real Measurer, in-process, on checkpoints in moto's S3 server, which stops: the first measurement
+    fails, the probe finds the bucket unreachable and the pool hands out nothing more (before, each queued
+    checkpoint waited out the client's retries to fail); the server back, a new pool measures what was left."""
+    from raystudy.cluster.measurer import Measurer
+    from raystudy.faults import unreachable
+    from raystudy.study import expand, load_study
+    from raystudy.storage import Store
+    from raystudy.train.loop import train_trial
+    from support.s3_server import restart, s3_bucket
+
+    servers: list = []
+    with s3_bucket(servers=servers) as bucket:
+        trial = expand(load_study(write_study(f"""
+            name: p
+            storage: {bucket}/runs
+            blocks:
+              - {{name: c, family: circles, task: circles, factor: 0.5, model: mlp, model_args: {{hidden: [8]}},
+                 lr: 0.1, batch_size: 50, epochs: 3, checkpoints: [0, 1, 2, 3], metrics: [fisher_rao]}}
+            """)))[0]
+        store = Store(f"{bucket}/runs/p")
+        saved: list[str] = []
+        train_trial(trial, store, report=lambda info: "checkpoint" in info and saved.append(info["checkpoint"]))
+        servers[-1].stop()
+        measurers = ThreadMeasurers(lambda: Measurer(store.uri, threads=None, gpus=0.0))
+        pool, results, errors = _pool(measurers, size=1, trials={trial.trial_id: trial.to_dict()})
+        pool.storage_check = lambda: unreachable(store)
+        t0 = time.perf_counter()
+        for path in saved:
+            pool.submit(path)
+        pool.drain()
+        assert time.perf_counter() - t0 < 15  # one measurement's retries and one probe's, not four
+        assert len(saved) == 4 and len(errors) == 1 and not results, errors
+        assert pool.halted.startswith(f"storage: {store.uri}: cannot reach bucket 'raystudy-test'"), pool.halted
+        assert pool.left == saved[1:]
+        pool.shutdown()
+        servers.append(restart(servers[-1]))
+        pool, results, errors = _pool(measurers, size=1, trials={trial.trial_id: trial.to_dict()})
+        for path in saved:
+            pool.submit(path)
+        pool.drain()
+        assert sorted(r["epoch"] for r in results) == [0, 1, 2, 3] and not errors and pool.halted is None
 
 
 def test_the_pool_imports_no_ray():

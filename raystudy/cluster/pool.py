@@ -4,7 +4,9 @@ Driver-side and non-blocking: ``submit`` queues a checkpoint, ``pump`` hands que
 measuring processes and collects finished results without waiting; only ``drain`` blocks. A process
 that dies is replaced and its checkpoint retried once, so one crash cannot wedge the pool. Processes
 start on demand, up to ``size``: none before the first checkpoint, so they never slow the first trials'
-start-up.
+start-up. Once the storage is known to be unreachable (``check_storage``) the pool halts: it hands out no
+more work, since every measurement would only wait out the storage client's retries to fail, and what is
+still queued is left for the rerun.
 
 This module is the queueing alone and imports no Ray: it reaches its processes through ``Measurers``
 (``raystudy.cluster.measurer.RayMeasurers`` in a run; in-process stand-ins in tests/test_pool.py).
@@ -58,15 +60,19 @@ class MeasurePool:
     """``trials``: trial id -> the trial as the study file says now (``Trial.to_dict``), so a checkpoint is
     measured under the current measurement settings, not those it was trained with. ``on_result(out)`` is
     called for every checkpoint measured and ``on_error(line)`` for every one that could not be, whichever
-    call (submit, pump, drain) collected it: every checkpoint submitted is reported exactly once.
+    call (submit, pump, drain) collected it: every checkpoint submitted is reported exactly once, except
+    those a halted pool leaves unmeasured (``left``).
     ``metrics`` (``raystudy.cluster.metrics`` in a run) hears the queue depth and each measurement's
-    seconds."""
+    seconds. ``storage_check()`` (optional) is asked after a failure whether the storage can be reached: the
+    line saying it cannot, or None (see ``check_storage``)."""
     measurers: Measurers
     trials: dict[str, dict[str, Any]] = field(default_factory=dict)
     size: int = 1
     on_result: Callable[[dict[str, Any]], None] | None = None
     on_error: Callable[[str], None] | None = None
     metrics: Any = None
+    storage_check: Callable[[], str | None] | None = None
+    halted: str | None = None  # why the pool stopped handing out work (the storage's line), or None
     queue: list[_Job] = field(default_factory=list)
     done: list[dict[str, Any]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -80,7 +86,23 @@ class MeasurePool:
 
     @property
     def depth(self) -> int:
-        return len(self.queue) + len(self._running)
+        """Checkpoints still to be measured in this run: running, and queued unless the pool has halted."""
+        return (0 if self.halted else len(self.queue)) + len(self._running)
+
+    @property
+    def left(self) -> list[str]:
+        """Checkpoints a halted pool leaves unmeasured (queued, or submitted after it halted)."""
+        return [job.path for job in self.queue] if self.halted else []
+
+    def check_storage(self) -> str | None:
+        """After a failure (a measurement's here; a trial's in a run), ask ``storage_check`` whether the storage
+        can still be reached; if it cannot, halt: no checkpoint is handed out after that, the ones running
+        finish (they fail, or write their row), and the queue is left for the rerun (``left``: no row is
+        lost, only not written yet). Returns the line that halted the pool, or None. Cost: one probe of the
+        storage while it is reachable (two requests to an object store); none once halted."""
+        if self.halted is None and self.storage_check is not None:
+            self.halted = self.storage_check()
+        return self.halted
 
     def submit(self, path: str) -> list[dict[str, Any]]:
         """Queue a checkpoint (once: Tune may repeat a result) and pump; returns what ``pump`` collected.
@@ -114,6 +136,8 @@ class MeasurePool:
         return finished
 
     def _dispatch(self) -> None:
+        if self.halted:
+            return
         while self.queue and not self._idle and self._alive < self.size:
             self._idle.append(self.measurers.start())
             self._alive += 1
@@ -138,10 +162,12 @@ class MeasurePool:
         except MeasureFailed as err:
             self._idle.append(actor)
             self._error(f"{job.path}: measurement failed: {err}")
+            self.check_storage()
             return []
         self._idle.append(actor)
         if "error" in out:
             self._error(out["error"])
+            self.check_storage()
             return []
         if self.metrics:
             self.metrics.measured(time.perf_counter() - t0)
@@ -156,8 +182,9 @@ class MeasurePool:
             self.on_error(line)
 
     def drain(self, tick: Callable[[], None] | None = None) -> None:
-        """Block until every queued checkpoint is measured (results go to ``on_result``); ``tick()`` is
-        called about once a second meanwhile (the progress line)."""
+        """Block until every queued checkpoint is measured (results go to ``on_result``), or, once the pool
+        has halted, until the measurements running have ended; ``tick()`` is called about once a second
+        meanwhile (the progress line)."""
         while self.depth:
             if self._running:
                 self.measurers.wait(list(self._running), timeout=1.0)

@@ -168,6 +168,8 @@ class FeedPool(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._ended(trial, failed=True)
+        # A trial that failed on unreachable storage halts the pool: a blocking probe (seconds at most), until then
+        self.pool.check_storage()
 
 
 def loggers(names: list[str], study: str) -> list[tune.Callback]:
