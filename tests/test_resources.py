@@ -34,6 +34,23 @@ def test_what_fits_passes(tmp_path):
     assert _check(tmp_path, {"cpus": 0.5, "workers": 2}, {"actors": 1, "cpus": 0.5})[1] == []
 
 
+def test_tune_stops_the_experiment_once_the_pool_halts(tmp_path):
+    """StopOnHalt ends the experiment (every trial still to start) once the pool halted on unreachable storage,
+    never before; and Tune can save it to its state file although the pool's callbacks hold the console (an
+    open file: this is what broke every storage-fault run when the stopper held the pool as is)."""
+    from ray import cloudpickle
+    from raystudy.cluster.pool import MeasurePool
+    from raystudy.cluster.trials import StopOnHalt
+    with open(tmp_path / "console", "w") as console:
+        pool = MeasurePool(measurers=None, on_result=console.write)
+        stop = StopOnHalt(pool)
+        assert not stop.stop_all() and not stop("t", {"epoch": 1})
+        restored = cloudpickle.loads(cloudpickle.dumps(stop))
+        pool.halted = "storage: s3://b/s: cannot reach bucket 'b'"
+        assert stop.stop_all() and not stop("t", {"epoch": 1})
+        assert not restored.stop_all()  # a copy in another process has no pool: it stops nothing
+
+
 def test_measuring_on_the_cpu_holds_no_trial_slot(tmp_path):
     """The pool reserves no CPU (cluster/measurer.py): on 2 cores, 2 one-CPU trials run beside 2 measurers."""
     from raystudy.cluster.measurer import actor_options, pool_reserves

@@ -172,6 +172,27 @@ class FeedPool(tune.Callback):
         self.pool.check_storage()
 
 
+class StopOnHalt(tune.Stopper):
+    """Ends the experiment once the measuring pool has halted on unreachable storage (``MeasurePool.halted``):
+    every trial still to start would only fail against it, up to ``max_failures`` times each (a large study
+    would churn for hours). Trials stopped this way end as a Ctrl-C leaves them: unfinished, resumed by the
+    rerun. Never stops a single trial."""
+
+    def __init__(self, pool: MeasurePool | None):
+        self.pool = pool
+
+    def __reduce__(self):
+        # Tune pickles its stopper into the experiment's state file. The pool (its callbacks hold the
+        # console) cannot be pickled and means nothing to another process: a restored stopper has none.
+        return StopOnHalt, (None,)
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.pool is not None and self.pool.halted is not None
+
+
 def loggers(names: list[str], study: str) -> list[tune.Callback]:
     """Tune callbacks for the study's opt-in loggers. TensorBoard needs none: Tune writes its event files by
     itself whenever tensorboardX is installed (the preflight checks that it is when the study asks)."""
@@ -218,7 +239,7 @@ def run_trials(trials: list[Trial], store: Store, pool: MeasurePool, verbose: in
         ),
         # A path on the Store's filesystem (not a URI): pyarrow gives Ray the same endpoint and options.
         run_config=tune.RunConfig(name="tune", storage_path=ray_dir(store), storage_filesystem=store.fs,
-                                  verbose=verbose, callbacks=[feed, *loggers(list(logger_names), trials[0].study)],
+                                  verbose=verbose, stop=StopOnHalt(pool), callbacks=[feed, *loggers(list(logger_names), trials[0].study)],
                                   failure_config=tune.FailureConfig(max_failures=max_failures)),
     )
     # Tune prints its experiment banner and TensorBoard hint whatever ``verbose`` says
