@@ -124,8 +124,8 @@ def test_load_results_from_a_bucket_matches_local(tmp_path, bucket):
 def test_report_cli_writes_into_the_bucket(tmp_path, bucket):
     uri = f"{bucket}/{tmp_path.name}/toy"
     _upload_fake_study(tmp_path, uri)
-    out = subprocess.run([sys.executable, "-m", "raystudy.report", uri, "--out", str(tmp_path / "copy")], cwd=REPO,
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-m", "raystudy.report", uri, "--out", str(tmp_path / "copy"), "--png"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [f"{uri}/report/index.html", str(tmp_path / "copy" / "index.html")]
     store = Store(uri)

@@ -1,7 +1,8 @@
 """Self-contained HTML: tables from polars frames, charts as Vega-Lite specs drawn by the Vega runtime inlined
 into the page (vl-convert's bundle of Vega, Vega-Lite and Vega-Embed), one page with plain CSS. Nothing on the
 page loads from a network address, so it opens offline. Each chart's data is embedded once, in its spec; without
-JavaScript the chart's PNG beside the page stands in (an <img>, not a second copy of the data)."""
+JavaScript the chart's PNG beside the page, when one was drawn, stands in (an <img>, not a second copy of the
+data)."""
 from __future__ import annotations
 
 import functools
@@ -97,12 +98,12 @@ def definition_list(items: dict[str, str]) -> str:
 
 
 def figure(spec: dict, caption: str, png_name: str | None = None, png_width: int | None = None,
-           definitions: list[tuple[str, str]] = ()) -> str:
+           definitions: list[tuple[str, str]] = (), name: str | None = None) -> str:
     """A <figure> with the chart's Vega-Lite spec (JSON in a script block, drawn by the page's runtime with
     tooltips, and zoom where the chart allows it), its caption and, with ``png_name``, a relative link to the PNG
     next to the page. That PNG also stands in for the chart (``png_width`` CSS pixels wide) until JavaScript draws
     it, or when it cannot: a picture of the data rather than a second copy of it. ``definitions``: (name, meaning)
-    pairs listed under the caption."""
+    pairs listed under the caption. ``name``: the chart's id on the page (``index.html#<name>`` links to it)."""
     text = json.dumps(spec, separators=(",", ":")).replace("</", "<\\/")  # "</" would end the block early
     data = f'<script type="application/json" class="vl-spec">{text}</script>'
     fallback = link = ""
@@ -111,7 +112,8 @@ def figure(spec: dict, caption: str, png_name: str | None = None, png_width: int
         fallback = f'<img class="fallback" src="{escape(png_name)}" alt="{escape(caption)}"{size}>'
         link = f' (<a href="{escape(png_name)}">{escape(png_name)}</a>)'
     defined = "".join(f"<br><b>{escape(name)}</b>: {escape(meaning)}." for name, meaning in definitions)
-    return (f'<figure><div class="chart">{fallback}</div>{data}<figcaption>{escape(caption)}{link}{defined}'
+    anchor = f' id="{escape(name)}"' if name else ""
+    return (f'<figure><div class="chart"{anchor}>{fallback}</div>{data}<figcaption>{escape(caption)}{link}{defined}'
             "</figcaption></figure>")
 
 
