@@ -2,7 +2,7 @@
 results.parquet, summary.csv, report/verdicts.json and, with --png, a PNG per chart beside the page, from the
 stored result rows alone (aggregate -> statistics -> charts -> HTML).
 STUDY is a study folder or its s3:// / gs:// URI (<storage>/<study name>); the page is written into the study's
-own storage and is self-contained (offline). --out DIR also copies the page and its PNGs into a local folder,
+own storage and is self-contained (offline). --out DIR also copies the page (and any PNGs) into a local folder,
 e.g. to open one from a bucket. --verdicts-only writes just verdicts.json and prints the verdicts, drawing
 nothing (seconds)."""
 from __future__ import annotations
