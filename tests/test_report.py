@@ -265,6 +265,7 @@ def test_drawing_process_draws_what_vl_convert_draws_and_reports_errors():
     # process, a spec vl_convert rejects raises here and the process serves the next one, a dead process is named.
     from raystudy.analysis.drawing import DrawingProcess
     from raystudy.analysis.html import RENDER, png_bytes, vega_runtime
+    from raystudy.analysis.page import runtime_of
 
     spec = {"data": {"values": [{"x": 1, "y": 2}, {"x": 2, "y": 3}]}, "mark": "point",
             "encoding": {"x": {"field": "x", "type": "quantitative"}, "y": {"field": "y", "type": "quantitative"}}}
@@ -279,6 +280,7 @@ def test_drawing_process_draws_what_vl_convert_draws_and_reports_errors():
         drawing.proc.wait()
         with pytest.raises(RuntimeError, match="drawing process exited"):
             drawing.png(spec)
+        assert runtime_of(drawing, last=True) == vega_runtime()  # the page's runtime all the same, bundled here
 
 
 def test_the_report_never_imports_torch(tmp_path):

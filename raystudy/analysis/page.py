@@ -18,7 +18,7 @@ from raystudy.analysis.catalogue import report_charts
 from raystudy.analysis.consistency import add_consistency, read_predictions
 from raystudy.analysis.drawing import DrawingProcess
 from raystudy.analysis.freshness import built_from, fingerprint, record_built_from
-from raystudy.analysis.html import RENDER, chart_spec, figure, page, png_bytes, png_size
+from raystudy.analysis.html import RENDER, chart_spec, figure, page, png_bytes, png_size, vega_runtime
 from raystudy.analysis.judge import judge, write_verdicts
 from raystudy.analysis.labels import definitions_in
 from raystudy.analysis.results import load_results
@@ -122,10 +122,13 @@ def write_report(study: str | Path, pngs: bool = False) -> Path | str:
 
 
 def runtime_of(drawing: DrawingProcess, last: bool) -> str:
-    """The page's Vega runtime, bundled in the drawing process; with ``last`` (no PNGs to draw) the process ends
-    as soon as it has answered, so that its memory is freed before this one's peak (the charts)."""
+    """The page's Vega runtime, bundled in the drawing process (here, holding the GIL, if that process died: the
+    page draws every chart with it); with ``last`` (no PNGs to draw) the process ends as soon as it has answered,
+    so that its memory is freed before this one's peak (the charts)."""
     try:
         return drawing.bundle(RENDER)
+    except RuntimeError:
+        return vega_runtime()
     finally:
         if last:
             drawing.close()
