@@ -283,6 +283,27 @@ def test_drawing_process_draws_what_vl_convert_draws_and_reports_errors():
         assert runtime_of(drawing, last=True) == vega_runtime()  # the page's runtime all the same, bundled here
 
 
+def test_the_runtime_is_bundled_once_then_kept(tmp_path, monkeypatch):
+    # Without PNGs a report needs its drawing process only to bundle the page's runtime (vl_convert holds the GIL
+    # meanwhile): the first report bundles it there and keeps it; later ones start no second process at all.
+    from raystudy.analysis import drawing
+    from raystudy.analysis.html import cached_runtime, runtime_cache
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    started, start = [], drawing.DrawingProcess.__init__
+    monkeypatch.setattr(drawing.DrawingProcess, "__init__", lambda self: (started.append(self), start(self))[1])
+    (tmp_path / "study" / "results").mkdir(parents=True)
+    assert cached_runtime() is None
+    build_report(tmp_path / "study")
+    assert len(started) == 1 and started[0].proc.poll() == 0  # ended, once the runtime was bundled
+    assert runtime_cache().parent == tmp_path / "home" / ".cache" / "raystudy" / "vega"
+    assert 'document.querySelectorAll("figure")' in cached_runtime()  # the runtime with the page's render loop
+    build_report(tmp_path / "study")
+    assert len(started) == 1  # kept: nothing started
+    build_report(tmp_path / "study", pngs=True)
+    assert len(started) == 2  # PNGs are drawn there
+
+
 def test_the_report_never_imports_torch(tmp_path):
     """torch is ~0.4-0.7 GB of a report's memory and none of its work: a whole report (its verdict settings read
     from the study file, stored predictions compared by numpy) is built in a process that never loads it."""

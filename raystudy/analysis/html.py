@@ -5,11 +5,15 @@ JavaScript the chart's PNG beside the page, when one was drawn, stands in (an <i
 data)."""
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import json
 import math
+import os
 import struct
 from html import escape
+from pathlib import Path
 
 import altair as alt
 import polars as pl
@@ -129,8 +133,38 @@ RENDER = ("for (const fig of document.querySelectorAll('figure')) {"
 @functools.lru_cache(maxsize=1)
 def vega_runtime() -> str:
     """Vega, Vega-Lite and Vega-Embed bundled into one script (~0.9 MB), plus RENDER. Cost: ~2 s to bundle, once
-    per process (``DrawingProcess.bundle`` bundles it in the drawing process instead)."""
+    per process, holding the GIL (the report bundles it in its drawing process once, then reads ``cached_runtime``)."""
     return vl_convert.javascript_bundle(snippet=RENDER)
+
+
+def runtime_cache() -> Path:
+    """Where the bundled runtime is kept between reports: ~/.cache/raystudy/vega/runtime-<key>.js, the key a hash of
+    vl_convert's version (its Vega, Vega-Lite and Vega-Embed) and RENDER, so that either changing bundles anew."""
+    key = hashlib.sha256(f"{vl_convert.__version__}\0{RENDER}".encode()).hexdigest()[:16]
+    return Path("~/.cache/raystudy/vega").expanduser() / f"runtime-{key}.js"
+
+
+def cached_runtime() -> str | None:
+    """The runtime an earlier report bundled (``vega_runtime()``'s text), or None when there is none to read."""
+    try:
+        text = runtime_cache().read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text if len(text) > 100_000 else None  # the bundle is ~0.9 MB: anything short is not it
+
+
+def keep_runtime(text: str) -> None:
+    """Keep a bundled runtime for later reports (written atomically; not at all where the cache cannot be
+    written: the next report bundles it again)."""
+    path = runtime_cache()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def page(title: str, body: list[str], interactive: bool = True, runtime: str | None = None) -> str:

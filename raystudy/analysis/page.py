@@ -18,7 +18,8 @@ from raystudy.analysis.catalogue import report_charts
 from raystudy.analysis.consistency import add_consistency, read_predictions
 from raystudy.analysis.drawing import DrawingProcess
 from raystudy.analysis.freshness import built_from, fingerprint, record_built_from
-from raystudy.analysis.html import RENDER, chart_spec, figure, page, png_bytes, png_size, vega_runtime
+from raystudy.analysis.html import (RENDER, cached_runtime, chart_spec, figure, keep_runtime, page, png_bytes,
+                                   png_size, vega_runtime)
 from raystudy.analysis.judge import judge, write_verdicts
 from raystudy.analysis.labels import definitions_in
 from raystudy.analysis.results import load_results
@@ -107,18 +108,21 @@ def write_report(study: str | Path, pngs: bool = False) -> Path | str:
 
     Raises NotAStudyError when STUDY has no results/ directory. An empty results/ gives a page that says so.
     Cost: reads every result file (and the stored predictions, for consistency); charts draw at most a few
-    thousand marks each (aggregated or sampled). A second process (``drawing.DrawingProcess``) bundles the page's
-    Vega runtime (~2 s, ~0.2 GB; it then ends, unless ``pngs``) and draws the PNGs (about 0.3-3 s each, ~0.25-0.45
-    GB) while this one computes the statistics.
+    thousand marks each (aggregated or sampled). A second process (``drawing.DrawingProcess``) draws the PNGs
+    (about 0.3-3 s each, ~0.25-0.45 GB) while this one computes the statistics, and bundles the page's Vega runtime
+    the first time (~2 s, ~0.1 GB; then kept in ``html.runtime_cache()``): without PNGs and with the runtime kept,
+    no second process is started.
     """
     store = Store(study)
+    runtime = cached_runtime()
     # vl_convert holds the GIL, even while it only bundles the runtime: it runs in a process of its own, started first
     # (while this one is small; it starts in the time the rows take to read).
-    drawing = DrawingProcess()
+    drawing = DrawingProcess() if pngs or runtime is None else None
     try:
-        return _write_report(store, pngs, drawing)
+        return _write_report(store, pngs, drawing, runtime)
     finally:
-        drawing.close()
+        if drawing:
+            drawing.close()
 
 
 def runtime_of(drawing: DrawingProcess, last: bool) -> str:
@@ -134,7 +138,7 @@ def runtime_of(drawing: DrawingProcess, last: bool) -> str:
             drawing.close()
 
 
-def _write_report(store: Store, pngs: bool, drawing: DrawingProcess) -> Path | str:
+def _write_report(store: Store, pngs: bool, drawing: DrawingProcess | None, runtime: str | None) -> Path | str:
     print_ = fingerprint(store)  # before reading: rows written meanwhile make the report stale
     before = [n for n in built_from(store).get("pngs") or [] if isinstance(n, str) and n.endswith(".png")
               and "/" not in n]  # the PNGs the previous build drew
@@ -155,16 +159,18 @@ def _write_report(store: Store, pngs: bool, drawing: DrawingProcess) -> Path | s
     name = df["study"].drop_nulls().first() if "study" in df.columns else None
     with ThreadPoolExecutor(1, thread_name_prefix="png") as renderer:
         # The page's runtime is bundled (seconds) while the statistics run, then (in the same thread) the PNGs.
-        runtime = renderer.submit(runtime_of, drawing, not pngs)
-        figures = Figures(store, out, pngs, renderer, drawing.png)
+        bundled = renderer.submit(runtime_of, drawing, not pngs) if runtime is None else None
+        figures = Figures(store, out, pngs, renderer, drawing.png if drawing else png_bytes)
         if df.is_empty():
             body = [overview(df, store.uri), "<p>No results yet: results/ holds no readable result rows.</p>"]
         else:
             body = ([write_tables(store, out, whole)] + verdict_section(judgement, df, figures) + stale_batchnorm(df)
                     + correlation_section(df, figures) + [overview(df, store.uri)]
                     + block_sections(df, judgement.pair_tests) + chart_sections(whole, figures))
-        html = page(f"raystudy report: {name or store.name}", [figures.resolve("\n".join(body))],
-                    runtime=runtime.result())
+        if bundled is not None:
+            runtime = bundled.result()
+            keep_runtime(runtime)
+        html = page(f"raystudy report: {name or store.name}", [figures.resolve("\n".join(body))], runtime=runtime)
     store.write_text(f"{out}/index.html", html)
     for stale in sorted(set(before) - set(figures.drawn)):  # an earlier build's, not on this page
         store.delete_file(f"{out}/{stale}")
