@@ -289,19 +289,21 @@ def test_the_runtime_is_bundled_once_then_kept(tmp_path, monkeypatch):
     from raystudy.analysis import drawing
     from raystudy.analysis.html import cached_runtime, runtime_cache
 
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
     started, start = [], drawing.DrawingProcess.__init__
     monkeypatch.setattr(drawing.DrawingProcess, "__init__", lambda self: (started.append(self), start(self))[1])
     (tmp_path / "study" / "results").mkdir(parents=True)
-    assert cached_runtime() is None
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("HOME", str(tmp_path / "a-file"))  # a cache that cannot be written: bundled each time
+    assert build_report(tmp_path / "study").exists() and cached_runtime() is None and len(started) == 1
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
     build_report(tmp_path / "study")
-    assert len(started) == 1 and started[0].proc.poll() == 0  # ended, once the runtime was bundled
+    assert len(started) == 2 and started[1].proc.poll() == 0  # ended, once the runtime was bundled
     assert runtime_cache().parent == tmp_path / "home" / ".cache" / "raystudy" / "vega"
     assert 'document.querySelectorAll("figure")' in cached_runtime()  # the runtime with the page's render loop
     build_report(tmp_path / "study")
-    assert len(started) == 1  # kept: nothing started
+    assert len(started) == 2  # kept: nothing started
     build_report(tmp_path / "study", pngs=True)
-    assert len(started) == 2  # PNGs are drawn there
+    assert len(started) == 3  # PNGs are drawn there
 
 
 def test_the_report_never_imports_torch(tmp_path):

@@ -115,7 +115,7 @@ def figure(spec: dict, caption: str, png_name: str | None = None, png_width: int
         size = f' width="{png_width}"' if png_width else ""
         fallback = f'<img class="fallback" src="{escape(png_name)}" alt="{escape(caption)}"{size}>'
         link = f' (<a href="{escape(png_name)}">{escape(png_name)}</a>)'
-    defined = "".join(f"<br><b>{escape(name)}</b>: {escape(meaning)}." for name, meaning in definitions)
+    defined = "".join(f"<br><b>{escape(term)}</b>: {escape(meaning)}." for term, meaning in definitions)
     anchor = f' id="{escape(name)}"' if name else ""
     return (f'<figure><div class="chart"{anchor}>{fallback}</div>{data}<figcaption>{escape(caption)}{link}{defined}'
             "</figcaption></figure>")
@@ -148,7 +148,7 @@ def cached_runtime() -> str | None:
     """The runtime an earlier report bundled (``vega_runtime()``'s text), or None when there is none to read."""
     try:
         text = runtime_cache().read_text()
-    except (OSError, UnicodeDecodeError):
+    except (OSError, UnicodeDecodeError, RuntimeError):  # RuntimeError: no home folder to expand ~ to
         return None
     return text if len(text) > 100_000 else None  # the bundle is ~0.9 MB: anything short is not it
 
@@ -156,7 +156,10 @@ def cached_runtime() -> str | None:
 def keep_runtime(text: str) -> None:
     """Keep a bundled runtime for later reports (written atomically; not at all where the cache cannot be
     written: the next report bundles it again)."""
-    path = runtime_cache()
+    try:
+        path = runtime_cache()
+    except RuntimeError:  # no home folder
+        return
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
