@@ -50,12 +50,13 @@ def load_study(path: str | Path) -> "Study":
 
 def run_study(study: "str | Path | Study | dict[str, Any]", *, storage: str | None = None, fresh: bool = False,
               remeasure: bool = False, address: str | None = None, num_cpus: int | None = None,
-              report: bool = True) -> StudyRun:
+              report: bool = True, pngs: bool = False) -> StudyRun:
     """Run or resume a study, exactly as ``raystudy run`` does (same options, same output, same exit codes).
 
     ``study`` is a YAML file, or a study given as data (a validated ``Study`` or a plain dict as the YAML
     would hold it), which is written to a temporary YAML file first; a relative ``storage`` then still
-    means relative to the current directory. Blocks until the study is done; Ctrl-C stops it (a rerun resumes).
+    means relative to the current directory. ``pngs`` also draws a PNG per chart beside the report page (``--png``).
+    Blocks until the study is done; Ctrl-C stops it (a rerun resumes).
     """
     import yaml
 
@@ -72,7 +73,8 @@ def run_study(study: "str | Path | Study | dict[str, Any]", *, storage: str | No
             path = Path(study)
         argv = [str(path)] + (["--storage", storage] if storage else []) + (["--fresh"] if fresh else []) \
             + (["--remeasure"] if remeasure else []) + (["--address", address] if address else []) \
-            + (["--num-cpus", str(num_cpus)] if num_cpus else []) + ([] if report else ["--no-report"])
+            + (["--num-cpus", str(num_cpus)] if num_cpus else []) + ([] if report else ["--no-report"]) \
+            + (["--png"] if pngs else [])
         code = main(argv)
         try:
             spec = load_study(path)  # bad input was already reported by main (exit 2): no folder then
@@ -91,15 +93,16 @@ def load_results(study_dir: "str | Path") -> "pl.DataFrame":
     return _load(study_dir)
 
 
-def build_report(study_dir: "str | Path", out: "str | Path | None" = None) -> "Path | str":
-    """Rebuild ``<study_dir>/report/`` (index.html, charts, verdicts.json) from the stored rows alone and
-    return the page's location (a Path, or a URI for a study in object storage). With ``out``, also copy
-    the report into that local folder and return the copied page's Path."""
+def build_report(study_dir: "str | Path", out: "str | Path | None" = None, pngs: bool = False) -> "Path | str":
+    """Rebuild ``<study_dir>/report/`` (index.html with every chart, verdicts.json, results.parquet, summary.csv)
+    from the stored rows alone and return the page's location (a Path, or a URI for a study in object storage).
+    ``pngs`` also draws a PNG per chart beside the page (seconds per chart). With ``out``, also copy the report
+    into that local folder and return the copied page's Path."""
     from raystudy.layout import report_path
     from raystudy.report import build_report as _build
     from raystudy.storage import Store
 
-    page = _build(study_dir)
+    page = _build(study_dir, pngs=pngs)
     if out is None:
         return page
     store = Store(study_dir)

@@ -48,6 +48,8 @@ def run_parser() -> argparse.ArgumentParser:
                                           "here, or a new local instance)")
     parser.add_argument("--num-cpus", type=int, help="CPUs for a newly started local Ray instance")
     parser.add_argument("--no-report", action="store_true", help="skip building the report")
+    parser.add_argument("--png", action="store_true",
+                        help="also draw a PNG beside the report page for each chart (the page draws them itself)")
     parser.add_argument("--logger", action="append", default=[], choices=["tensorboard", "mlflow", "wandb"],
                         help="also send Tune's per-epoch results here (repeatable; adds to the study's loggers)")
     parser.add_argument("--dry-run", action="store_true",

@@ -7,7 +7,7 @@
     results/<trial>/epoch_NNNNNN-m<hash>.parquet   its result row; <hash> names the measurement settings
     results/<trial>/epoch_NNNNNN.predictions.npz   its test-set predictions (functional consistency)
     ray/tune/, ray/train/<trial>/               Ray Tune's and Train's own state
-    report/index.html, report/*.png, report/verdicts.json, report/built_from.json
+    report/index.html, report/verdicts.json, report/built_from.json, report/*.png (only with --png)
 
 Paths are strings on the study Store's filesystem (``store.path(...)``); a row records its predictions
 relative to the study root. Names beginning with "." or "_" are files in flight (atomic writers) and are

@@ -1,8 +1,8 @@
-"""python -m raystudy.report STUDY [--out DIR] [--no-png] [--verdicts-only]: rebuild STUDY/report/index.html, one
-PNG per chart (none with --no-png), results.parquet, summary.csv and report/verdicts.json from the stored result
-rows alone (aggregate -> statistics -> charts -> HTML).
+"""python -m raystudy.report STUDY [--out DIR] [--png] [--verdicts-only]: rebuild STUDY/report/index.html,
+results.parquet, summary.csv, report/verdicts.json and, with --png, a PNG per chart beside the page, from the
+stored result rows alone (aggregate -> statistics -> charts -> HTML).
 STUDY is a study folder or its s3:// / gs:// URI (<storage>/<study name>); the page is written into the study's
-own storage and is self-contained (offline). --out DIR also copies the page and its PNGs into a local folder,
+own storage and is self-contained (offline). --out DIR also copies the page (and any PNGs) into a local folder,
 e.g. to open one from a bucket. --verdicts-only writes just verdicts.json and prints the verdicts, drawing
 nothing (seconds)."""
 from __future__ import annotations
@@ -15,13 +15,15 @@ from raystudy.layout import report_path, results_dir
 from raystudy.storage import Store, StorageError
 
 
-def build_report(study: str | Path, pngs: bool = True) -> Path | str:
-    """Write STUDY/report/index.html (self-contained, offline), a PNG per chart (unless ``pngs`` is False),
-    results.parquet and summary.csv into the study's storage; return the page's location: a Path for a local
-    study, its URI for one in object storage.
+def build_report(study: str | Path, pngs: bool = False) -> Path | str:
+    """Write STUDY/report/index.html (self-contained, offline: the page draws every chart itself), results.parquet,
+    summary.csv and, with ``pngs``, a PNG per chart beside the page into the study's storage; return the page's
+    location: a Path for a local study, its URI for one in object storage. PNGs of an earlier build that this one
+    did not draw are removed.
 
     Raises raystudy.analysis.results.NotAStudyError when STUDY has no results/ directory; an empty
-    results/ gives a page that says so. Cost: reads every result file; about 0.1-1 s of rendering per chart.
+    results/ gives a page that says so. Cost: reads every result file; with ``pngs``, about 0.3-3 s of rendering
+    per chart (most of a large report's time), drawn while the statistics run.
     """
     from raystudy.analysis.page import write_report  # polars, altair, scipy: seconds to import
 
@@ -34,10 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     is written atomically: the previous report, if any, stays whole)."""
     parser = argparse.ArgumentParser(prog="python -m raystudy.report", description=__doc__)
     parser.add_argument("study", help="a study folder or URI (<storage>/<study name>) holding results/")
-    parser.add_argument("--out", metavar="DIR", help="also copy the page and its PNGs into this local folder")
-    parser.add_argument("--no-png", action="store_true",
-                        help="skip the PNG beside the page for each chart (the page draws its charts itself; "
-                             "rendering PNGs is most of the time of a large report)")
+    parser.add_argument("--out", metavar="DIR", help="also copy the page (and its PNGs) into this local folder")
+    png = parser.add_mutually_exclusive_group()
+    png.add_argument("--png", dest="pngs", action="store_true",
+                     help="also draw a PNG beside the page for each chart (for slides and papers; the page draws its "
+                          "charts itself; PNGs are most of the time of a large report)")
+    png.add_argument("--no-png", dest="pngs", action="store_false",
+                     help="no PNGs (the default; kept for scripts that pass it)")
     parser.add_argument("--verdicts-only", action="store_true",
                         help="write only report/verdicts.json and print the verdicts (no charts, no page)")
     args = parser.parse_args(argv)
@@ -69,7 +74,7 @@ def _write(store: Store, args: argparse.Namespace) -> int:
             print(line)
         print(write_verdicts(store, judgement))
         return 0
-    print(build_report(args.study, pngs=not args.no_png))
+    print(build_report(args.study, pngs=args.pngs))
     if args.out:
         print(store.copy_dir_to_local(report_path(store), args.out) / "index.html")
     return 0

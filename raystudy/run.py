@@ -372,9 +372,9 @@ def _finish(p: Plan, args: argparse.Namespace, t0: float, out: Outcome) -> int:
     if not args.no_report:
         from raystudy.analysis.freshness import report_is_current
         from raystudy.report import build_report
-        if out.failed or out.measure_errors or not report_is_current(p.store):
-            report = build_report(p.store.uri)
-        else:  # a report built from exactly these rows (and this study file) is already there
+        if out.failed or out.measure_errors or not report_is_current(p.store, pngs=args.png):
+            report = build_report(p.store.uri, pngs=args.png)
+        else:  # a report built from exactly these rows (and this study file), with any PNGs asked for, is there
             report = f"{p.store.uri_of(report_path(p.store, 'index.html'))} (current: built from these rows)"
     for tid, err in out.failed.items():
         print(f"failed: {tid}: {err}", file=sys.stderr)

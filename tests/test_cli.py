@@ -37,7 +37,7 @@ def test_help_imports_nothing_heavy_and_lists_exit_codes():
     """)
     assert out.returncode == 0, out.stderr
     assert "HEAVY []" in out.stdout
-    for word in ("run", "report", "data", "schema", "exit codes", "130", "--dry-run", "--quiet"):
+    for word in ("run", "report", "data", "schema", "exit codes", "130", "--dry-run", "--quiet", "--png"):
         assert word in out.stdout
 
 
@@ -52,7 +52,7 @@ def test_console_script_version_and_unknown_command(capsys):
 def test_subcommands_reach_their_modules(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["report", "--help"])
-    assert exc.value.code == 0 and "verdicts-only" in capsys.readouterr().out
+    assert exc.value.code == 0 and {"--verdicts-only", "--png", "--no-png"} <= set(capsys.readouterr().out.split())
     assert main(["report", "/nonexistent/study"]) == 2
 
 
@@ -92,8 +92,8 @@ def test_notebook_uses_only_the_public_api(tmp_path):
         assert run.ok, run
         rows = raystudy.load_results(run.study_dir)
         assert rows.height == 4 and rows["sam_sharpness"].null_count() == 0, rows
-        page = raystudy.build_report(run.study_dir, out={str(tmp_path / "copy")!r})
-        assert page.name == "index.html" and page.exists()
+        page = raystudy.build_report(run.study_dir, out={str(tmp_path / "copy")!r}, pngs=True)
+        assert page.name == "index.html" and page.exists() and list(page.parent.glob("*.png"))  # copied too
         assert raystudy.load_study({str(ROOT / "studies" / "smoke.yaml")!r}).name == "smoke"
         print("NOTEBOOK OK")
     """, timeout=600, cwd=tmp_path)

@@ -142,6 +142,7 @@ def test_console_reads_like_a_summary_and_a_noop_rerun_starts_nothing(tmp_path):
     assert out[-4].startswith("summary: 4 of 4 trials finished, 12 checkpoints measured")
     report = tmp_path / "runs" / "mini" / "report" / "index.html"
     built = report.stat().st_mtime_ns
+    assert not list(report.parent.glob("*.png"))  # PNGs only on request
 
     again = _cli(str(study), "-q", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
@@ -149,6 +150,15 @@ def test_console_reads_like_a_summary_and_a_noop_rerun_starts_nothing(tmp_path):
     assert lines[-1] == "RAY_STARTED False"  # nothing to train or measure: Ray never started
     assert any("(current: built from these rows)" in line for line in lines)
     assert report.stat().st_mtime_ns == built and not lines[0].startswith("study mini")  # -q: summary only
+
+    drawn = _cli(str(study), "-q", "--png", cwd=tmp_path)  # the current report has no PNGs: it is drawn again
+    assert drawn.returncode == 0, drawn.stderr
+    assert not any("(current" in line for line in drawn.stdout.splitlines()) and report.stat().st_mtime_ns > built
+    pngs = sorted(report.parent.glob("*.png"))
+    assert len(pngs) >= 2 and f'href="{pngs[0].name}"' in report.read_text()
+    plain = _cli(str(study), "-q", cwd=tmp_path)  # PNGs there, none asked for: still current, nothing removed
+    assert any("(current: built from these rows)" in line for line in plain.stdout.splitlines()), plain.stdout
+    assert sorted(report.parent.glob("*.png")) == pngs
 
     (tmp_path / "runs" / "mini" / "results").joinpath("stray.parquet").write_bytes(b"")  # rows changed
     from raystudy.analysis.freshness import report_is_current

@@ -44,6 +44,8 @@ def test_every_chart_renders_offline(rendered):
     html = index.read_text()
     n_charts = html.count('class="vl-spec"')
     assert n_charts >= 5 and n_charts == html.count("<figure>")
+    assert {p.name for p in index.parent.glob("*.png")} <= {"screenshot.png"}  # no PNG asked for (but ours):
+    assert '<img class="fallback"' not in html  # the page draws every chart itself
     assert dom.returncode == 0, dom.stderr[-2000:]
     # vega-embed marks each container it rendered into; each holds exactly one chart.
     containers = re.findall(r'<div class="chart vega-embed"[^>]*>(.*?)</figure>', dom.stdout, flags=re.S)

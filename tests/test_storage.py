@@ -124,8 +124,8 @@ def test_load_results_from_a_bucket_matches_local(tmp_path, bucket):
 def test_report_cli_writes_into_the_bucket(tmp_path, bucket):
     uri = f"{bucket}/{tmp_path.name}/toy"
     _upload_fake_study(tmp_path, uri)
-    out = subprocess.run([sys.executable, "-m", "raystudy.report", uri, "--out", str(tmp_path / "copy")], cwd=REPO,
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-m", "raystudy.report", uri, "--out", str(tmp_path / "copy"), "--png"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [f"{uri}/report/index.html", str(tmp_path / "copy" / "index.html")]
     store = Store(uri)
@@ -135,6 +135,9 @@ def test_report_cli_writes_into_the_bucket(tmp_path, bucket):
     assert "raystudy report: toy" in html and html.count("<figure>") == len(pngs)
     copy = tmp_path / "copy"
     assert (copy / "index.html").read_text() == html and len(list(copy.glob("*.png"))) == len(pngs)
+    from raystudy.report import build_report
+    build_report(uri)  # no PNGs asked for: the last build's leave the bucket too (no picture of older rows stays)
+    assert store.list(store.path("report"), ".png") == [] and store.exists(store.path("report", "index.html"))
 
     missing = subprocess.run([sys.executable, "-m", "raystudy.report", "s3://nope/x"], cwd=REPO,
                              capture_output=True, text=True, timeout=120)

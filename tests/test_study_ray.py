@@ -44,8 +44,7 @@ def test_study_end_to_end(tmp_path, cluster):
     index = Path(build_report(p.store.uri))
     html = index.read_text()
     assert index.name == "index.html" and "<svg" in html and 'src="http' not in html
-    pngs = list(index.parent.glob("*.png"))
-    assert len(pngs) >= 4 and all(f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in pngs)
+    assert html.count('class="vl-spec"') >= 4 and not list(index.parent.glob("*.png"))  # the page draws them all
 
     # The dashboard's Prometheus endpoint carries the study's own progress metrics.
     port = ray.nodes()[0]["MetricsExportPort"]

@@ -61,7 +61,7 @@ def test_study_in_a_bucket(tmp_path, cluster, monkeypatch):
     assert index == f"{bucket}/runs/s3e2e/report/index.html"
     pngs = store.list(store.path("report"), ".png")
     html = store.read_bytes(store.path("report", "index.html")).decode()
-    assert len(pngs) >= 2 and html.count("<figure>") == len(pngs) and re.search(r"<script[^>]*\bsrc=", html) is None
+    assert html.count("<figure>") >= 2 and not pngs and re.search(r"<script[^>]*\bsrc=", html) is None  # none asked
     assert sorted(os.listdir(tmp_path)) == [path.name]  # nothing on the local disk
 
 

@@ -1,6 +1,7 @@
-"""PNGs of Vega-Lite specs drawn in a process of their own. vl_convert holds the GIL while it draws (measured: a
-Python loop beside a 5 s PNG in another thread waited the whole 5 s), so a drawing thread only took turns with the
-report's statistics; a process draws on the second core while they run. numpy-free, so the process starts in ~0.3 s
+"""PNGs of Vega-Lite specs, and the page's Vega runtime, made in a process of their own. vl_convert holds the GIL
+while it draws or bundles (measured: a Python loop beside a 5 s PNG in another thread waited the whole 5 s, and beside
+a 2-6 s bundle did not run at all), so a drawing thread only took turns with the report's statistics; a process works
+on the second core while they run. numpy-free, so the process starts in ~0.3 s
 (Python and vl_convert) and holds only vl_convert's JavaScript runtime (~0.1-0.3 GB while it draws)."""
 from __future__ import annotations
 
@@ -64,13 +65,13 @@ class DrawingProcess:
             except (BrokenPipeError, OSError):
                 body = b""
         if not body:
-            raise RuntimeError(f"the PNG drawing process exited (code {self.proc.poll()})")
+            raise RuntimeError(f"the drawing process exited (code {self.proc.poll()})")
         if body[:1] == b"\1":
             raise ValueError(f"vl_convert failed: {body[1:].decode(errors='replace')}")
         return body[1:]
 
     def close(self) -> None:
-        """End the process (EOF on its input) and wait for it."""
+        """End the process (EOF on its input) and wait for it; again: nothing more."""
         try:
             self.proc.stdin.close()
         except OSError:

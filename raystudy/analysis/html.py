@@ -1,14 +1,19 @@
 """Self-contained HTML: tables from polars frames, charts as Vega-Lite specs drawn by the Vega runtime inlined
 into the page (vl-convert's bundle of Vega, Vega-Lite and Vega-Embed), one page with plain CSS. Nothing on the
 page loads from a network address, so it opens offline. Each chart's data is embedded once, in its spec; without
-JavaScript the chart's PNG beside the page stands in (an <img>, not a second copy of the data)."""
+JavaScript the chart's PNG beside the page, when one was drawn, stands in (an <img>, not a second copy of the
+data)."""
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import json
 import math
+import os
 import struct
 from html import escape
+from pathlib import Path
 
 import altair as alt
 import polars as pl
@@ -97,12 +102,12 @@ def definition_list(items: dict[str, str]) -> str:
 
 
 def figure(spec: dict, caption: str, png_name: str | None = None, png_width: int | None = None,
-           definitions: list[tuple[str, str]] = ()) -> str:
+           definitions: list[tuple[str, str]] = (), name: str | None = None) -> str:
     """A <figure> with the chart's Vega-Lite spec (JSON in a script block, drawn by the page's runtime with
     tooltips, and zoom where the chart allows it), its caption and, with ``png_name``, a relative link to the PNG
     next to the page. That PNG also stands in for the chart (``png_width`` CSS pixels wide) until JavaScript draws
     it, or when it cannot: a picture of the data rather than a second copy of it. ``definitions``: (name, meaning)
-    pairs listed under the caption."""
+    pairs listed under the caption. ``name``: the chart's id on the page (``index.html#<name>`` links to it)."""
     text = json.dumps(spec, separators=(",", ":")).replace("</", "<\\/")  # "</" would end the block early
     data = f'<script type="application/json" class="vl-spec">{text}</script>'
     fallback = link = ""
@@ -110,8 +115,9 @@ def figure(spec: dict, caption: str, png_name: str | None = None, png_width: int
         size = f' width="{png_width}"' if png_width else ""
         fallback = f'<img class="fallback" src="{escape(png_name)}" alt="{escape(caption)}"{size}>'
         link = f' (<a href="{escape(png_name)}">{escape(png_name)}</a>)'
-    defined = "".join(f"<br><b>{escape(name)}</b>: {escape(meaning)}." for name, meaning in definitions)
-    return (f'<figure><div class="chart">{fallback}</div>{data}<figcaption>{escape(caption)}{link}{defined}'
+    defined = "".join(f"<br><b>{escape(term)}</b>: {escape(meaning)}." for term, meaning in definitions)
+    anchor = f' id="{escape(name)}"' if name else ""
+    return (f'<figure><div class="chart"{anchor}>{fallback}</div>{data}<figcaption>{escape(caption)}{link}{defined}'
             "</figcaption></figure>")
 
 
@@ -127,8 +133,41 @@ RENDER = ("for (const fig of document.querySelectorAll('figure')) {"
 @functools.lru_cache(maxsize=1)
 def vega_runtime() -> str:
     """Vega, Vega-Lite and Vega-Embed bundled into one script (~0.9 MB), plus RENDER. Cost: ~2 s to bundle, once
-    per process (``DrawingProcess.bundle`` bundles it in the drawing process instead)."""
+    per process, holding the GIL (the report bundles it in its drawing process once, then reads ``cached_runtime``)."""
     return vl_convert.javascript_bundle(snippet=RENDER)
+
+
+def runtime_cache() -> Path:
+    """Where the bundled runtime is kept between reports: ~/.cache/raystudy/vega/runtime-<key>.js, the key a hash of
+    vl_convert's version (its Vega, Vega-Lite and Vega-Embed) and RENDER, so that either changing bundles anew."""
+    key = hashlib.sha256(f"{vl_convert.__version__}\0{RENDER}".encode()).hexdigest()[:16]
+    return Path("~/.cache/raystudy/vega").expanduser() / f"runtime-{key}.js"
+
+
+def cached_runtime() -> str | None:
+    """The runtime an earlier report bundled (``vega_runtime()``'s text), or None when there is none to read."""
+    try:
+        text = runtime_cache().read_text()
+    except (OSError, UnicodeDecodeError, RuntimeError):  # RuntimeError: no home folder to expand ~ to
+        return None
+    return text if len(text) > 100_000 else None  # the bundle is ~0.9 MB: anything short is not it
+
+
+def keep_runtime(text: str) -> None:
+    """Keep a bundled runtime for later reports (written atomically; not at all where the cache cannot be
+    written: the next report bundles it again)."""
+    try:
+        path = runtime_cache()
+    except RuntimeError:  # no home folder
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def page(title: str, body: list[str], interactive: bool = True, runtime: str | None = None) -> str:
