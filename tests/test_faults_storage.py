@@ -234,3 +234,40 @@ def test_disk_full_mid_run(tmp_path, cluster):
             pl.read_parquet(f)
         filler.unlink()
         _complete(path, store, address)
+
+
+@pytest.mark.slow
+def test_trials_not_started_when_the_store_is_lost_are_never_started(tmp_path, cluster, monkeypatch):
+    """Three trials one at a time, the S3 server stopped the moment the first one ends: the next trial fails
+    against it, the pool halts, and Tune stops (StopOnHalt) before the third starts, instead of starting it to
+    fail too (max_failures times each, in a large study for hours). The run is driven in this process
+    (``execute``) so that the server stops at a known point; the CLI's line and the rerun are the test above."""
+    from support.s3_server import restart
+    from raystudy.cluster.progress import Progress
+    from raystudy.cluster.trials import FeedPool
+    from raystudy.run import execute
+    bucket, servers, _ = cluster
+    block = tiny_block(seed=[0, 1, 2], shuffle_seed=0, epochs=1, checkpoints=[1], metrics=["fisher_rao"])
+    path = write_study_yaml(tmp_path, "halt", block, storage=f"{bucket}/runs", max_concurrent_trials=1,
+                            analysis={"actors": 1, "cpus": 0.5}, max_failures=0)
+    started: list[str] = []
+    on_start, ended = FeedPool.on_trial_start, Progress.trial_ended
+
+    def record_start(self, iteration, trials, trial, **info):
+        started.append(trial.config["trial_id"])
+        return on_start(self, iteration, trials, trial, **info)
+
+    def stop_server_after_the_first(self, *args, **kwargs):
+        if self.trials_done == 0:
+            servers[-1].stop()
+        return ended(self, *args, **kwargs)
+
+    monkeypatch.setattr(FeedPool, "on_trial_start", record_start)
+    monkeypatch.setattr(Progress, "trial_ended", stop_server_after_the_first)
+    p = plan(str(path))
+    try:
+        with pytest.raises(OSError, match="raystudy-test"):  # Tune's closing read: the CLI makes it its one line
+            execute(p, verbose=0)
+    finally:
+        servers.append(restart(servers[-1]))
+    assert len(started) == 2, started  # the first, and the one that found the store gone; never the third
