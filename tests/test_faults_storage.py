@@ -239,9 +239,10 @@ def test_disk_full_mid_run(tmp_path, cluster):
 @pytest.mark.slow
 def test_trials_not_started_when_the_store_is_lost_are_never_started(tmp_path, cluster, monkeypatch):
     """Three trials one at a time, the S3 server stopped the moment the first one ends: the next trial fails
-    against it, the pool halts, and Tune stops (StopOnHalt) before the third starts, instead of starting it to
-    fail too (max_failures times each, in a large study for hours). The run is driven in this process
-    (``execute``) so that the server stops at a known point; the CLI's line and the rerun are the test above."""
+    against it (or the first's measurement does), the pool halts, and Tune stops (StopOnHalt) before the third
+    starts, instead of starting it to fail too (max_failures times each; in a large study, for hours). The run
+    is driven in this process (``execute``) so that the server stops at a known point; the CLI's line and the
+    rerun are the test above."""
     from support.s3_server import restart
     from raystudy.cluster.progress import Progress
     from raystudy.cluster.trials import FeedPool
@@ -270,4 +271,6 @@ def test_trials_not_started_when_the_store_is_lost_are_never_started(tmp_path, c
             execute(p, verbose=0)
     finally:
         servers.append(restart(servers[-1]))
-    assert len(started) == 2, started  # the first, and the one that found the store gone; never the third
+    # The first, and the second unless the first's measurement found the store gone before Tune started it;
+    # never the third (without StopOnHalt all three start).
+    assert 1 <= len(started) < len(p.trials) == 3, started
