@@ -81,14 +81,30 @@ def s3_retries(fs: pafs.S3FileSystem, location: str) -> pafs.S3FileSystem:
     StorageError an unusable ``RAYSTUDY_S3_*`` value raises. Cost: no request.
 
     A refused connection then fails in 0.4-3 s instead of 6 s; throttling and 5xx are retried with backoff
-    (3 requests, not 31 in 6 s). (pyarrow's URI query takes no retry or timeout option; its pickled form carries every
-    option but the retry strategy, so a filesystem Ray ships to its processes retries with pyarrow's own
-    default, the same standard strategy with 3 attempts.)"""
+    (3 requests, not 31 in 6 s). The result pickles with its retry strategy (``RetryingS3FileSystem``), so the
+    copies Ray ships to Tune's and Train's processes retry as this one does."""
     attempts = int(_setting(ATTEMPTS_ENV, ATTEMPTS, location, kind=int))
     connect = _setting(CONNECT_ENV, CONNECT_S, location)
     options = fs.__reduce__()[1][0]  # the keyword arguments that rebuild this filesystem
-    options.update(connect_timeout=connect, retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=attempts))
-    return pafs.S3FileSystem(**options)
+    options.update(connect_timeout=connect)
+    return _retrying_s3(options, attempts)
+
+
+class RetryingS3FileSystem(pafs.S3FileSystem):
+    """pyarrow's S3 filesystem with AWS's standard retry strategy, ``attempts`` requests at most, that keeps it
+    when pickled: pyarrow's own pickled form carries every option but the retry strategy, and Ray pickles
+    ``Store.fs`` into every process that handles Tune's and Train's state."""
+
+    attempts: int
+
+    def __reduce__(self):
+        return _retrying_s3, (super().__reduce__()[1][0], self.attempts)
+
+
+def _retrying_s3(options: dict, attempts: int) -> RetryingS3FileSystem:
+    fs = RetryingS3FileSystem(**options, retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=attempts))
+    fs.attempts = attempts
+    return fs
 
 
 def _is_local(location: str) -> bool:

@@ -85,6 +85,23 @@ def test_throttling_is_retried_as_often_as_configured(monkeypatch, attempts):
         assert _Throttle.count == int(attempts or ATTEMPTS)
 
 
+def test_a_pickled_copy_retries_as_configured(monkeypatch):
+    """Ray pickles ``Store.fs`` into Tune's and Train's processes: the copy keeps the retry strategy (pyarrow's
+    own pickled S3 filesystem falls back to its default, 3 attempts), whatever the receiving environment says."""
+    import pickle
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("RAYSTUDY_S3_ATTEMPTS", "2")
+    with throttling() as endpoint:
+        store = Store(f"s3://bucket/runs?endpoint_override={endpoint}&scheme=http&region=us-east-1")
+        monkeypatch.delenv("RAYSTUDY_S3_ATTEMPTS")
+        copy = pickle.loads(pickle.dumps(store.fs))
+        _Throttle.count = 0
+        with pytest.raises(OSError, match="SlowDown|503"):
+            copy.open_input_file("bucket/runs/a.txt")
+        assert _Throttle.count == 2
+
+
 @pytest.mark.parametrize("name, value", [("RAYSTUDY_S3_ATTEMPTS", "0"), ("RAYSTUDY_S3_ATTEMPTS", "three"),
                                          ("RAYSTUDY_S3_CONNECT_TIMEOUT", "-1")])
 def test_an_unusable_retry_setting_is_one_line_exit_2(tmp_path, capsys, monkeypatch, name, value):
