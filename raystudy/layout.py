@@ -112,6 +112,9 @@ def predictions_file(store: Store, relative: str) -> str:
     return store.path(*parts)
 
 
+VERDICTS_FILE = "verdicts.json"  # in report/: the verdicts the page states, one record per claim and block
+
+
 def report_path(store: Store, name: str | None = None) -> str:
     return store.path(REPORT, name) if name else store.path(REPORT)
 

@@ -14,11 +14,9 @@ import polars as pl
 from raystudy.analysis.consistency import consistency_tests, read_predictions
 from raystudy.analysis.results import load_results
 from raystudy.analysis.verdicts import Verdict, verdicts
-from raystudy.layout import report_path, study_file
+from raystudy.layout import VERDICTS_FILE, report_path, study_file
 from raystudy.study import StudyError, Verdicts, verdict_settings
 from raystudy.storage import Store
-
-VERDICTS_FILE = "verdicts.json"
 
 
 @dataclass(frozen=True)
