@@ -25,27 +25,9 @@ import time
 import torch
 
 
-def in_process(study_path: str, storage: str) -> tuple[float, int, int]:
-    """Train and measure every trial sequentially, no Ray. Returns (wall s, trials, checkpoints)."""
-    from raystudy.measure import measure_checkpoint, write_row
-    from raystudy.run import plan
-    from raystudy.train.loop import train_trial
-
-    torch.set_num_threads(1)  # what one Ray trial or measuring actor gets with cpus: 1
-    t0 = time.perf_counter()
-    p = plan(study_path, fresh=True, storage=storage)
-    n = 0
-    for trial in p.trials:
-        paths: list[str] = []
-        train_trial(trial, p.store, report=lambda info: "checkpoint" in info and paths.append(info["checkpoint"]))
-        for path in paths:
-            write_row(p.store, measure_checkpoint(p.store, path))
-            n += 1
-    return time.perf_counter() - t0, len(p.trials), n
-
-
 def _trial_then_its_checkpoints(job: tuple[dict, str]) -> int:
-    """One trial trained, then each of its checkpoints measured, in a pool process (one thread, as in Ray)."""
+    """One trial (``Trial.to_dict``, store URI) trained, then each of its checkpoints measured, on one thread,
+    as a Ray trial or measuring actor with cpus: 1 runs. Returns the checkpoints measured."""
     from raystudy.measure import measure_checkpoint, write_row
     from raystudy.storage import Store
     from raystudy.train.loop import train_trial
@@ -58,6 +40,16 @@ def _trial_then_its_checkpoints(job: tuple[dict, str]) -> int:
     for path in paths:
         write_row(store, measure_checkpoint(store, path))
     return len(paths)
+
+
+def in_process(study_path: str, storage: str) -> tuple[float, int, int]:
+    """Train and measure every trial sequentially, no Ray. Returns (wall s, trials, checkpoints)."""
+    from raystudy.run import plan
+
+    t0 = time.perf_counter()
+    p = plan(study_path, fresh=True, storage=storage)
+    n = sum(_trial_then_its_checkpoints((t.to_dict(), p.store.uri)) for t in p.trials)
+    return time.perf_counter() - t0, len(p.trials), n
 
 
 def in_parallel(study_path: str, storage: str, slots: int) -> tuple[float, int, int]:
