@@ -194,7 +194,7 @@ def _ray_loop(config: dict) -> None:
 
 
 @pytest.mark.slow
-def test_torch_trainer_with_two_cpu_workers_matches_one_process(tmp_path):
+def test_torch_trainer_with_two_cpu_workers_matches_one_process(tmp_path, monkeypatch):
     import sys
 
     import ray
@@ -202,10 +202,13 @@ def test_torch_trainer_with_two_cpu_workers_matches_one_process(tmp_path):
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from raystudy.cluster.trials import CONTROLLER_POLL
+
     # SAM on the circles MLP (an empty shard) and on the BatchNorm CNN: the hardest two of the gloo test's five
     trials = [t for t in _trials(tmp_path).values() if t.regime == "sam"]
     ddp, single = Store(str(tmp_path / "ddp")), Store(str(tmp_path / "single"))
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import tests/
+    monkeypatch.setenv(*CONTROLLER_POLL)  # as run_trial sets it before fit()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         TorchTrainer(_ray_loop, scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
