@@ -94,15 +94,15 @@ def run_cli(*args: str, module: str = "raystudy.run", timeout: float = 120, env:
     return done.returncode, done.stdout, done.stderr
 
 
-def start_cli(path: Path, address: str, *args: str) -> subprocess.Popen:
-    """Start ``raystudy.run PATH --no-report`` on the Ray at ``address`` as its own process group; its output goes
-    to a file (``proc.log``), not a pipe that nobody reads until the end and that a chatty driver could fill and
-    block on."""
+def start_cli(path: Path, address: str, *args: str, cwd: Path | None = None) -> subprocess.Popen:
+    """Start ``raystudy.run PATH --no-report`` on the Ray at ``address`` as its own process group (in ``cwd``);
+    its output goes to a file (``proc.log``), not a pipe that nobody reads until the end and that a chatty
+    driver could fill and block on."""
     log = path.with_name(f"{path.stem}.{time.monotonic_ns()}.log")
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "raystudy.run", str(path), "--no-report", *args],
                                 env={**os.environ, "RAY_ADDRESS": address, "PYTHONUNBUFFERED": "1"},
-                                stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                                stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True, cwd=cwd)
     proc.log = log
     return proc
 
