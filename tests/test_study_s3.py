@@ -37,7 +37,7 @@ WORKERS = tiny_block(name="workers", lr=0.01, epochs=2, checkpoints=[0, 2], shar
 
 
 def test_study_in_a_bucket_interrupted_then_resumed(tmp_path, cluster, monkeypatch):
-    """One study, two runs of the CLI (each its own lock, plan and Tune experiment on the bucket): Ctrl-C lands
+    """One study, three runs of the CLI (each its own lock, plan and Tune experiment on the bucket): Ctrl-C lands
     mid-study, the rerun finishes it without retraining a checkpoint, and a third run finds nothing to do."""
     bucket, address = cluster
     monkeypatch.chdir(tmp_path)  # anything written locally by mistake would land here (the CLI runs here too)
