@@ -286,3 +286,19 @@ def test_report_says_where_the_hessian_saw_fewer_samples():
     assert hessian_sample_note(rows) == "block a: Hessian on n=128, other geometry metrics on n=256"
     assert hessian_sample_note(rows.filter(pl.col("block") == "b")) == ""
     assert "the same samples as the other geometry metrics" in overview(rows.filter(pl.col("block") == "b"), "s")
+
+
+def test_safety_family_is_the_protocols_three_and_jsd_stands_apart():
+    """BY over the safety group corrects ECE, corruption accuracy and disagreement together (the protocol's
+    family); JSD, reported beside disagreement, is not a fourth member: its p is left as it is."""
+    frame = _pairs({"ece": [-0.1, -0.2, -0.3, -0.4, -0.5], "corruption_acc": [1, 2, 3, -4, 5]})
+    keys = {"block": "c", "task": "digits", "model": "cnn", "regime": "sam", "lr": 0.01, "sam_rho": 0.05}
+    pair_tests = pl.DataFrame([{**keys, "metric": m, "n_pairs": 5, "mean_diff": -0.01, "p": p, "p_reverse": 1 - p,
+                                "method": "swap test"} for m, p in (("disagreement", 0.004), ("jsd", 0.001))])
+    out = compare_to_base(frame, ["ece", "corruption_acc", "disagreement", "jsd"], pair_tests=pair_tests)
+    safety = out.filter(pl.col("group") == "safety").sort("metric")
+    assert safety["metric"].to_list() == ["corruption_acc", "disagreement", "ece"]
+    by = sps.false_discovery_control(safety["p"].to_numpy(), method="by")
+    assert safety["p_adj"].to_list() == pytest.approx(by.tolist())
+    jsd = _one(out, metric="jsd")
+    assert (jsd["group"], jsd["correction"], jsd["p_adj"]) == ("consistency", "none", pytest.approx(0.001))
