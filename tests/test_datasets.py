@@ -73,8 +73,10 @@ def test_cifar10_layout_labels_and_statistics(cifar_root):
     assert t.info["n_train"] == 250 and t.info["n_labels_changed"] == 0
 
 
-@pytest.mark.parametrize("protocol", [0, 1])
-def test_cifar_pickles_of_python2_era_protocols(tmp_path, protocol):
+@pytest.mark.parametrize("protocol", [0, 1, 2, 4, 5])
+def test_cifar_pickles_of_every_protocol(tmp_path, protocol):
+    """The release was pickled by Python 2 (protocol 2); files a user rewrote in Python 3 load too (4 is 3.11's
+    default, 5 its highest, storing arrays as raw buffers)."""
     written = write_cifar10(tmp_path, n_train=15, n_test=5, protocol=protocol)
     check_available("cifar10", str(tmp_path))
     t = load_task("images", "cifar10", seed=0, data_root=str(tmp_path))
