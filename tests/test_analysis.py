@@ -102,6 +102,17 @@ def test_summary_mean_and_sem_by_hand(df):
     assert circles["factor"].to_list() == [0.3, 0.6, 0.9]
 
 
+def test_a_seed_counts_once_in_mean_and_sem():
+    """Two final trials of seed 0 in one configuration (a setting outside the hyperparameter columns) are one
+    seed: averaged first (90 and 92 -> 91), then mean and SEM over the seeds' values 91, 95, 96."""
+    rows = pl.DataFrame({"block": ["b"] * 4, "task": ["t"] * 4, "model": ["m"] * 4, "regime": ["base"] * 4,
+                         "seed": [0, 0, 1, 2], "status": ["ok"] * 4, "final": [True] * 4,
+                         "trial_id": ["a", "b", "c", "d"], "test_acc": [90.0, 92.0, 95.0, 96.0]})
+    row = summary_table(rows).row(0, named=True)
+    assert (row["n_seeds"], row["test_acc_mean"]) == (3, pytest.approx(94.0))
+    assert row["test_acc_sem"] == pytest.approx(math.sqrt((9 + 1 + 4) / 2) / math.sqrt(3))
+
+
 def test_sem_is_null_for_one_seed_and_formatting():
     one = pl.DataFrame({"block": ["b"], "task": ["t"], "model": ["m"], "regime": ["base"], "seed": [0],
                         "status": ["ok"], "final": [True], "test_acc": [91.0]})

@@ -54,9 +54,10 @@ def summary_table(df: pl.DataFrame, metrics: list[str] | None = None) -> pl.Data
     """Per configuration at the final checkpoint: n_seeds, and `<metric>_mean`, `<metric>_sem` per metric.
 
     A configuration is block x task x model x regime x every hyperparameter that varies within a block.
-    Only rows with status "ok" count; `n_nonfinite` counts final rows that diverged. SEM is
-    std(ddof=1) / sqrt(n) over the seeds that have the metric, null when fewer than 2 do.
-    `metrics` defaults to every scalar metric present. Cost: one group-by.
+    Only rows with status "ok" count; `n_nonfinite` counts final rows that diverged. A seed counts once: two
+    trials of one seed in a configuration (a setting that is not a hyperparameter column) are averaged first.
+    SEM is std(ddof=1) / sqrt(n) over the seeds that have the metric, null when fewer than 2 do.
+    `metrics` defaults to every scalar metric present. Cost: two group-bys.
     """
     final = final_rows(df)
     if final.is_empty():
@@ -64,13 +65,19 @@ def summary_table(df: pl.DataFrame, metrics: list[str] | None = None) -> pl.Data
     metrics = metrics if metrics is not None else present(ok_rows(final), SCALAR_METRICS)
     keys = [c for c in CONFIG_KEYS if c in final.columns] + varying_hyperparameters(df)
     ok = pl.col("status") == "ok" if "status" in final.columns else pl.lit(True)
-    aggs = [pl.col("seed").filter(ok).n_unique().alias("n_seeds"), (~ok).sum().alias("n_nonfinite")]
+    counts = final.group_by(keys).agg(pl.col("seed").filter(ok).n_unique().alias("n_seeds"),
+                                      (~ok).sum().alias("n_nonfinite"))
+    if not metrics:
+        return counts.sort(keys, nulls_last=True)
+    per_seed = final.filter(ok).group_by([*keys, "seed"]).agg(pl.col(metrics).mean())
+    aggs = []
     for m in metrics:
-        values = pl.col(m).filter(ok).drop_nulls()
+        values = pl.col(m).drop_nulls()
         aggs += [values.mean().alias(f"{m}_mean"),
                  pl.when(values.count() >= 2).then(values.std(ddof=1) / values.count().sqrt())
                  .alias(f"{m}_sem")]
-    return final.group_by(keys).agg(aggs).sort(keys, nulls_last=True)
+    stats = per_seed.group_by(keys).agg(aggs)
+    return counts.join(stats, on=keys, how="left", nulls_equal=True).sort(keys, nulls_last=True)
 
 
 def format_mean_sem(mean: float | None, sem: float | None) -> str:
