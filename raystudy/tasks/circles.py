@@ -23,6 +23,10 @@ def load(
 ) -> Task:
     """Binary classification on two noise-free circles; first half train, second half test.
 
+    The halves are taken after ``make_circles``' own shuffle (its default, ``random_state=data_seed``):
+    unshuffled, it lists the outer circle first, and the first half would hold one class only
+    (``data_seed=0``, 100 points: classes 0/1 are 26/24 in train, 24/26 in test).
+
     ``factor`` is the inner/outer radius ratio (closer to 1 = tighter boundary; default 0.8 is
     scikit-learn's). ``label_noise`` p replaces each *train* label with a uniformly random class
     with probability p (test labels stay clean). ``seed`` is accepted for a uniform signature and
