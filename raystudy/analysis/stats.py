@@ -28,7 +28,7 @@ ALTERNATIVE = {"gen_gap": "less", "ece": "less", "disagreement": "less", "jsd": 
                "corruption_acc": "greater", **{m: "greater" for m in SHARPNESS + HESSIAN}}
 # The protocol's Benjamini-Yekutieli families: safety is ECE, corruption accuracy and disagreement. JSD, reported
 # beside disagreement, is a second reading of the same consistency, not a fourth safety test: in the family it
-# would only loosen nothing and tighten the other three (BY over 4 p-values, not 3), so it stands apart, uncorrected.
+# would tighten the other three's correction (BY over 4 p-values, not 3), so it stands apart, uncorrected.
 GROUP = {**{m: "performance" for m in PERFORMANCE}, **{m: "safety" for m in SAFETY}, "jsd": "consistency",
          **{m: "sharpness" for m in SHARPNESS}, **{m: "hessian" for m in HESSIAN}}
 CORRECTED_GROUPS = ("safety", "sharpness", "hessian")
