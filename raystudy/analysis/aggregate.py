@@ -50,6 +50,11 @@ def condition_label(rows: pl.DataFrame, config: list[str], condition: list[str])
     return pl.concat_str([pl.col("regime"), *parts], separator=", ", ignore_nulls=True)
 
 
+def per_seed_means(rows: pl.DataFrame, keys: list[str], metrics: list[str]) -> pl.DataFrame:
+    """One row per keys x seed: the metric means (duplicated trials of one seed are averaged)."""
+    return rows.group_by([*keys, "seed"]).agg(pl.col(metrics).mean())
+
+
 def summary_table(df: pl.DataFrame, metrics: list[str] | None = None) -> pl.DataFrame:
     """Per configuration at the final checkpoint: n_seeds, and `<metric>_mean`, `<metric>_sem` per metric.
 
@@ -57,7 +62,7 @@ def summary_table(df: pl.DataFrame, metrics: list[str] | None = None) -> pl.Data
     Only rows with status "ok" count; `n_nonfinite` counts final rows that diverged. A seed counts once: two
     trials of one seed in a configuration (a setting that is not a hyperparameter column) are averaged first.
     SEM is std(ddof=1) / sqrt(n) over the seeds that have the metric, null when fewer than 2 do.
-    `metrics` defaults to every scalar metric present. Cost: two group-bys.
+    `metrics` defaults to every scalar metric present. Cost: three group-bys (counts, per seed, per configuration).
     """
     final = final_rows(df)
     if final.is_empty():
@@ -67,16 +72,13 @@ def summary_table(df: pl.DataFrame, metrics: list[str] | None = None) -> pl.Data
     ok = pl.col("status") == "ok" if "status" in final.columns else pl.lit(True)
     counts = final.group_by(keys).agg(pl.col("seed").filter(ok).n_unique().alias("n_seeds"),
                                       (~ok).sum().alias("n_nonfinite"))
-    if not metrics:
-        return counts.sort(keys, nulls_last=True)
-    per_seed = final.filter(ok).group_by([*keys, "seed"]).agg(pl.col(metrics).mean())
     aggs = []
     for m in metrics:
         values = pl.col(m).drop_nulls()
         aggs += [values.mean().alias(f"{m}_mean"),
                  pl.when(values.count() >= 2).then(values.std(ddof=1) / values.count().sqrt())
                  .alias(f"{m}_sem")]
-    stats = per_seed.group_by(keys).agg(aggs)
+    stats = per_seed_means(final.filter(ok), keys, metrics).group_by(keys).agg(aggs)
     return counts.join(stats, on=keys, how="left", nulls_equal=True).sort(keys, nulls_last=True)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
-from raystudy.analysis.aggregate import comparison_keys
+from raystudy.analysis.aggregate import comparison_keys, per_seed_means
 from raystudy.analysis.inference import sign_flip_test
 from raystudy.analysis.results import final_rows, ok_rows, present
 from raystudy.schema import HESSIAN, PERFORMANCE, SAFETY, SHARPNESS
@@ -36,11 +36,6 @@ PAIRWISE = ("disagreement", "jsd")  # tested on pairs of models (consistency_tes
 TABLE_SCHEMA = {"metric": pl.String, "group": pl.String, "alternative": pl.String, "n_pairs": pl.Int64,
                 "n_higher": pl.Int64, "n_lower": pl.Int64, "mean_diff": pl.Float64, "effect": pl.Float64, "p": pl.Float64, "p_reverse": pl.Float64,
                 "method": pl.String}
-
-
-def _per_seed(rows: pl.DataFrame, keys: list[str], metrics: list[str]) -> pl.DataFrame:
-    """One row per keys x seed: the metric means (duplicated trials of one seed are averaged)."""
-    return rows.group_by([*keys, "seed"]).agg(pl.col(metrics).mean())
 
 
 OPPOSITE = {"less": "greater", "greater": "less"}
@@ -74,8 +69,8 @@ def compare_to_base(df: pl.DataFrame, metrics: list[str] | None = None,
     pair_keys, cond_keys = comparison_keys(df)
     out = []
     if per_seed:
-        base = _per_seed(rows.filter(pl.col("regime") == "base"), pair_keys, per_seed)
-        other = _per_seed(rows.filter(pl.col("regime") != "base"), pair_keys + cond_keys, per_seed)
+        base = per_seed_means(rows.filter(pl.col("regime") == "base"), pair_keys, per_seed)
+        other = per_seed_means(rows.filter(pl.col("regime") != "base"), pair_keys + cond_keys, per_seed)
         # In seed order: past 14 seeds the sign-flip test is Monte Carlo, whose draws apply in row order.
         pairs = other.join(base, on=[*pair_keys, "seed"], suffix="_base", nulls_equal=True).sort("seed")
         for group in pairs.partition_by(pair_keys + cond_keys, maintain_order=True):
