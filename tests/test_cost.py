@@ -74,6 +74,8 @@ def test_dry_run_without_the_data_names_what_to_fetch(write_study, tmp_path, cap
     out = capsys.readouterr().out
     assert "dataset cifar10: not downloaded yet (0.17 GB)" in out and "dataset cifar10-c: not downloaded yet" in out
     assert "not measured on this profile" in out and "--record h100" in out  # no invented GPU numbers
+    # An unknown total is said to be unknown, not printed as 0 device-hours.
+    assert "training time unknown (no configuration of this study measured)" in out and "0 device" not in out
     assert not (tmp_path / "runs").exists()
     # A real run still refuses the missing data, before anything starts.
     assert main([str(path)]) == 2 and "missing" in capsys.readouterr().err
@@ -103,3 +105,13 @@ def test_recorded_throughput_becomes_gpu_hours(tmp_path, write_study, monkeypatc
     trials = expand(load_study(write_study(CIFAR)))
     (block,) = study_cost(trials, torch.device("cpu"), profile="h100")
     assert not block.unmeasured and block.device_hours == pytest.approx(2 * 10 * 50_000 / 25_000 / 3600)
+
+
+def test_a_partly_measured_total_is_a_lower_bound():
+    from raystudy.study.cost import BlockCost, format_cost
+    known = BlockCost("a", 2, 2, 1e6, {"resnet18_cifar 3x32x32 -> 10, batch 256, fp32": 25_000.0}, 2.0, [])
+    unknown = BlockCost("b", 2, 2, 1e6, {"vit_small_data 3x32x32 -> 10, batch 256, fp32": None}, 0.0,
+                        ["vit_small_data 3x32x32 -> 10, batch 256, fp32"])
+    assert "total: 2 trials, 2 checkpoints, 2 device-hours of training" in format_cost([known], torch.device("cpu"))
+    out = format_cost([known, unknown], torch.device("cpu"))
+    assert "training time unknown (at least 2 device-hours for the measured configurations)" in out

@@ -165,10 +165,14 @@ def format_cost(costs: list[BlockCost], device: torch.device, profile: str | Non
                   for label, v in c.throughput.items()]
     total = sum(c.device_hours for c in costs)
     missing = sorted({u for c in costs for u in c.unmeasured})
+    measured = any(v for c in costs for v in c.throughput.values())  # some configuration has a throughput
+    # An unmeasured configuration makes the total unknown: never printed as 0, nor as the whole when it is a part.
+    hours = (f"{_hours(total)} of training" if not missing else
+             f"training time unknown (at least {_hours(total)} for the measured configurations)" if measured else
+             "training time unknown (no configuration of this study measured)")
     lines.append(f"total: {sum(c.trials for c in costs)} trials, {sum(c.checkpoints for c in costs)} checkpoints, "
-                 f"{_hours(total)} of training on one {name} at the single-trial throughput"
-                 + (" for the measured configurations only" if missing else "")
-                 + " (measurement not included; trials packed several to a GPU share it, so wall time on a "
+                 f"{hours} on one {name} at the single-trial throughput"
+                 " (measurement not included; trials packed several to a GPU share it, so wall time on a "
                  "cluster is this divided by the number of GPUs, at best)")
     if missing:
         lines.append(f"not measured on {profile}: {len(missing)} configuration(s); on such a GPU run "
