@@ -30,7 +30,7 @@ def check_model(name: str, in_shape: Sequence[int], out_dim: int, **model_args: 
     The model is built on the ``meta`` device: no memory, no weight initialisation, no download.
     ``pretrained: true`` checks the architecture only (``pretrained_file`` is not read; it may live
     on the workers only). The forward pass runs on the meta device too, except for a small model
-    (at most ``CPU_CHECK_PARAMS`` parameters), whose uninitialised weights go to the CPU for it: the
+    (at most ``CPU_CHECK_PARAMS`` parameters), built again on the CPU for it: the
     meta device's batch-norm kernels import ``torch._dynamo`` on first use, 1.8 s that a study of small
     models would otherwise wait before it starts. Cost: ~0.07 s for VGG-19 or the ViT on one idle CPU
     core (0.2 s under load), plus importing timm once (seconds) for the timm-backed models; a small
@@ -62,7 +62,10 @@ def check_model(name: str, in_shape: Sequence[int], out_dim: int, **model_args: 
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     device = "cpu" if n_params <= CPU_CHECK_PARAMS else "meta"
     if device == "cpu":
-        model = model.to_empty(device="cpu")  # allocated, not initialised: only the shapes matter here
+        # Built again on the CPU, initialised (milliseconds at this size) under a forked RNG, so the caller's
+        # random state is untouched. Not ``to_empty``: its meta-to-CPU copy imports sympy, 0.4 s at start-up.
+        with torch.random.fork_rng(devices=[]), torch.device("cpu"):
+            model = create_model(name, in_shape=shape, out_dim=out_dim, **args)
     x = torch.zeros(2, *shape, device=device)
     try:
         with torch.no_grad():
