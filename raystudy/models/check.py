@@ -64,8 +64,11 @@ def check_model(name: str, in_shape: Sequence[int], out_dim: int, **model_args: 
     if device == "cpu":
         # Built again on the CPU, initialised (milliseconds at this size) under a forked RNG, so the caller's
         # random state is untouched. Not ``to_empty``: its meta-to-CPU copy imports sympy, 0.4 s at start-up.
-        with torch.random.fork_rng(devices=[]), torch.device("cpu"):
-            model = create_model(name, in_shape=shape, out_dim=out_dim, **args)
+        try:
+            with torch.random.fork_rng(devices=[]), torch.device("cpu"):
+                model = create_model(name, in_shape=shape, out_dim=out_dim, **args)
+        except Exception as e:  # noqa: BLE001 - as for the meta build: one line, never a traceback
+            raise ValueError(f"{where}: {_first_line(e)}") from e
     x = torch.zeros(2, *shape, device=device)
     try:
         with torch.no_grad():
