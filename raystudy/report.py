@@ -81,4 +81,5 @@ def _write(store: Store, args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from raystudy.cli import exit_fast
+    exit_fast(main())

@@ -388,4 +388,5 @@ def _finish(p: Plan, args: argparse.Namespace, t0: float, out: Outcome) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from raystudy.cli import exit_fast
+    exit_fast(main())

@@ -49,6 +49,27 @@ def test_console_script_version_and_unknown_command(capsys):
     assert "unknown command 'train'" in capsys.readouterr().err
 
 
+def test_fast_exit_keeps_the_code_the_output_and_the_exit_handlers(tmp_path):
+    # The command line leaves without the interpreter's teardown, but after everything a normal exit does that
+    # anyone can see: exit handlers run (Ray's shutdown is one), buffered output reaches the pipe, the code is
+    # kept. With another non-daemon thread still working it exits normally, after that thread.
+    out = _python(f"""
+        import atexit, sys, threading, time
+        from pathlib import Path
+        from raystudy.cli import exit_fast
+        atexit.register(lambda: Path({str(tmp_path / "handler")!r}).write_text("ran"))
+        if sys.argv[-1] == "thread":
+            threading.Thread(target=lambda: (time.sleep(0.5), Path({str(tmp_path / "thread")!r}).write_text("done"))).start()
+        sys.stdout.write("buffered, no newline")
+        exit_fast(3)
+        print("never")
+    """)
+    assert out.returncode == 3 and out.stdout == "buffered, no newline", (out.stdout, out.stderr)
+    assert (tmp_path / "handler").read_text() == "ran"
+    waited = subprocess.run([sys.executable, "-c", out.args[2], "thread"], capture_output=True, text=True, timeout=60)
+    assert waited.returncode == 3 and (tmp_path / "thread").read_text() == "done", waited.stderr
+
+
 def test_subcommands_reach_their_modules(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["report", "--help"])
