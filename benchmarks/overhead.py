@@ -82,7 +82,9 @@ def through_ray(study_path: str, storage: str, slots: int) -> tuple[float, float
 def bare_tune_per_trial(slots: int = 2) -> float:
     """Seconds Ray Tune and Train add per trial and slot here: the difference between 4 and 28 trials that
     train nothing (each a Tune function trial running a local-mode ``TorchTrainer``, as raystudy's do;
-    actors reused) in one Ray instance, so Ray's and the actors' start-up cancel out."""
+    actors reused) in one Ray instance, so Ray's and the actors' start-up cancel out. A first experiment of
+    2 trials warms the instance up: without it the 4 paid the first fit's one-off costs (its imports, the
+    cluster's first worker processes) and the difference came out negative."""
     code = f"""
 import time, ray
 from ray import train, tune
@@ -98,6 +100,7 @@ def fit(n, name):
                tune_config=tune.TuneConfig(reuse_actors=True),
                run_config=tune.RunConfig(name=name, storage_path="/tmp/raystudy-bare-tune", verbose=0)).fit()
     return time.perf_counter() - t0
+fit(2, "warm-up")
 few, many = fit(4, "few"), fit(28, "many")
 print((many - few) * {slots} / 24)
 """
