@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -111,3 +112,24 @@ def test_sigterm_while_connecting_exits_143_at_once_and_a_silent_address_gives_u
         assert "Traceback" not in err and not (tmp_path / "runs").exists()
     finally:
         silent.close()
+
+
+def test_the_monitor_stops_first_at_exit_and_the_instance_still_works(tmp_path):
+    # Ray stops the GCS before its autoscaler monitor, which then waits out a one-second grace at every exit;
+    # raystudy stops the monitor of the local instance it started first. The instance does not need it.
+    code = """
+        import os, ray
+        from raystudy.cluster import connect
+        connect._start_local(1, {"log_to_driver": False, "logging_level": "ERROR"})
+        monitor = ray._private.worker._global_node.all_processes["monitor"][0].process
+        assert monitor.poll() is None
+        connect._stop_monitor_first()
+        assert monitor.poll() is not None, "monitor still running"
+        assert ray.get(ray.remote(lambda: 41 + 1).remote()) == 42
+        print("OK", monitor.pid)
+    """
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                         text=True, timeout=180, env=env, cwd=tmp_path)
+    assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-2000:]
+    assert "autoscaler failed" not in out.stderr, out.stderr[-2000:]

@@ -11,6 +11,8 @@ resources are checked against the study before a local Ray instance starts.
 """
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
 import os
 import signal
@@ -168,7 +170,21 @@ def _start_local(num_cpus: int | None, options: dict) -> str:
     except SystemExit:
         print("stopped by SIGTERM while starting Ray; nothing was written", file=sys.stderr, flush=True)
         raise SystemExit(TERMINATED) from None
+    atexit.register(_stop_monitor_first)  # runs before Ray's own exit handler, registered when ray was imported
     return f"started a local Ray instance ({int(ray.cluster_resources().get('CPU', 0))} CPUs)"
+
+
+def _stop_monitor_first() -> None:
+    """At exit, just before Ray's own shutdown of the local instance: stop its autoscaler monitor at once
+    (SIGKILL). Ray stops its processes in turn, the GCS before the monitor, which answers SIGTERM by reporting
+    its own death to that stopped GCS and is killed after Ray's one-second grace: a second at the end of
+    every run, for a process that keeps no state and that a one-machine instance never uses. Ray has no
+    public call for it (``Node.kill_monitor``, private): if it changes, Ray's own shutdown is left as it is."""
+    from ray._private import worker
+    node = getattr(worker, "_global_node", None)
+    if node is not None and getattr(node, "head", False):
+        with contextlib.suppress(Exception):
+            node.kill_monitor(check_alive=False)
 
 
 class _QuietThreadWarning(logging.Filter):
