@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     return module.main(argv[1:])
 
 
-def exit_fast(code: int) -> None:
+def exit_fast(code: int | None) -> None:
     """End a command-line process with ``code``: run the exit handlers (Ray's shutdown, logging's flush, any
     logger's), flush stdout and stderr, then leave without the interpreter's teardown, which frees every
     module's objects one by one (0.5-0.9 s after a study, with torch and Ray loaded, that the user waits for
