@@ -107,7 +107,7 @@ def exit_fast(code: int | None) -> None:
             stream.flush()
         except (OSError, ValueError):  # a closed or broken pipe: nothing more can reach it
             pass
-    os._exit(0 if code is None else code if isinstance(code, int) else 1)
+    os._exit(code or 0)
 
 
 def script() -> None:

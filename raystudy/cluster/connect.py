@@ -170,6 +170,7 @@ def _start_local(num_cpus: int | None, options: dict) -> str:
     except SystemExit:
         print("stopped by SIGTERM while starting Ray; nothing was written", file=sys.stderr, flush=True)
         raise SystemExit(TERMINATED) from None
+    atexit.unregister(_stop_monitor_first)  # once per process, however many instances it starts in turn
     atexit.register(_stop_monitor_first)  # runs before Ray's own exit handler, registered when ray was imported
     return f"started a local Ray instance ({int(ray.cluster_resources().get('CPU', 0))} CPUs)"
 
